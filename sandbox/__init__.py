@@ -1,0 +1,1 @@
+"""An isolated, persistent Python REPL worker with a host-call bridge."""

@@ -1,0 +1,101 @@
+"""Shared, session-wide test infrastructure: one real Ray instance, one real
+S3 endpoint (moto_server over HTTP on loopback), the CPython stdlib as a real
+codebase. Area-specific fixtures live next to their tests."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+import rlm_ray  # noqa: F401  (process defaults: offline litellm/tiktoken, RAY_AUTH_MODE)
+
+# Nothing in the suite may use real credentials, even by accident.
+for _var in list(os.environ):
+    if _var.startswith("AWS_") or _var.endswith("_API_KEY"):
+        del os.environ[_var]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 endpoint: moto_server on 127.0.0.1, with dummy credentials in
+    the environment (set before Ray starts so its workers inherit them)."""
+    port = free_port()
+    exe = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen(
+        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    wait_for_port(port)
+    url = f"http://127.0.0.1:{port}"
+    os.environ.update({
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": url,
+    })
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint):
+    """A fresh, empty bucket per test: returns its name."""
+    import boto3
+
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_endpoint):
+    """The one Ray instance of the test session (start-up costs seconds)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def stdlib_dir() -> Path:
+    """The CPython standard library of this interpreter: a real ~10M-token codebase."""
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+@pytest.fixture(scope="session")
+def stdlib_subset(tmp_path_factory, stdlib_dir) -> Path:
+    """A small, fixed slice of the stdlib (a few packages) for fast tests."""
+    dst = tmp_path_factory.mktemp("stdlib_subset")
+    for name in ("json", "email", "logging", "http", "collections", "importlib"):
+        shutil.copytree(stdlib_dir / name, dst / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("textwrap.py", "shlex.py", "fractions.py", "difflib.py"):
+        shutil.copy(stdlib_dir / name, dst / name)
+    return dst
