@@ -27,7 +27,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$key" ]; then
   echo "bootstrap: installing rlm-ray[dev] into .venv"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[dev]'
+  log=.venv/pip-install.log
+  # pip's full output goes to a log; it is shown only when the install fails.
+  if ! { .venv/bin/python -m pip install --upgrade pip \
+         && .venv/bin/python -m pip install -e '.[dev]'; } >"$log" 2>&1; then
+    tail -n 40 "$log"; echo "bootstrap: pip install failed (full log: $log)"; exit 1
+  fi
   echo "$key" > "$stamp"
 fi
