@@ -1,0 +1,195 @@
+"""The result tables of a batch run: `answers`, `calls`, `steps` (schemas of
+../shared/DESIGN.md, plus scoring columns in `answers`), written as Parquet
+parts as questions finish, and read back for resume and `show`.
+
+Crash safety comes from two rules. Every part is written to a temp name and
+renamed (storage.write_bytes_atomic), so a part is whole or absent. And one
+flush writes `calls/` and `steps/` before `answers/`, all three with the same
+part name: a question counts as finished only once its answers part exists,
+and readers take a question's calls and steps from the part that holds its
+chosen answer row, so a crash between the writes leaves no visible trace and
+a rerun never doubles rows.
+"""
+from __future__ import annotations
+
+import io
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from rlm_ray import storage
+
+TS = pa.timestamp("us", tz="UTC")
+
+ANSWERS = pa.schema([
+    ("query_id", pa.string()), ("question", pa.string()), ("answer", pa.string()),
+    ("status", pa.string()), ("error", pa.string()), ("iterations", pa.int64()),
+    ("max_depth_reached", pa.int64()), ("llm_calls", pa.int64()),
+    ("input_tokens", pa.int64()), ("output_tokens", pa.int64()),
+    ("cost_usd", pa.float64()), ("wall_s", pa.float64()), ("model", pa.string()),
+    ("started_at", TS), ("finished_at", TS),
+    # Scoring (null when the queries file gave no expected answer).
+    ("expected", pa.string()), ("exact_match", pa.bool_()), ("normalized_match", pa.bool_()),
+])
+CALLS = pa.schema([
+    ("query_id", pa.string()), ("call_id", pa.string()), ("parent_call_id", pa.string()),
+    ("depth", pa.int64()), ("kind", pa.string()), ("model", pa.string()),
+    ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
+    ("cost_usd", pa.float64()), ("latency_s", pa.float64()), ("retries", pa.int64()),
+    ("cache_hit", pa.bool_()), ("status", pa.string()),
+])
+STEPS = pa.schema([
+    ("query_id", pa.string()), ("call_id", pa.string()), ("iteration", pa.int64()),
+    ("code", pa.string()), ("output", pa.string()), ("error", pa.string()),
+    ("elapsed_s", pa.float64()),
+])
+SCHEMAS: dict[str, pa.Schema] = {"answers": ANSWERS, "calls": CALLS, "steps": STEPS}
+# Written last in a flush: its presence is what makes the others count.
+COMMIT_TABLE = "answers"
+STATUSES = ("ok", "error", "budget_exceeded", "timeout", "max_iterations")
+PART_COLUMN = "_part"
+
+
+def conform(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Rows (extra keys dropped, missing keys null) as a table of exactly `schema`."""
+    columns = {f.name: [row.get(f.name) for row in rows] for f in schema}
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+@dataclass
+class FinishedQuestion:
+    """Everything one question contributes to the three tables."""
+
+    answer: dict
+    calls: list[dict] = field(default_factory=list)
+    steps: list[dict] = field(default_factory=list)
+
+
+class TableWriter:
+    """Buffers finished questions; `maybe_flush` writes a part every
+    `flush_every` questions or `flush_s` seconds, whichever comes first, so
+    a crash loses at most that many finished answers (and the in-flight ones)."""
+
+    def __init__(self, out_uri: str, flush_every: int = 8, flush_s: float = 5.0) -> None:
+        self.out_uri = out_uri
+        self.flush_every = flush_every
+        self.flush_s = flush_s
+        self._pending: list[FinishedQuestion] = []
+        self._last_flush = time.monotonic()
+        self.parts_written = 0
+        self.rows_written = 0
+
+    def add(self, finished: FinishedQuestion) -> None:
+        self._pending.append(finished)
+
+    def maybe_flush(self) -> bool:
+        due = (len(self._pending) >= self.flush_every
+               or (self._pending and time.monotonic() - self._last_flush >= self.flush_s))
+        return self.flush() if due else False
+
+    def flush(self) -> bool:
+        self._last_flush = time.monotonic()
+        if not self._pending:
+            return False
+        batch, self._pending = self._pending, []
+        name = f"part-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}.parquet"
+        rows = {
+            "calls": [c for f in batch for c in f.calls],
+            "steps": [s for f in batch for s in f.steps],
+            "answers": [f.answer for f in batch],
+        }
+        for table in ("calls", "steps", COMMIT_TABLE):  # answers last: the commit point
+            data = _parquet_bytes(conform(rows[table], SCHEMAS[table]))
+            storage.write_bytes_atomic(storage.join(self.out_uri, table, name), data)
+        self.parts_written += 1
+        self.rows_written += len(batch)
+        return True
+
+
+def _part_names(out_uri: str, table: str) -> list[str]:
+    names = [e.relpath for e in storage.list_prefix(storage.join(out_uri, table))]
+    # Only top-level, whole parts: temp files of an interrupted write start with ".tmp-".
+    return sorted(n for n in names if n.startswith("part-") and n.endswith(".parquet"))
+
+
+def _read_parts(out_uri: str, table: str, names: Iterable[str]) -> pa.Table:
+    tables = []
+    for name in names:
+        data = storage.read_bytes(storage.join(out_uri, table, name))
+        part = pq.read_table(io.BytesIO(data)).cast(SCHEMAS[table])
+        tables.append(part.append_column(PART_COLUMN, pa.array([name] * part.num_rows,
+                                                              type=pa.string())))
+    if not tables:
+        return SCHEMAS[table].empty_table().append_column(
+            PART_COLUMN, pa.array([], type=pa.string()))
+    return pa.concat_tables(tables)
+
+
+@dataclass
+class RunTables:
+    """The committed, deduplicated view of a result folder."""
+
+    answers: pa.Table
+    calls: pa.Table
+    steps: pa.Table
+
+    def table(self, name: str) -> pa.Table:
+        return getattr(self, name)
+
+
+def _latest_per_query(answers: pa.Table) -> pa.Table:
+    """One row per query_id: the latest finished row (a retried question's new
+    result supersedes its old error row)."""
+    if answers.num_rows == 0:
+        return answers
+    order = answers.sort_by([("finished_at", "descending"), (PART_COLUMN, "descending")])
+    seen: set[str] = set()
+    keep = []
+    for index, query_id in enumerate(order.column("query_id").to_pylist()):
+        if query_id not in seen:
+            seen.add(query_id)
+            keep.append(index)
+    return order.take(keep).sort_by("query_id")
+
+
+def _rows_of_chosen_parts(table: pa.Table, chosen: pa.Table) -> pa.Table:
+    if table.num_rows == 0:
+        return table
+    keys = pa.array([f"{q}\x00{p}" for q, p in zip(chosen.column("query_id").to_pylist(),
+                                                   chosen.column(PART_COLUMN).to_pylist())])
+    row_keys = pc.binary_join_element_wise(table.column("query_id"), table.column(PART_COLUMN),
+                                           "\x00")
+    return table.filter(pc.is_in(row_keys, value_set=keys))
+
+
+def read_run(out_uri: str, with_details: bool = True) -> RunTables:
+    """Load a result folder: committed parts only, one answer per query_id,
+    and the calls/steps that belong to exactly those answers."""
+    answer_parts = _part_names(out_uri, COMMIT_TABLE)
+    answers = _latest_per_query(_read_parts(out_uri, COMMIT_TABLE, answer_parts))
+    empty = {t: SCHEMAS[t].empty_table() for t in ("calls", "steps")}
+    details = dict(empty)
+    if with_details and answers.num_rows:
+        used = sorted(set(answers.column(PART_COLUMN).to_pylist()))
+        for table in ("calls", "steps"):
+            present = set(_part_names(out_uri, table))
+            raw = _read_parts(out_uri, table, [p for p in used if p in present])
+            details[table] = _rows_of_chosen_parts(raw, answers).drop_columns([PART_COLUMN])
+    return RunTables(answers.drop_columns([PART_COLUMN]), details["calls"], details["steps"])
+
+
+def finished_statuses(out_uri: str) -> dict[str, str]:
+    """query_id -> status of its latest committed answer (for resume)."""
+    answers = read_run(out_uri, with_details=False).answers
+    return dict(zip(answers.column("query_id").to_pylist(), answers.column("status").to_pylist()))
