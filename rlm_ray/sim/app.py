@@ -1,0 +1,234 @@
+"""The simulator's HTTP application: OpenAI's `/v1/chat/completions` and
+`/v1/models`, plus `/stats` and `/admin/*` for tests.
+
+Everything runs on one asyncio event loop: latency is `await asyncio.sleep`,
+so hundreds of in-flight requests cost no threads. A request goes through the
+checks a real provider makes, in its order: auth, model, body, context
+length, rate limits (storm, RPM, TPM), then latency, then an injected fault or
+the policy's answer.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from rlm_ray.sim import responses
+from rlm_ray.sim.config import SimConfig
+from rlm_ray.sim.faults import FAULT_HANDLERS, ConnectionDropped, FaultPicker
+from rlm_ray.sim.limits import SlidingWindow
+from rlm_ray.sim.registry import POLICIES, load_policies
+from rlm_ray.sim.stats import SimStats, prompt_key
+from rlm_ray.sim.usage import prompt_tokens, truncate_to_tokens
+
+log = logging.getLogger(__name__)
+
+BAD_API_KEY = "sim-bad-key"
+DROPPED = 499  # internal marker (nginx's "client closed"): never reaches a client
+DEFAULT_MAX_COMPLETION = 4096  # when the client sets no max_tokens
+
+
+@dataclass
+class Simulator:
+    """State behind one server: config, limiter, fault draws, counters."""
+
+    config: SimConfig
+    stats: SimStats = field(init=False)
+    limiter: SlidingWindow = field(init=False)
+    faults: FaultPicker = field(init=False)
+    storm_until: float = 0.0
+    storm_retry_after_s: float = 1.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        load_policies()
+        self.stats = SimStats(self.config.window_s)
+        self.limiter = SlidingWindow(self.config.window_s)
+        self.faults = FaultPicker(self.config)
+        self.latency_rng = random.Random(f"latency-{self.config.seed}")
+
+    def storm(self, seconds: float, retry_after_s: float = 1.0) -> None:
+        """Answer every request with 429 for the next `seconds`."""
+        with self._lock:
+            self.storm_until = time.monotonic() + seconds
+            self.storm_retry_after_s = retry_after_s
+
+    def latency_s(self, completion_tokens: int) -> float:
+        cfg = self.config
+        base = (cfg.latency_ms + cfg.per_token_ms * completion_tokens) / 1000.0
+        if cfg.jitter:
+            base *= 1.0 + cfg.jitter * self.latency_rng.uniform(-1.0, 1.0)
+        return max(base, 0.0)
+
+    def admit(self, tokens: int) -> tuple[web.Response | None, str | None]:
+        """(the 429 to send or None, the fault to inject or None)."""
+        now = time.monotonic()
+        with self._lock:
+            if now < self.storm_until:
+                return responses.rate_limited(self.storm_retry_after_s,
+                                              "Rate limit reached (simulated 429 storm)."), None
+            wait = self.limiter.wait_for_room(now, tokens, self.config.rpm, self.config.tpm)
+            if wait > 0:
+                return responses.rate_limited(
+                    wait, f"Rate limit reached for the simulator: limit {self.config.rpm} "
+                          f"requests / {self.config.tpm} tokens per {self.config.window_s:g}s; "
+                          f"requested {tokens} tokens. Please try again in {wait:.3f}s."), None
+            self.limiter.record(now, tokens)
+            fault = self.faults.pick()
+        self.stats.admitted(now, tokens)
+        return None, fault
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    sim: Simulator = request.app[SIM_KEY]
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        return responses.error(400, "The request body is not valid JSON.", "invalid_request_error")
+    model = body.get("model") if isinstance(body, dict) else None
+    sim.stats.request_started(str(model))
+    try:
+        return await _complete(request, sim, body, model)
+    finally:
+        sim.stats.request_finished()
+
+
+async def _complete(request: web.Request, sim: Simulator, body: dict, model) -> web.StreamResponse:
+    if _api_key(request) == BAD_API_KEY:
+        return responses.error(401, "Incorrect API key provided (simulator: sim-bad-key).",
+                               "invalid_request_error", "invalid_api_key")
+    policy = POLICIES.get(model) if isinstance(model, str) else None
+    if policy is None:
+        return responses.error(
+            404, f"The model `{model}` does not exist on the rlm-ray simulator "
+                 f"(known: {', '.join(sorted(POLICIES))}).",
+            "invalid_request_error", "model_not_found")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        return responses.error(400, "'messages' must be a non-empty list of objects.",
+                               "invalid_request_error", "invalid_messages")
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+        return responses.error(400, "'max_tokens' must be a positive integer.",
+                               "invalid_request_error", "invalid_value")
+    n_prompt = prompt_tokens(messages)
+    window = sim.config.context_window
+    if n_prompt + (max_tokens or 0) > window:
+        return responses.error(
+            400, f"This model's maximum context length is {window} tokens. However, you "
+                 f"requested {n_prompt + (max_tokens or 0)} tokens ({n_prompt} in the "
+                 f"messages, {max_tokens or 0} in the completion). Please reduce the length "
+                 f"of the messages or completion.",
+            "invalid_request_error", "context_length_exceeded")
+
+    # Policies are pure and cheap: answering first lets TPM charge a real figure.
+    try:
+        reply = policy(messages)
+    except Exception as exc:  # a policy bug must reach the test as a clear 500, not a hang
+        log.exception("simulator policy %s failed", model)
+        return responses.error(500, f"simulator policy {model} failed: {exc!r}",
+                               "server_error", "policy_error")
+    text, n_completion, cut = truncate_to_tokens(
+        reply, max_tokens or min(DEFAULT_MAX_COMPLETION, window - n_prompt))
+    rejection, fault = sim.admit(n_prompt + (max_tokens or n_completion))
+    if rejection is not None:
+        return rejection
+    await asyncio.sleep(sim.latency_s(n_completion))
+
+    answer = responses.completion(model, text, n_prompt, n_completion, "length" if cut else "stop")
+    if fault is not None:
+        sim.stats.fault(fault)
+        try:
+            return await FAULT_HANDLERS[fault](request, json.dumps(answer).encode(), sim.config)
+        except ConnectionDropped:
+            return _dropped_marker()
+    sim.stats.completed(prompt_key(model, messages), n_prompt, n_completion)
+    if body.get("stream"):
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return await _stream(request, answer, include_usage)
+    return web.json_response(answer)
+
+
+async def _stream(request: web.Request, answer: dict, include_usage: bool) -> web.StreamResponse:
+    response = web.StreamResponse(status=200, headers={"cache-control": "no-cache"})
+    response.content_type = "text/event-stream"
+    await response.prepare(request)
+    for event in responses.stream_events(answer, include_usage):
+        await response.write(event)
+    await response.write_eof()
+    return response
+
+
+def _dropped_marker() -> web.Response:
+    # The socket is already closed; aiohttp discards what it cannot send.
+    return web.Response(status=DROPPED)
+
+
+def _api_key(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.headers.get("api-key")
+
+
+async def list_models(request: web.Request) -> web.Response:
+    created = int(request.app[SIM_KEY].stats.started_at)
+    data = [{"id": name, "object": "model", "created": created, "owned_by": "rlm-ray-simulator"}
+            for name in sorted(POLICIES)]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def get_stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SIM_KEY].stats.snapshot())
+
+
+async def admin_reset(request: web.Request) -> web.Response:
+    request.app[SIM_KEY].stats.reset()
+    return web.json_response({"ok": True})
+
+
+async def admin_storm(request: web.Request) -> web.Response:
+    try:
+        spec = await request.json()
+        seconds, retry_after = float(spec["seconds"]), float(spec.get("retry_after_s", 1.0))
+    except (ValueError, KeyError, TypeError):
+        return responses.error(400, 'expected JSON {"seconds": S, "retry_after_s": R}',
+                               "invalid_request_error")
+    request.app[SIM_KEY].storm(seconds, retry_after)
+    return web.json_response({"ok": True, "seconds": seconds, "retry_after_s": retry_after})
+
+
+async def label(request: web.Request, response: web.StreamResponse) -> None:
+    """Every response, streamed or not, says it comes from a simulator."""
+    response.headers.update(responses.SIM_HEADERS)
+
+
+@web.middleware
+async def count_status(request: web.Request, handler) -> web.StreamResponse:
+    response = await handler(request)
+    if request.path.endswith("/chat/completions") and response.status != DROPPED:
+        request.app[SIM_KEY].stats.status(response.status)
+    return response
+
+
+SIM_KEY = web.AppKey("simulator", Simulator)
+
+
+def build_app(sim: Simulator) -> web.Application:
+    # 64 MiB bodies: root prompts near a 128k-token window are a few MB.
+    app = web.Application(middlewares=[count_status], client_max_size=64 * 2**20)
+    app[SIM_KEY] = sim
+    app.on_response_prepare.append(label)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/stats", get_stats)
+    app.router.add_post("/admin/reset", admin_reset)
+    app.router.add_post("/admin/storm", admin_storm)
+    return app

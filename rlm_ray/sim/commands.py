@@ -1,0 +1,98 @@
+"""CLI: `rlm-ray sim` (serve the SIMULATOR until SIGTERM/SIGINT) and
+`rlm-ray bench sim` (how much load one simulator process sustains)."""
+from __future__ import annotations
+
+import argparse
+
+from rlm_ray.errors import UserError
+
+
+def register(commands, bench) -> None:
+    parser = commands.add_parser(
+        "sim", help="run the OpenAI-compatible provider SIMULATOR (not a real model)",
+        description="Serve the rlm-ray provider SIMULATOR: OpenAI-compatible "
+                    "/v1/chat/completions and /v1/models with scripted policies, latency, "
+                    "RPM/TPM limits and injected faults; GET /stats for counters.")
+    add_sim_arguments(parser)
+    parser.set_defaults(func=serve_command)
+
+    bench_parser = bench.add_parser(
+        "sim", help="throughput and concurrency of one simulator process",
+        description="Start a simulator in a child process and measure requests/s at zero "
+                    "latency and the concurrency reached under slow responses.")
+    bench_parser.add_argument("--requests", type=int, default=5000,
+                              help="requests in the zero-latency throughput run")
+    bench_parser.add_argument("--concurrency", type=int, default=64,
+                              help="concurrent clients in the throughput run")
+    bench_parser.add_argument("--slow-requests", type=int, default=500,
+                              help="concurrent requests in the slow run")
+    bench_parser.add_argument("--slow-latency-ms", type=float, default=500.0,
+                              help="simulated latency of the slow run")
+    bench_parser.set_defaults(func=bench_command)
+
+
+def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    parser.add_argument("--port", type=int, default=0, help="port (0 = any free port)")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="base latency per call")
+    parser.add_argument("--per-token-ms", type=float, default=0.0,
+                        help="extra latency per completion token")
+    parser.add_argument("--jitter", type=float, default=0.0,
+                        help="latency jitter fraction in [0, 1] (seeded)")
+    parser.add_argument("--rpm", type=float, default=None, help="requests per window")
+    parser.add_argument("--tpm", type=float, default=None, help="tokens per window")
+    parser.add_argument("--window-s", type=float, default=60.0,
+                        help="rate-limit sliding window in seconds")
+    parser.add_argument("--fail-rate", type=float, default=0.0,
+                        help="probability of an injected fault per admitted call")
+    parser.add_argument("--faults", default=None,
+                        help="comma-separated fault kinds (default: 500,503,hang,malformed,truncated)")
+    parser.add_argument("--fail-first-n", type=int, default=0,
+                        help="the first N admitted calls fault (cycling --faults)")
+    parser.add_argument("--hang-s", type=float, default=30.0, help="how long a 'hang' lasts")
+    parser.add_argument("--context-window", type=int, default=128_000,
+                        help="tokens; longer requests get 400 context_length_exceeded")
+    parser.add_argument("--seed", type=int, default=0, help="seed for jitter and fault draws")
+
+
+def knobs_from_args(args: argparse.Namespace) -> dict:
+    from rlm_ray.sim.config import FAULT_KINDS
+
+    faults = FAULT_KINDS if args.faults is None else tuple(
+        kind.strip() for kind in args.faults.split(",") if kind.strip())
+    return {"latency_ms": args.latency_ms, "per_token_ms": args.per_token_ms,
+            "jitter": args.jitter, "rpm": args.rpm, "tpm": args.tpm, "window_s": args.window_s,
+            "fail_rate": args.fail_rate, "faults": faults, "fail_first_n": args.fail_first_n,
+            "hang_s": args.hang_s, "context_window": args.context_window, "seed": args.seed}
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from rlm_ray.sim.server import SimServer
+
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be in 0..65535, got {args.port}")
+    server = SimServer(args.host, args.port, **knobs_from_args(args)).start()
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    print(f"SIMULATOR listening on {server.base_url} (not a real model provider)", flush=True)
+    try:
+        while not stopping.wait(0.5):  # wake periodically so signals are handled promptly
+            pass
+    finally:
+        server.stop()
+    print("SIMULATOR stopped", flush=True)
+    return 0
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    from rlm_ray.sim.bench import run_bench
+
+    for name in ("requests", "concurrency", "slow_requests"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    return run_bench(requests=args.requests, concurrency=args.concurrency,
+                     slow_requests=args.slow_requests, slow_latency_ms=args.slow_latency_ms)

@@ -1,0 +1,65 @@
+"""The policy registry: model name (as the simulator sees it) -> reply function.
+
+A policy is a pure, deterministic function of the chat messages. Policies are
+how the rest of the project is exercised without a real model, so they must
+derive answers from the messages they are sent (and, for the engine's
+`sim/rlm-policy`, from the REPL output the engine feeds back), never from any
+side channel.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+Policy = Callable[[list[dict]], str]
+
+POLICIES: dict[str, Policy] = {}
+
+# Modules that register policies when imported. `policies` belongs to the RLM
+# engine owner and may not exist yet; the built-ins always do.
+_POLICY_MODULES = ("rlm_ray.sim.basic_policies", "rlm_ray.sim.policies")
+_OPTIONAL_POLICY_MODULES = frozenset({"rlm_ray.sim.policies"})
+
+
+def register_policy(name: str) -> Callable[[Policy], Policy]:
+    """Decorator: `@register_policy("sim/echo")` makes `model="sim/echo"` answer with it."""
+
+    def decorate(fn: Policy) -> Policy:
+        if name in POLICIES and POLICIES[name] is not fn:
+            raise ValueError(f"simulator policy {name!r} is registered twice")
+        POLICIES[name] = fn
+        return fn
+
+    return decorate
+
+
+def load_policies() -> dict[str, Policy]:
+    """Import every policy module once (idempotent) and return the registry."""
+    for name in _POLICY_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            # Only the absence of an optional module itself is tolerated; a
+            # missing dependency *inside* it is a real error and must surface.
+            if name not in _OPTIONAL_POLICY_MODULES or exc.name != name:
+                raise
+    return POLICIES
+
+
+def text_of(content: Any) -> str:
+    """Message content as plain text (OpenAI also allows a list of typed parts)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return str(content)
+
+
+def last_user_text(messages: list[dict]) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return text_of(message.get("content"))
+    return ""
