@@ -99,3 +99,30 @@ def stdlib_subset(tmp_path_factory, stdlib_dir) -> Path:
     for name in ("textwrap.py", "shlex.py", "fractions.py", "difflib.py"):
         shutil.copy(stdlib_dir / name, dst / name)
     return dst
+
+
+@pytest.fixture
+def sim():
+    """Factory: `sim(**knobs) -> SimServer`, a provider SIMULATOR started on a
+    free loopback port; every server it made is stopped at teardown."""
+    from rlm_ray.sim import SimServer
+
+    servers = []
+
+    def start(**knobs):
+        server = SimServer(**knobs).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def sim_server():
+    """One default-knob SIMULATOR for the session (call `reset_stats()` if you count)."""
+    from rlm_ray.sim import SimServer
+
+    with SimServer() as server:
+        yield server
