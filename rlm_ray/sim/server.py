@@ -74,10 +74,9 @@ class SimServer:
         try:
             # handler_cancellation: a client that gives up cancels its sleeping handler.
             self._runner = web.AppRunner(build_app(self.simulator), handler_cancellation=True,
-                                         access_log=None)
+                                         access_log=None, shutdown_timeout=_SHUTDOWN_GRACE_S)
             loop.run_until_complete(self._runner.setup())
-            site = web.SockSite(self._runner, sock, shutdown_timeout=_SHUTDOWN_GRACE_S,
-                                backlog=1024)
+            site = web.SockSite(self._runner, sock, backlog=1024)
             loop.run_until_complete(site.start())
         except BaseException as exc:  # surfaced by start() in the caller's thread
             failure.append(exc)

@@ -1,0 +1,340 @@
+"""The provider SIMULATOR over real loopback HTTP: litellm as the client (as
+the gateway uses it), plus raw HTTP where headers matter."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import litellm
+import pytest
+import tiktoken
+
+from rlm_ray.errors import UserError
+from rlm_ray.sim import POLICIES, SimServer, fetch_stats, resolve_model
+
+litellm.suppress_debug_info = True
+ENC = tiktoken.get_encoding("cl100k_base")
+
+
+def ask(server: SimServer, content: str = "hello", model: str = "sim/echo", **params):
+    return litellm.completion(model=f"openai/{model}", api_base=server.base_url,
+                              api_key=params.pop("api_key", "sim-key"), max_retries=0,
+                              messages=[{"role": "user", "content": content}], **params)
+
+
+def post(server: SimServer, body: dict | bytes, path: str = "/v1/chat/completions",
+         api_key: str = "sim-key") -> tuple[int, dict, dict]:
+    """(status, headers, JSON body) of a raw POST; HTTP errors are answers too."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(server.url + path, data=data, headers={
+        "Content-Type": "application/json", "Authorization": f"Bearer {api_key}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), json.load(response)
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), json.load(err)
+
+
+def chat(content: str, model: str = "sim/echo", **extra) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
+
+
+# -- the OpenAI surface -------------------------------------------------------
+
+def test_litellm_call_reports_real_token_usage(sim_server):
+    messages = [{"role": "system", "content": "You are terse."},
+                {"role": "user", "content": "Count the tokens of this sentence, please."}]
+    reply = litellm.completion(model="openai/sim/echo", api_base=sim_server.base_url,
+                               api_key="sim-key", messages=messages, max_retries=0)
+    assert reply.choices[0].message.content == messages[-1]["content"]
+    # OpenAI's chat formula: 3 per message + role + content, + 3 to prime the reply.
+    expected_prompt = 3 + sum(3 + len(ENC.encode(m["role"])) + len(ENC.encode(m["content"]))
+                              for m in messages)
+    assert reply.usage.prompt_tokens == expected_prompt
+    assert reply.usage.prompt_tokens == litellm.token_counter(model="gpt-4o", messages=messages)
+    assert reply.usage.completion_tokens == len(ENC.encode(messages[-1]["content"]))
+    assert reply.choices[0].finish_reason == "stop"
+
+
+def test_response_shape_and_simulator_label(sim_server):
+    status, headers, body = post(sim_server, chat("shape?"))
+    assert status == 200 and headers["x-simulator"] == "rlm-ray"
+    assert body["model"] == "sim/echo" and body["id"].startswith("chatcmpl-")
+    assert isinstance(body["created"], int)
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "shape?"}
+    assert body["usage"]["total_tokens"] == (body["usage"]["prompt_tokens"]
+                                             + body["usage"]["completion_tokens"])
+    with urllib.request.urlopen(sim_server.base_url + "/models") as response:
+        assert response.headers["x-simulator"] == "rlm-ray"
+        listed = {m["id"] for m in json.load(response)["data"]}
+    assert {"sim/echo", "sim/fixed", "sim/extract", "sim/count"} <= listed == set(POLICIES)
+
+
+def test_streaming_gives_the_same_answer_and_usage(sim_server):
+    chunks = list(ask(sim_server, "stream me please", stream=True,
+                      stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "stream me please"
+    assert chunks[-1].usage.completion_tokens == len(ENC.encode(text))
+
+
+def test_max_tokens_truncates_with_finish_reason_length(sim_server):
+    long_text = " ".join(f"word{i}" for i in range(200))
+    reply = ask(sim_server, long_text, max_tokens=7)
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage.completion_tokens == 7
+    assert long_text.startswith(reply.choices[0].message.content)
+
+
+def test_unknown_model_is_404_listing_known_models(sim_server):
+    status, _, body = post(sim_server, chat("x", model="sim/nope"))
+    assert status == 404 and body["error"]["code"] == "model_not_found"
+    assert "sim/echo" in body["error"]["message"]
+    with pytest.raises(litellm.NotFoundError):
+        ask(sim_server, model="sim/nope")
+
+
+def test_bad_api_key_is_401(sim_server):
+    status, _, body = post(sim_server, chat("x"), api_key="sim-bad-key")
+    assert status == 401 and body["error"]["code"] == "invalid_api_key"
+    with pytest.raises(litellm.AuthenticationError):
+        ask(sim_server, api_key="sim-bad-key")
+
+
+def test_context_window_exceeded_is_400(sim):
+    server = sim(context_window=50)
+    status, _, body = post(server, chat("many words " * 40))
+    assert status == 400 and body["error"]["code"] == "context_length_exceeded"
+    with pytest.raises(litellm.ContextWindowExceededError):
+        ask(server, "many words " * 40)
+    assert ask(server, "short").choices[0].message.content == "short"
+
+
+def test_invalid_bodies_are_400(sim_server):
+    assert post(sim_server, b"{not json")[0] == 400
+    assert post(sim_server, {"model": "sim/echo", "messages": []})[0] == 400
+    assert post(sim_server, chat("x", max_tokens=0))[0] == 400
+
+
+# -- built-in policies --------------------------------------------------------
+
+def test_builtin_policies_are_deterministic_rules(sim_server):
+    assert ask(sim_server, "anything", model="sim/fixed").choices[0].message.content == "ok"
+    prompt = ("Question: which port does the cache server listen on?\n"
+              "The web server listens on port 80.\n"
+              "The cache server listens on port 6379.\n"
+              "The cache is warm.")
+    answers = {ask(sim_server, prompt, model="sim/extract").choices[0].message.content
+               for _ in range(2)}
+    assert answers == {"The cache server listens on port 6379."}
+    assert ask(sim_server, "no question here", model="sim/extract").choices[0].message.content \
+        == "NOT FOUND"
+    text = "Count 'apple' in: apple pie, Apple, apples, apple. apple"
+    assert ask(sim_server, text, model="sim/count").choices[0].message.content == "3"
+
+
+# -- rate limits --------------------------------------------------------------
+
+def test_rpm_limit_answers_429_with_retry_after(sim):
+    server = sim(rpm=3, window_s=1.0)
+    statuses = [post(server, chat(f"q{i}"))[0] for i in range(3)]
+    status, headers, body = post(server, chat("one too many"))
+    assert statuses == [200, 200, 200] and status == 429
+    assert body["error"]["code"] == "rate_limit_exceeded"
+    retry_ms = int(headers["retry-after-ms"])
+    assert 0 < retry_ms <= 1000 and int(headers["retry-after"]) == 1
+    with pytest.raises(litellm.RateLimitError):
+        ask(server)
+    time.sleep(retry_ms / 1000 + 0.05)  # honouring Retry-After is enough to get through
+    assert post(server, chat("after the wait"))[0] == 200
+    stats = server.stats()
+    assert stats["by_status"] == {200: 4, 429: 2}
+    assert stats["windows"]["max_requests"] == 3  # rejected calls cost no quota
+
+
+def test_tpm_limit_counts_prompt_plus_max_tokens(sim):
+    server = sim(tpm=100, window_s=30.0)
+    prompt_tokens = ask(server, "tiny", max_tokens=1).usage.prompt_tokens
+    charge = prompt_tokens + 30                      # what each call below reserves
+    fits = (100 - (prompt_tokens + 1)) // charge
+    statuses = [post(server, chat("tiny", max_tokens=30))[0] for _ in range(fits + 1)]
+    assert statuses == [200] * fits + [429]
+    assert server.stats()["windows"]["max_tokens"] <= 100
+    status, headers, _ = post(server, chat("x" * 300, max_tokens=1))
+    assert status == 429 and float(headers["retry-after-ms"]) > 0
+
+
+def test_storm_forces_429_for_a_while(sim):
+    server = sim()
+    server.storm(seconds=30, retry_after_s=0.25)
+    status, headers, _ = post(server, chat("x"))
+    assert status == 429 and headers["retry-after-ms"] == "250" and headers["retry-after"] == "1"
+    server.storm(seconds=0)
+    assert post(server, chat("x"))[0] == 200
+    status, _, _ = post(server, {"seconds": 30, "retry_after_s": 2}, path="/admin/storm")
+    assert status == 200
+    status, headers, _ = post(server, chat("x"))
+    assert status == 429 and headers["retry-after"] == "2"
+
+
+# -- injected faults ----------------------------------------------------------
+
+FAULT_ERRORS = {
+    "500": litellm.InternalServerError,
+    "503": litellm.ServiceUnavailableError,
+    "malformed": litellm.InternalServerError,     # litellm's mapping of an unparsable 200
+    "truncated": litellm.InternalServerError,     # ... and of a short read ("Connection error")
+    "hang": litellm.Timeout,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FAULT_ERRORS))
+def test_each_fault_kind_makes_the_client_fail_once(sim, kind):
+    server = sim(faults=(kind,), fail_first_n=1, hang_s=30)
+    with pytest.raises(FAULT_ERRORS[kind]):
+        ask(server, "first", timeout=1.0)
+    assert ask(server, "second").choices[0].message.content == "second"
+    stats = server.stats()
+    assert stats["faults"] == {kind: 1} and stats["completions"] == 1
+    assert stats["distinct_prompts"] == 1  # a faulted call delivered (and billed) nothing
+    deadline = time.monotonic() + 5
+    while server.stats()["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.02)  # a hung handler is cancelled once its client gives up
+    assert server.stats()["in_flight"] == 0
+
+
+def test_fault_rate_is_seeded_and_roughly_the_rate(sim):
+    def statuses(seed: int) -> list[int]:
+        server = sim(fail_rate=0.3, faults=("500", "503"), seed=seed)
+        return [post(server, chat(f"q{i}"))[0] for i in range(100)]
+
+    first, again, other = statuses(7), statuses(7), statuses(8)
+    assert first == again and first != other
+    assert 15 <= sum(s != 200 for s in first) <= 45
+    assert set(first) == {200, 500, 503}
+
+
+# -- stats --------------------------------------------------------------------
+
+def test_stats_count_distinct_and_repeated_prompts(sim):
+    server = sim()
+    for content in ("a", "b", "c", "a", "b"):
+        ask(server, content)
+    ask(server, "a", model="sim/fixed")  # another model: another prompt
+    stats = server.stats()
+    assert stats["distinct_prompts"] == 4 and stats["repeated_prompts"] == 2
+    assert stats["requests"] == stats["completions"] == 6
+    assert stats["models"] == {"sim/echo": 5, "sim/fixed": 1}
+    assert stats["prompt_tokens"] > 0 and stats["completion_tokens"] == 6
+    assert fetch_stats(server.base_url) == {**stats, "in_flight": 0}
+    server.reset_stats()
+    assert server.stats()["requests"] == 0 and server.stats()["distinct_prompts"] == 0
+    post(server, b"{}", path="/admin/reset")
+    assert fetch_stats(server.url)["by_status"] == {}
+
+
+@pytest.mark.timeout(60)
+def test_concurrent_requests_overlap_under_latency(sim):
+    import aiohttp
+
+    latency_s, n = 0.4, 200
+    server = sim(latency_ms=latency_s * 1000, jitter=0.1, seed=3)
+
+    async def burst() -> float:
+        started = time.perf_counter()
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            async def one(i: int) -> int:
+                async with session.post(server.base_url + "/chat/completions",
+                                        json=chat(f"q{i}")) as response:
+                    await response.read()
+                    return response.status
+            assert set(await asyncio.gather(*(one(i) for i in range(n)))) == {200}
+        return time.perf_counter() - started
+
+    wall = asyncio.run(burst())
+    stats = server.stats()
+    assert stats["max_concurrency"] == n and stats["distinct_prompts"] == n
+    assert wall / latency_s < n / 10  # overlapped, not one after another
+
+
+def test_latency_model_is_seeded():
+    a, b = SimServer(latency_ms=100, jitter=0.5, seed=1), SimServer(latency_ms=100, jitter=0.5, seed=1)
+    draws = [a.simulator.latency_s(10) for _ in range(20)]
+    assert draws == [b.simulator.latency_s(10) for _ in range(20)]
+    assert all(0.05 <= d <= 0.15 for d in draws) and len(set(draws)) > 1
+    c = SimServer(latency_ms=100, per_token_ms=10)
+    assert c.simulator.latency_s(10) == pytest.approx(0.2)
+
+
+# -- configuration, resolve_model, CLI ---------------------------------------
+
+def test_bad_knobs_are_user_errors(sim_server):
+    with pytest.raises(UserError, match="fault kind"):
+        SimServer(faults=("boom",))
+    with pytest.raises(UserError, match="fail-rate"):
+        SimServer(fail_rate=1.5)
+    with pytest.raises(UserError, match="cannot listen"):
+        SimServer(port=sim_server.port).start()
+
+
+def test_resolve_model(sim):
+    assert resolve_model("openai/gpt-4o", None) == ("openai/gpt-4o", None, None)
+    model, api_base, server = resolve_model("sim/echo", None)
+    try:
+        assert (model, api_base) == ("openai/sim/echo", server.base_url)
+        reply = litellm.completion(model=model, api_base=api_base, api_key="k",
+                                   messages=[{"role": "user", "content": "hi"}])
+        assert reply.choices[0].message.content == "hi"
+    finally:
+        server.stop()
+    assert resolve_model("sim/echo", "http://127.0.0.1:1/v1") == \
+        ("openai/sim/echo", "http://127.0.0.1:1/v1", None)
+    with pytest.raises(UserError, match="unknown simulator policy"):
+        resolve_model("sim/nope", None)
+    if "sim/rlm-policy" in POLICIES:
+        model, _, server = resolve_model("sim", None)
+        server.stop()
+        assert model == "openai/sim/rlm-policy"
+    else:
+        with pytest.raises(UserError, match="sim/rlm-policy"):
+            resolve_model("sim", None)
+
+
+@pytest.mark.timeout(60)
+def test_cli_serves_until_sigterm():
+    cli = [sys.executable, "-m", "rlm_ray.cli", "sim", "--port", "0", "--rpm", "100"]
+    proc = subprocess.Popen(cli, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("SIMULATOR listening on http://127.0.0.1:")
+        assert line.rstrip().endswith("/v1 (not a real model provider)")
+        base_url = line.split()[3]
+        request = urllib.request.Request(base_url + "/chat/completions",
+                                         data=json.dumps(chat("via cli")).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert json.load(response)["choices"][0]["message"]["content"] == "via cli"
+        assert fetch_stats(base_url)["by_status"] == {200: 1}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "SIMULATOR stopped" in proc.stdout.read()
+
+
+def test_cli_bad_option_is_one_line_error():
+    result = subprocess.run([sys.executable, "-m", "rlm_ray.cli", "sim", "--fail-rate", "2"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("rlm-ray: error: --fail-rate must be between 0 and 1")
+    assert "Traceback" not in result.stderr
