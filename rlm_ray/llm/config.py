@@ -1,0 +1,53 @@
+"""GatewayConfig: everything that shapes how the gateway calls one provider."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from rlm_ray.errors import UserError
+
+CacheMode = Literal["auto", "always", "off"]
+CACHE_MODES = ("auto", "always", "off")
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    rpm: float | None = None            # requests per window_s, cluster-wide, per model key
+    tpm: float | None = None            # tokens (prompt + completion) per window_s
+    cache_uri: str | None = None        # local dir or s3:// prefix; None = no response cache
+    cache_mode: CacheMode = "auto"      # auto: only deterministic calls (temperature 0 or seed)
+    prices: dict | None = None          # {model: {"input_per_1m": x, "output_per_1m": y}}
+    max_retries: int = 8
+    timeout_s: float = 120.0            # per attempt: a hung connection becomes a retryable Timeout
+    api_base: str | None = None
+    api_key: str | None = field(default=None, repr=False)   # never logged, cached or recorded
+    window_s: float = 60.0              # the provider's accounting window ("per minute" = 60)
+    context_windows: dict | None = None  # {model: max input tokens} overrides litellm's table
+    shared_limiter: bool | None = None  # None: the Ray limiter actor when Ray is up, else in-process
+    gateway_actors: int = 2             # async actors per node that complete_many spreads over
+
+    def __post_init__(self) -> None:
+        if self.cache_mode not in CACHE_MODES:
+            raise UserError(f"cache_mode must be one of {', '.join(CACHE_MODES)}, got {self.cache_mode!r}")
+        for name in ("rpm", "tpm"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise UserError(f"{name} must be a positive number, got {value!r}")
+        if self.window_s <= 0:
+            raise UserError(f"window_s must be positive, got {self.window_s!r}")
+        if self.max_retries < 0:
+            raise UserError(f"max_retries must be >= 0, got {self.max_retries!r}")
+        for model, price in (self.prices or {}).items():
+            if not isinstance(price, dict) or {"input_per_1m", "output_per_1m"} - price.keys():
+                raise UserError(f"price for {model!r} needs input_per_1m and output_per_1m (USD per 1M tokens)")
+
+    def with_(self, **changes) -> "GatewayConfig":
+        return replace(self, **changes)
+
+    def limiter_key(self, model: str) -> str:
+        """Limits belong to a (model, endpoint) pair: the same model name behind two
+        different api_bases is two different quotas."""
+        return f"{model}@{self.api_base}" if self.api_base else model
+
+
+DEFAULT_CONFIG = GatewayConfig()

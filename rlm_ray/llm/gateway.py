@@ -1,0 +1,226 @@
+"""complete / acomplete: one model call through cache, budget, limiter, retries.
+
+Order of operations for a call:
+  cache lookup (deterministic calls) -> budget reserve (estimate) ->
+  [limiter reserve -> litellm (its own retries off) -> limiter settle]
+  repeated by tenacity for retryable failures -> budget settle -> cache write.
+A 429 penalises the shared limiter, so everyone (not just this caller) backs
+off for Retry-After and the rate adapts down."""
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from typing import Any
+
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from rlm_ray.errors import UserError
+from rlm_ray.llm import cache as response_cache
+from rlm_ray.llm._litellm import litellm
+from rlm_ray.llm.budget import Budget
+from rlm_ray.llm.config import DEFAULT_CONFIG, GatewayConfig
+from rlm_ray.llm.cost import cost_usd, price_for
+from rlm_ray.llm.limiter import DEFAULT_OUTPUT_TOKENS
+from rlm_ray.llm.limiter_client import limiter_for
+from rlm_ray.llm.retry import BACKOFF_BASE_S, BACKOFF_MAX_S, Failure, MalformedResponse, classify, redact
+from rlm_ray.llm.types import Completion, LLMError
+from rlm_ray.tokens import count_tokens
+
+# OpenAI's chat accounting: per-message overhead and the reply priming.
+_TOKENS_PER_MESSAGE = 3
+_REPLY_PRIMING = 3
+# Providers that talk OpenAI's wire format and often need no key (self-hosted, simulators).
+_KEYLESS_OK = ("openai/", "hosted_vllm/", "custom_openai/", "text-completion-openai/")
+
+
+class _Attempt(Exception):
+    """One failed attempt, classified; tenacity retries it or gives up."""
+
+    def __init__(self, failure: Failure, cause: BaseException) -> None:
+        super().__init__(failure.reason)
+        self.failure = failure
+        self.cause = cause
+
+
+def estimate_prompt_tokens(messages: list[dict]) -> int:
+    total = _REPLY_PRIMING
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        total += _TOKENS_PER_MESSAGE + count_tokens(str(message.get("role", ""))) + count_tokens(str(content or ""))
+    return total
+
+
+def _check_messages(messages: Any) -> None:
+    if not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) and "role" in m for m in messages):
+        raise UserError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
+
+
+def _api_key(model: str, config: GatewayConfig) -> str | None:
+    if config.api_key:
+        return config.api_key
+    # An OpenAI-compatible endpoint of our own (vLLM, the simulator) needs no key, but
+    # the OpenAI SDK refuses to send a request without one.
+    if config.api_base and model.startswith(_KEYLESS_OK) and not os.environ.get("OPENAI_API_KEY"):
+        return "no-key"
+    return None
+
+
+def _max_output(params: dict) -> int | None:
+    return params.get("max_tokens") or params.get("max_completion_tokens")
+
+
+def _parse(response: Any) -> tuple[str, int | None, int | None]:
+    try:
+        choice = response.choices[0]
+        text = choice.message.content
+    except (AttributeError, IndexError, TypeError):
+        raise MalformedResponse("the provider returned no choices") from None
+    if text is None and not getattr(choice.message, "tool_calls", None):
+        raise MalformedResponse("the provider returned a choice without content")
+    usage = getattr(response, "usage", None)
+    prompt = getattr(usage, "prompt_tokens", None) if usage else None
+    completion = getattr(usage, "completion_tokens", None) if usage else None
+    return text or "", prompt or None, completion
+
+
+async def _call_provider(model: str, messages: list[dict], params: dict,
+                         config: GatewayConfig, prompt_estimate: int) -> tuple[str, int, int]:
+    """One attempt: limiter slot, the HTTP call, usage fed back to the limiter."""
+    limiter = limiter_for(model, config)
+    max_out = _max_output(params)
+    ticket = await limiter.acquire(prompt_estimate, max_out) if limiter else None
+    try:
+        response = await litellm().acompletion(
+            model=model, messages=messages, api_base=config.api_base,
+            api_key=_api_key(model, config), timeout=config.timeout_s,
+            num_retries=0, max_retries=0, **params)
+        text, prompt, completion = _parse(response)
+    except BaseException as exc:
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        failure = classify(exc)
+        if limiter and failure.kind == "rate_limit":
+            limiter.penalize(failure.retry_after_s)
+        if limiter and ticket:
+            # A refused request costs no quota at the provider; anything else may have.
+            limiter.settle(ticket, 0 if failure.kind == "rate_limit" else ticket.estimated_tokens, None)
+        raise _Attempt(failure, exc) from None
+    prompt = prompt or prompt_estimate
+    completion = completion if completion is not None else count_tokens(text)
+    if limiter and ticket:
+        # Providers charge max_tokens against TPM when it is given, the output otherwise.
+        limiter.settle(ticket, prompt + (max_out or completion), completion)
+    return text, prompt, completion
+
+
+def _wait_strategy(has_limiter: bool):
+    backoff = wait_random_exponential(multiplier=BACKOFF_BASE_S, max=BACKOFF_MAX_S)
+
+    def wait(state) -> float:
+        exc = state.outcome.exception()
+        failure = exc.failure if isinstance(exc, _Attempt) else None
+        if failure and failure.kind == "rate_limit" and failure.retry_after_s is not None:
+            # With a limiter the pause is already shared and scheduled there.
+            return 0.0 if has_limiter else failure.retry_after_s
+        return backoff(state)
+    return wait
+
+
+def _final_error(model: str, attempt: _Attempt, retries: int, config: GatewayConfig) -> LLMError:
+    failure = attempt.failure
+    reason = redact(failure.reason, (config.api_key,))
+    if failure.retryable:
+        message = f"{model}: gave up after {retries} retries ({failure.kind}): {reason}"
+    else:
+        message = f"{model}: {failure.kind.replace('_', ' ')} error (not retried): {reason}"
+    return LLMError(message, model=model, kind=failure.kind, retries=retries,
+                    retryable=failure.retryable)
+
+
+async def _call_with_retries(model, messages, params, config, prompt_estimate):
+    has_limiter = bool(config.rpm or config.tpm)
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(config.max_retries + 1),
+        wait=_wait_strategy(has_limiter),
+        retry=retry_if_exception(lambda e: isinstance(e, _Attempt) and e.failure.retryable),
+        reraise=True)
+    attempts = 0
+    try:
+        async for attempt in retrying:
+            with attempt:
+                attempts += 1
+                text, prompt, completion = await _call_provider(
+                    model, messages, params, config, prompt_estimate)
+    except _Attempt as failed:
+        raise _final_error(model, failed, attempts - 1, config) from None
+    return text, prompt, completion, attempts - 1
+
+
+async def acomplete(messages: list[dict], model: str, *, config: GatewayConfig | None = None,
+                    budget: Budget | None = None, **params) -> Completion:
+    config = config or DEFAULT_CONFIG
+    _check_messages(messages)
+    started = time.perf_counter()
+    cache = None
+    if config.cache_uri and response_cache.should_cache(config.cache_mode, params):
+        cache = response_cache.cache_for(config.cache_uri)
+        key = response_cache.cache_key(model, messages, params)
+        hit = await asyncio.to_thread(cache.get, key)
+        if hit is not None:
+            return Completion(hit["text"], hit["prompt_tokens"], hit["completion_tokens"], 0.0,
+                              time.perf_counter() - started, 0, True, model)
+
+    prompt_estimate = estimate_prompt_tokens(messages)
+    reservation = None
+    if budget is not None:
+        output_estimate = _max_output(params) or DEFAULT_OUTPUT_TOKENS
+        price = price_for(model, config)
+        est_usd = price.cost(prompt_estimate, output_estimate) if price else None
+        reservation = await budget.areserve(est_usd, prompt_estimate + output_estimate, 1)
+    try:
+        text, prompt, completion, retries = await _call_with_retries(
+            model, messages, params, config, prompt_estimate)
+    except BaseException:
+        if reservation is not None:
+            # The call failed for good: it used a call slot, but no billed tokens.
+            await budget.asettle(reservation, 0.0, 0, 1)
+        raise
+    cost = cost_usd(model, prompt, completion, config)
+    if reservation is not None:
+        await budget.asettle(reservation, cost, prompt + completion, 1)
+    if cache is not None:
+        await asyncio.to_thread(cache.put, key, {
+            "model": model, "text": text, "prompt_tokens": prompt, "completion_tokens": completion,
+            "cost_usd": cost, "created_at": time.time()})
+    return Completion(text, prompt, completion, cost, time.perf_counter() - started,
+                      retries, False, model)
+
+
+# ---- the synchronous face: a private event loop on a daemon thread -------------
+_loop_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+def background_loop() -> asyncio.AbstractEventLoop:
+    """One event loop per process for sync callers, so `complete` works from any
+    thread, including code already running inside another event loop."""
+    global _loop
+    with _loop_lock:
+        if _loop is None or _loop.is_closed():
+            _loop = asyncio.new_event_loop()
+            threading.Thread(target=_loop.run_forever, name="rlm-ray-llm", daemon=True).start()
+        return _loop
+
+
+def run_sync(coro):
+    return asyncio.run_coroutine_threadsafe(coro, background_loop()).result()
+
+
+def complete(messages: list[dict], model: str, *, config: GatewayConfig | None = None,
+             budget: Budget | None = None, **params) -> Completion:
+    return run_sync(acomplete(messages, model, config=config, budget=budget, **params))

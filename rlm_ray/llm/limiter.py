@@ -1,0 +1,158 @@
+"""The rate limiter's state machine: token buckets for requests and tokens per
+window, scheduled GCRA-style (a caller reserves and is told when to go; nobody
+holds a waiter inside the limiter), with a shared pause + multiplicative slow
+down on a 429 that recovers additively.
+
+Why capacity is taken *out of* the rate: a provider that counts over a sliding
+window of W seconds sees at most `capacity + rate * W` units in any window
+from a bucket of that capacity and refill rate. So we refill at
+(limit - capacity) / W, minus a small margin for the jitter between our
+schedule and the provider's clock, and never exceed the limit in any window,
+whether the provider slides, fixes or buckets its window.
+
+The same class runs in-process (behind a lock) or as the body of the named
+Ray actor that all workers share (see limiter_client.py)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+SLOWDOWN = 0.8          # rate factor applied per 429 episode
+MIN_FACTOR = 0.1
+RECOVERY_PER_WINDOW = 0.5   # factor regained per window of clean traffic
+SCHEDULE_MARGIN = 0.01  # share of the limit left for clock jitter between us and the provider
+DEFAULT_OUTPUT_TOKENS = 256  # output estimate until real completions teach us better
+
+
+@dataclass
+class Bucket:
+    """One resource (requests or tokens): `tat` is when the bucket is next full."""
+
+    limit: float
+    window_s: float
+    burst_share: float
+    tat: float = 0.0
+    capacity: float = field(init=False)
+    rate: float = field(init=False)  # units per second at factor 1
+
+    def __post_init__(self) -> None:
+        self.capacity = max(1.0, self.limit * self.burst_share)
+        usable = max(self.limit - self.capacity, self.limit * 0.5)
+        self.rate = usable * (1.0 - SCHEDULE_MARGIN) / self.window_s
+
+    def start_at(self, now: float, units: float, factor: float) -> float:
+        """Earliest time `units` fit: the bucket must hold min(units, capacity).
+        A request bigger than the whole bucket goes once the bucket is full."""
+        rate = self.rate * factor
+        need = min(units, self.capacity)
+        return max(now, self.tat - (self.capacity - need) / rate)
+
+    def take(self, at: float, units: float, factor: float) -> None:
+        self.tat = max(self.tat, at) + units / (self.rate * factor)
+
+    def adjust(self, units: float, factor: float) -> None:
+        # Real usage differed from the estimate: pay the debt or get the refund.
+        self.tat += units / (self.rate * factor)
+
+    def drain_until(self, when: float) -> None:
+        # Resume from an empty bucket: the provider's window is full right now.
+        self.tat = max(self.tat, when + self.capacity / self.rate)
+
+
+@dataclass(frozen=True)
+class Limits:
+    rpm: float | None
+    tpm: float | None
+    window_s: float = 60.0
+
+
+class RateLimiter:
+    def __init__(self, limits: Limits, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self.limits = None
+        self.buckets: dict[str, Bucket] = {}
+        self.factor = 1.0
+        self.paused_until = 0.0
+        self._factor_at = clock()
+        self.penalties = 0
+        self.reservations = 0
+        self._completion_mean = float(DEFAULT_OUTPUT_TOKENS)
+        self._completions_seen = 0
+        self.configure(limits)
+
+    def configure(self, limits: Limits) -> None:
+        if limits == self.limits:
+            return
+        now = self._clock()
+        wanted = {"requests": (limits.rpm, 0.01), "tokens": (limits.tpm, 0.03)}
+        buckets = {}
+        for name, (limit, burst_share) in wanted.items():
+            if limit:
+                # New limits start from an empty bucket: whatever went before still
+                # counts in the provider's window.
+                bucket = Bucket(limit, limits.window_s, burst_share)
+                bucket.tat = max(now + bucket.capacity / bucket.rate,
+                                 self.buckets[name].tat if name in self.buckets else 0.0)
+                buckets[name] = bucket
+        self.limits, self.buckets = limits, buckets
+
+    def _current_factor(self, now: float) -> float:
+        if now > self.paused_until and self.factor < 1.0:
+            regained = (now - max(self._factor_at, self.paused_until)) * RECOVERY_PER_WINDOW / self.limits.window_s
+            self.factor = min(1.0, self.factor + max(0.0, regained))
+        self._factor_at = now
+        return self.factor
+
+    def estimate_tokens(self, prompt_tokens: int, max_output: int | None) -> float:
+        return float(prompt_tokens + (max_output if max_output else self._completion_mean))
+
+    def reserve(self, prompt_tokens: int = 0, max_output: int | None = None) -> tuple[float, float]:
+        """Book one request; returns (go_at, estimated_tokens). go_at is a wall-clock
+        time (time.time) so callers in other processes on the node agree on it."""
+        now = self._clock()
+        factor = self._current_factor(now)
+        tokens = self.estimate_tokens(prompt_tokens, max_output)
+        amounts = {"requests": 1.0, "tokens": tokens}
+        go_at = max(now, self.paused_until)
+        for name, bucket in self.buckets.items():
+            go_at = max(go_at, bucket.start_at(now, amounts[name], factor))
+        for name, bucket in self.buckets.items():
+            bucket.take(go_at, amounts[name], factor)
+        self.reservations += 1
+        return go_at, tokens
+
+    def reserve_many(self, asks: list[tuple[int, int | None]]) -> list[tuple[float, float]]:
+        return [self.reserve(prompt, max_out) for prompt, max_out in asks]
+
+    def settle(self, estimated_tokens: float, actual_tokens: float, completion_tokens: int | None = None) -> None:
+        if completion_tokens is not None:
+            # Running mean of outputs: the next estimates for calls without max_tokens.
+            self._completions_seen += 1
+            weight = 1.0 / min(self._completions_seen, 100)
+            self._completion_mean += (completion_tokens - self._completion_mean) * weight
+        bucket = self.buckets.get("tokens")
+        if bucket is not None and actual_tokens != estimated_tokens:
+            bucket.adjust(actual_tokens - estimated_tokens, self._current_factor(self._clock()))
+
+    def settle_many(self, items: list[tuple[float, float, int | None]]) -> None:
+        for estimated, actual, completion in items:
+            self.settle(estimated, actual, completion)
+
+    def penalize(self, retry_after_s: float | None) -> None:
+        """A 429 reached someone: everyone pauses, and the rate drops once per episode
+        (a storm of 429s from one full window is one signal, not fifty)."""
+        now = self._clock()
+        new_episode = now >= self.paused_until
+        pause = retry_after_s if retry_after_s and retry_after_s > 0 else 1.0
+        self.paused_until = max(self.paused_until, now + pause)
+        if new_episode:
+            self.factor = max(MIN_FACTOR, self._current_factor(now) * SLOWDOWN)
+            self.penalties += 1
+        for bucket in self.buckets.values():
+            bucket.drain_until(self.paused_until)
+
+    def stats(self) -> dict:
+        return {"limits": self.limits.__dict__, "factor": self.factor,
+                "paused_until": self.paused_until, "penalties": self.penalties,
+                "reservations": self.reservations, "completion_mean": self._completion_mean}

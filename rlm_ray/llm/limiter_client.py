@@ -1,0 +1,200 @@
+"""Where the limiter lives: in this process, or in one named Ray actor per model
+key (`rlm-ray-limiter/<model key>` in namespace "rlm_ray") shared by every
+worker of the cluster.
+
+The actor is only ever asked short questions ("when may I go?"); callers sleep
+locally. Concurrent asks from one process are coalesced into one actor call
+while the previous one is in flight, so a fan-out of hundreds costs a handful
+of round trips instead of hundreds, with no lease to over-reserve."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from rlm_ray.llm.config import GatewayConfig
+from rlm_ray.llm.limiter import Limits, RateLimiter
+
+NAMESPACE = "rlm_ray"
+
+
+@dataclass
+class Ticket:
+    estimated_tokens: float
+
+
+class Limiter(Protocol):
+    async def acquire(self, prompt_tokens: int, max_output: int | None) -> Ticket: ...
+    def settle(self, ticket: Ticket, actual_tokens: int, completion_tokens: int | None) -> None: ...
+    def penalize(self, retry_after_s: float | None) -> None: ...
+
+
+async def _sleep_until(when: float) -> None:
+    delay = when - time.time()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+class LocalLimiter:
+    """In-process: one RateLimiter behind a lock (threads and event loops share it)."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.core = RateLimiter(limits)
+        self._lock = threading.Lock()
+
+    def configure(self, limits: Limits) -> None:
+        with self._lock:
+            self.core.configure(limits)
+
+    async def acquire(self, prompt_tokens: int, max_output: int | None) -> Ticket:
+        with self._lock:
+            go_at, estimate = self.core.reserve(prompt_tokens, max_output)
+        await _sleep_until(go_at)
+        return Ticket(estimate)
+
+    def settle(self, ticket: Ticket, actual_tokens: int, completion_tokens: int | None) -> None:
+        with self._lock:
+            self.core.settle(ticket.estimated_tokens, actual_tokens, completion_tokens)
+
+    def penalize(self, retry_after_s: float | None) -> None:
+        with self._lock:
+            self.core.penalize(retry_after_s)
+
+    def stats(self) -> dict:
+        with self._lock:
+            return self.core.stats()
+
+
+class LimiterActor:
+    """Ray actor body: a RateLimiter answering in call order (one caller's penalize
+    is seen before its next reserve)."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.core = RateLimiter(limits)
+
+    def configure(self, limits: Limits) -> None:
+        self.core.configure(limits)
+
+    def reserve_many(self, asks: list[tuple[int, int | None]]) -> list[tuple[float, float]]:
+        return self.core.reserve_many(asks)
+
+    def settle_many(self, items: list[tuple[float, float, int | None]]) -> None:
+        self.core.settle_many(items)
+
+    def penalize(self, retry_after_s: float | None) -> None:
+        self.core.penalize(retry_after_s)
+
+    def stats(self) -> dict:
+        return self.core.stats()
+
+
+class SharedLimiter:
+    """Client of the limiter actor for one event loop of this process."""
+
+    def __init__(self, actor) -> None:
+        self._actor = actor
+        self._asks: list[tuple[tuple[int, int | None], asyncio.Future]] = []
+        self._settles: list[tuple[float, float, int | None]] = []
+        self._flusher: asyncio.Task | None = None
+
+    async def acquire(self, prompt_tokens: int, max_output: int | None) -> Ticket:
+        future = asyncio.get_running_loop().create_future()
+        self._asks.append(((prompt_tokens, max_output), future))
+        self._kick()
+        go_at, estimate = await future
+        await _sleep_until(go_at)
+        return Ticket(estimate)
+
+    def settle(self, ticket: Ticket, actual_tokens: int, completion_tokens: int | None) -> None:
+        self._settles.append((ticket.estimated_tokens, float(actual_tokens), completion_tokens))
+        self._kick()
+
+    def penalize(self, retry_after_s: float | None) -> None:
+        self._flush_settles()
+        self._actor.penalize.remote(retry_after_s)
+
+    def _kick(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    def _flush_settles(self) -> None:
+        if self._settles:
+            batch, self._settles = self._settles, []
+            self._actor.settle_many.remote(batch)   # fire and forget; the actor keeps call order
+
+    async def _flush(self) -> None:
+        # Whatever piles up while one round trip is in flight goes in the next one.
+        while self._asks or self._settles:
+            self._flush_settles()
+            if not self._asks:
+                return
+            batch, self._asks = self._asks, []
+            try:
+                answers = await self._actor.reserve_many.remote([ask for ask, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - hand the failure to every waiter
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), answer in zip(batch, answers):
+                if not future.done():
+                    future.set_result(answer)
+
+
+def _limits(config: GatewayConfig) -> Limits:
+    return Limits(config.rpm, config.tpm, config.window_s)
+
+
+_lock = threading.Lock()
+_local: dict[str, LocalLimiter] = {}
+_actors: dict[str, object] = {}
+_clients: dict[tuple[int, str, Limits], tuple[asyncio.AbstractEventLoop, SharedLimiter]] = {}
+
+
+def _use_ray(config: GatewayConfig) -> bool:
+    if config.shared_limiter is False:
+        return False
+    import ray
+
+    return ray.is_initialized()
+
+
+def limiter_actor(key: str, limits: Limits):
+    """Get or create the cluster's limiter actor for `key` and push our limits to it
+    (the latest configuration wins, so a rerun with new limits takes effect)."""
+    import ray
+
+    with _lock:
+        actor = _actors.get(key)
+        if actor is None:
+            actor_cls = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(LimiterActor)
+            actor = actor_cls.options(
+                name=f"rlm-ray-limiter/{key}", namespace=NAMESPACE, lifetime="detached",
+                get_if_exists=True,
+            ).remote(limits)
+            _actors[key] = actor
+    actor.configure.remote(limits)
+    return actor
+
+
+def limiter_for(model: str, config: GatewayConfig) -> Limiter | None:
+    """The limiter for this model + endpoint, or None when no limits are set."""
+    if not config.rpm and not config.tpm:
+        return None
+    key = config.limiter_key(model)
+    limits = _limits(config)
+    if _use_ray(config):
+        # asyncio futures belong to one loop, so each loop gets its own client.
+        loop = asyncio.get_running_loop()
+        entry = _clients.get((id(loop), key, limits))
+        if entry is None or entry[0] is not loop:
+            entry = _clients[(id(loop), key, limits)] = (loop, SharedLimiter(limiter_actor(key, limits)))
+        return entry[1]
+    with _lock:
+        local = _local.get(key)
+        if local is None:
+            local = _local[key] = LocalLimiter(limits)
+    local.configure(limits)
+    return local
