@@ -1,0 +1,207 @@
+"""`Corpus`: a small, picklable handle on an ingested corpus.
+
+Opening reads `manifest.json` only. The docs table and a DuckDB database are
+opened lazily, once per process (a pickled handle sent to a Ray actor opens
+its own); each call uses its own cursor, so threads may share a handle.
+"""
+from __future__ import annotations
+
+import difflib
+import io
+import os
+import re
+import threading
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rlm_ray import storage
+from rlm_ray.corpus.duck import CorpusQueryError, check_sql, connect
+from rlm_ray.corpus.layout import read_manifest
+
+EXCERPT_CHARS = 200
+GREP_FETCH_ROWS = 64
+# Characters special to both Python `re` and RE2; escaping only these keeps a
+# literal pattern valid in both engines.
+_REGEX_SPECIALS = re.compile(r"([\\.^$|?*+()\[\]{}])")
+STATS_KEYS = ("name", "documents", "chunks", "tokens", "bytes", "skipped", "non_utf8_replaced",
+              "chunk_tokens", "tokenizer", "created_at", "source")
+
+
+def escape_literal(text: str) -> str:
+    return _REGEX_SPECIALS.sub(r"\\\1", text)
+
+
+class Corpus:
+    def __init__(self, uri: str, manifest: dict):
+        self.uri = uri.rstrip("/") if storage.is_s3(uri) else os.path.abspath(uri)
+        self.manifest = manifest
+        self._reset()
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._con_pid: int | None = None
+        self._docs: list[dict] | None = None
+        self._by_key: dict[str, dict] | None = None
+
+    @classmethod
+    def open(cls, uri: str) -> Corpus:
+        return cls(str(uri), read_manifest(str(uri)))
+
+    # -- pickling: a URI and a manifest, never a connection -------------------
+    def __getstate__(self) -> dict:
+        return {"uri": self.uri, "manifest": self.manifest}
+
+    def __setstate__(self, state: dict) -> None:
+        self.uri, self.manifest = state["uri"], state["manifest"]
+        self._reset()
+
+    def __repr__(self) -> str:
+        return (f"Corpus({self.uri!r}: {self.manifest['documents']} documents, "
+                f"{self.manifest['tokens']} tokens)")
+
+    # -- metadata --------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.manifest["tokens"])
+
+    @property
+    def stats(self) -> dict:
+        return {k: self.manifest[k] for k in STATS_KEYS if k in self.manifest} | {
+            "shards": len(self.manifest["shards"])}
+
+    def _file(self, rel: str) -> str:
+        return storage.join(self.uri, rel)
+
+    def _load_docs(self) -> list[dict]:
+        if self._docs is None:
+            data = storage.read_bytes(self._file(self.manifest["docs_file"]))
+            rows = pq.read_table(io.BytesIO(data)).to_pylist()
+            self._by_key = {r["path"]: r for r in rows} | {r["doc_id"]: r for r in rows}
+            self._docs = rows
+        return self._docs
+
+    def docs(self, limit: int | None = None) -> list[dict]:
+        """One row per document: doc_id, path, n_lines, n_chunks, n_tokens, sha256, bytes."""
+        rows = self._load_docs()[:limit] if limit is not None else self._load_docs()
+        return [{k: v for k, v in r.items() if k != "shard"} for r in rows]
+
+    def _doc(self, doc: str) -> dict:
+        self._load_docs()
+        row = self._by_key.get(str(doc)) or self._by_key.get(str(doc).lstrip("./"))
+        if row is None:
+            close = difflib.get_close_matches(str(doc), [r["path"] for r in self._docs], n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise CorpusQueryError(f"unknown document {doc!r}{hint}")
+        return row
+
+    # -- DuckDB ----------------------------------------------------------------
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        with self._lock:
+            if self._con is None or self._con_pid != os.getpid():
+                shards = [self._file(s["file"]) for s in self.manifest["shards"]]
+                self._con = connect(self.uri, shards, self._file(self.manifest["docs_file"]))
+                self._con_pid = os.getpid()
+            return self._con.cursor()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._con is not None:
+                self._con.close()
+            self._con = None
+
+    def sql(self, query: str) -> pa.Table:
+        """Run one read-only SELECT over the views `chunks` and `docs`."""
+        cur = self._cursor()
+        try:
+            check_sql(cur, query)
+            return cur.execute(query).fetch_arrow_table()
+        except duckdb.Error as exc:
+            raise CorpusQueryError(str(exc).strip()) from None
+        finally:
+            cur.close()
+
+    def _internal(self, query: str, params: list[Any]):
+        cur = self._cursor()
+        try:
+            return cur.execute(query, params)
+        except duckdb.Error as exc:
+            cur.close()
+            raise CorpusQueryError(str(exc).strip()) from None
+
+    # -- grep ------------------------------------------------------------------
+    def grep(self, pattern: str, limit: int = 100, regex: bool = True, case: bool = False) -> list[dict]:
+        """Lines matching `pattern`, in path order: {doc_id, path, line (1-based), text}.
+
+        DuckDB (RE2) finds the candidate chunks; Python then numbers the lines.
+        """
+        if not isinstance(pattern, str) or not pattern:
+            raise CorpusQueryError("grep needs a non-empty pattern")
+        body = pattern if regex else escape_literal(pattern)
+        try:
+            line_re = re.compile(body, 0 if case else re.IGNORECASE)
+        except re.error as exc:
+            raise CorpusQueryError(f"invalid regular expression {pattern!r}: {exc}") from None
+        # (?m): ^/$ at line ends inside a chunk, so every line match is also a chunk match.
+        chunk_re = ("(?m)" if case else "(?im)") + body
+        cur = self._internal(
+            "SELECT doc_id, path, start_line, text FROM chunks "
+            "WHERE regexp_matches(text, ?) ORDER BY path, chunk_id", [chunk_re])
+        matches: list[dict] = []
+        seen: set[tuple[str, int]] = set()
+        try:
+            while limit is None or len(matches) < limit:
+                rows = cur.fetchmany(GREP_FETCH_ROWS)
+                if not rows:
+                    break
+                for doc_id, path, start_line, text in rows:
+                    for offset, line in enumerate(text.split("\n")):
+                        found = line_re.search(line)
+                        if not found or (path, start_line + offset) in seen:
+                            continue
+                        seen.add((path, start_line + offset))
+                        matches.append({"doc_id": doc_id, "path": path, "line": start_line + offset,
+                                        "text": _excerpt(line, found.start())})
+                        if limit is not None and len(matches) >= limit:
+                            return matches
+        finally:
+            cur.close()
+        return matches
+
+    # -- read ------------------------------------------------------------------
+    def read(self, doc: str, start: int = 0, end: int | None = None) -> str:
+        """Lines [start, end) of a document (0-based LINE indices, end exclusive),
+        by doc_id or path; the whole document by default."""
+        row = self._doc(doc)
+        n_lines = row["n_lines"]
+        start = max(0, start + n_lines if start < 0 else start)
+        end = n_lines if end is None else max(0, end + n_lines if end < 0 else min(end, n_lines))
+        if start >= end:
+            return ""
+        # One shard file, pruned to the document's row group(s) by path statistics.
+        cur = self._internal(
+            "SELECT start_line, text FROM read_parquet(?) WHERE path = ? "
+            "AND end_line >= ? AND start_line <= ? ORDER BY chunk_id",
+            [self._file(row["shard"]), row["path"], start + 1, end])
+        try:
+            rows = cur.fetchall()
+        finally:
+            cur.close()
+        if not rows:
+            return ""
+        first_line = rows[0][0]
+        lines = "".join(text for _, text in rows).split("\n")
+        # `lines` begins at file line `first_line` (1-based); the last item is
+        # what follows the final newline (kept so a file without one round-trips).
+        selected = lines[start + 1 - first_line:end + 1 - first_line]
+        text = "\n".join(selected)
+        return text + "\n" if end + 1 - first_line < len(lines) else text
+
+
+def _excerpt(line: str, at: int) -> str:
+    if len(line) <= EXCERPT_CHARS:
+        return line
+    begin = max(0, min(at - EXCERPT_CHARS // 3, len(line) - EXCERPT_CHARS))
+    return ("…" if begin else "") + line[begin:begin + EXCERPT_CHARS] + ("…" if begin + EXCERPT_CHARS < len(line) else "")
