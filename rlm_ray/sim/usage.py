@@ -7,6 +7,10 @@ tokens that prime the reply.
 """
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
+
 from rlm_ray.sim.registry import text_of
 from rlm_ray.tokens import count_tokens, encoder
 
@@ -15,12 +19,44 @@ TOKENS_PER_NAME = 1
 REPLY_PRIMING_TOKENS = 3
 
 
+_CACHE_MIN_CHARS = 2048      # below this, counting is cheaper than hashing + lookup
+_CACHE_MAX_ENTRIES = 50_000  # digests and ints only: a few MB at most
+
+
+class _CountCache:
+    """Token counts of long message contents, keyed by digest. An RLM root
+    conversation resends its whole history every turn; recounting it would
+    stall the event loop (~18 ms per 100 KB) for all in-flight requests."""
+
+    def __init__(self) -> None:
+        self._counts: OrderedDict[bytes, int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def count(self, text: str) -> int:
+        if len(text) < _CACHE_MIN_CHARS:
+            return count_tokens(text)
+        key = hashlib.blake2b(text.encode(), digest_size=16).digest()
+        with self._lock:
+            if key in self._counts:
+                self._counts.move_to_end(key)
+                return self._counts[key]
+        n = count_tokens(text)
+        with self._lock:
+            self._counts[key] = n
+            if len(self._counts) > _CACHE_MAX_ENTRIES:
+                self._counts.popitem(last=False)
+        return n
+
+
+_content_counts = _CountCache()
+
+
 def prompt_tokens(messages: list[dict]) -> int:
     total = REPLY_PRIMING_TOKENS
     for message in messages:
         total += TOKENS_PER_MESSAGE
         total += count_tokens(str(message.get("role", "")))
-        total += count_tokens(text_of(message.get("content")))
+        total += _content_counts.count(text_of(message.get("content")))
         if message.get("name"):
             total += TOKENS_PER_NAME + count_tokens(str(message["name"]))
     return total
