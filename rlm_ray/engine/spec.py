@@ -1,0 +1,66 @@
+"""Value objects that cross process boundaries: what one RLM of a tree must know
+(`RunSpec`, sent to every RLMActor) and what it gives back (`Result`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from rlm_ray.engine.limits import TreeBudget
+from rlm_ray.llm.config import GatewayConfig
+
+STATUSES = ("ok", "error", "budget_exceeded", "timeout", "max_iterations")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Knobs of the loop itself (not budgets)."""
+
+    view_chars: int = 5000            # REPL output shown to the root per iteration
+    max_rows: int = 5000              # context.sql / docs rows handed to the REPL
+    max_read_chars: int = 2_000_000   # context.read characters handed to the REPL
+    sub_window_tokens: int | None = None   # None: litellm's table, else DEFAULT_SUB_CONTEXT_TOKENS
+    sandbox_timeout_s: float = 300.0  # per code block (also bounded by the deadline)
+    temperature: float = 0.0          # deterministic calls: the response cache makes reruns free
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One RLM of a tree: models, shared budget, its depth and where it hangs in the lineage."""
+
+    model: str
+    sub_model: str
+    gateway: GatewayConfig
+    budget: TreeBudget
+    settings: EngineSettings = field(default_factory=EngineSettings)
+    sandbox_opts: dict = field(default_factory=dict)
+    depth: int = 0
+    parent_call_id: str | None = None   # the `rlm` row of a child; None for the top root
+
+    def child(self, parent_call_id: str) -> "RunSpec":
+        return replace(self, depth=self.depth + 1, parent_call_id=parent_call_id)
+
+
+@dataclass
+class Result:
+    answer: str | None
+    status: str
+    error: str | None
+    iterations: int
+    max_depth_reached: int
+    usage: dict
+    cost_usd: float | None
+    wall_s: float
+    calls: list[dict]
+    steps: list[dict]
+    model: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def summary(self) -> str:
+        u = self.usage
+        cost = "n/a" if self.cost_usd is None else f"${self.cost_usd:.4f}"
+        return (f"status={self.status} iterations={self.iterations} calls={u.get('llm_calls', 0)} "
+                f"(root {u.get('root_calls', 0)}, sub {u.get('sub_calls', 0)}, "
+                f"rlm {u.get('rlm_calls', 0)}) tokens={u.get('input_tokens', 0)}+"
+                f"{u.get('output_tokens', 0)} cost={cost} wall={self.wall_s:.1f}s")
