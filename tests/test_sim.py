@@ -117,10 +117,15 @@ def test_context_window_exceeded_is_400(sim):
     assert ask(server, "short").choices[0].message.content == "short"
 
 
-def test_invalid_bodies_are_400(sim_server):
-    assert post(sim_server, b"{not json")[0] == 400
-    assert post(sim_server, {"model": "sim/echo", "messages": []})[0] == 400
-    assert post(sim_server, chat("x", max_tokens=0))[0] == 400
+def test_invalid_bodies_are_400_and_counted(sim):
+    server = sim()
+    assert post(server, b"{not json")[0] == 400
+    assert post(server, b"[1, 2]")[0] == 400
+    assert post(server, {"model": "sim/echo", "messages": []})[0] == 400
+    assert post(server, chat("x", max_tokens=0))[0] == 400
+    stats = server.stats()
+    assert stats["requests"] == 4 and stats["by_status"] == {400: 4}
+    assert stats["completions"] == 0 and stats["models"] == {"sim/echo": 2}
 
 
 # -- built-in policies --------------------------------------------------------

@@ -87,13 +87,17 @@ class Simulator:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     sim: Simulator = request.app[SIM_KEY]
+    sim.stats.request_started()
     try:
-        body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
-        return responses.error(400, "The request body is not valid JSON.", "invalid_request_error")
-    model = body.get("model") if isinstance(body, dict) else None
-    sim.stats.request_started(str(model))
-    try:
+        try:
+            body = json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        if not isinstance(body, dict):
+            return responses.error(400, "The request body is not a JSON object.",
+                                   "invalid_request_error")
+        model = body.get("model")
+        sim.stats.model_requested(str(model))
         return await _complete(request, sim, body, model)
     finally:
         sim.stats.request_finished()

@@ -46,12 +46,15 @@ class SimStats:
             self.observed = SlidingWindow(self.window_s)
             self.started_at = time.time()
 
-    def request_started(self, model: str) -> None:
+    def request_started(self) -> None:
         with self._lock:
             self.requests += 1
-            self.models[model] += 1
             self.in_flight += 1
             self.max_concurrency = max(self.max_concurrency, self.in_flight)
+
+    def model_requested(self, model: str) -> None:
+        with self._lock:
+            self.models[model] += 1
 
     def request_finished(self) -> None:
         with self._lock:
