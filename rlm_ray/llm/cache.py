@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any
+
+from rlm_ray import storage
 
 # Parameters that never change what the model says (or are secrets).
 _TRANSPORT_PARAMS = frozenset({
@@ -38,68 +38,20 @@ def should_cache(mode: str, params: dict[str, Any]) -> bool:
     return mode == "always" or (mode == "auto" and is_deterministic(params))
 
 
-class _LocalStore:
-    def read(self, path: str) -> bytes | None:
-        try:
-            with open(path, "rb") as fh:
-                return fh.read()
-        except FileNotFoundError:
-            return None
-
-    def write(self, path: str, data: bytes) -> None:
-        directory = os.path.dirname(path)
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)   # readers see the whole entry or none
-
-
-class _UriStore:
-    """Through rlm_ray.storage (local and s3://)."""
-
-    def __init__(self) -> None:
-        from rlm_ray import storage
-
-        self._storage = storage
-
-    def read(self, uri: str) -> bytes | None:
-        try:
-            return self._storage.read_bytes(uri)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:   # pyarrow maps S3 NoSuchKey to OSError on some versions
-            if "NoSuchKey" in str(exc) or "does not exist" in str(exc) or "not found" in str(exc).lower():
-                return None
-            raise
-
-    def write(self, uri: str, data: bytes) -> None:
-        self._storage.write_bytes_atomic(uri, data)
-
-
-def _store_for(uri: str):
-    try:
-        return _UriStore()
-    except ImportError:
-        if uri.startswith("s3://"):
-            raise
-        return _LocalStore()
-
-
 @dataclass
 class ResponseCache:
     uri: str
 
     def __post_init__(self) -> None:
         self.uri = self.uri.rstrip("/")
-        self._store = _store_for(self.uri)
 
     def _path(self, key: str) -> str:
-        return f"{self.uri}/{key[:2]}/{key}.json"
+        return storage.join(self.uri, key[:2], f"{key}.json")
 
     def get(self, key: str) -> dict | None:
-        data = self._store.read(self._path(key))
-        if data is None:
+        try:
+            data = storage.read_bytes(self._path(key))
+        except FileNotFoundError:
             return None
         try:
             return json.loads(data)
@@ -107,7 +59,8 @@ class ResponseCache:
             return None   # a foreign or damaged entry is a miss, and gets overwritten
 
     def put(self, key: str, value: dict) -> None:
-        self._store.write(self._path(key), json.dumps(value, sort_keys=True).encode())
+        # Atomic (temp + rename locally, one PUT on S3): a reader never sees half an entry.
+        storage.write_bytes_atomic(self._path(key), json.dumps(value, sort_keys=True).encode())
 
 
 _caches: dict[str, ResponseCache] = {}

@@ -18,6 +18,7 @@ class GatewayConfig:
     cache_mode: CacheMode = "auto"      # auto: only deterministic calls (temperature 0 or seed)
     prices: dict | None = None          # {model: {"input_per_1m": x, "output_per_1m": y}}
     max_retries: int = 8
+    backoff_s: float = 0.5              # first retry waits up to this (full jitter), doubling
     timeout_s: float = 120.0            # per attempt: a hung connection becomes a retryable Timeout
     api_base: str | None = None
     api_key: str | None = field(default=None, repr=False)   # never logged, cached or recorded
@@ -35,6 +36,8 @@ class GatewayConfig:
                 raise UserError(f"{name} must be a positive number, got {value!r}")
         if self.window_s <= 0:
             raise UserError(f"window_s must be positive, got {self.window_s!r}")
+        if self.backoff_s < 0:
+            raise UserError(f"backoff_s must be >= 0, got {self.backoff_s!r}")
         if self.max_retries < 0:
             raise UserError(f"max_retries must be >= 0, got {self.max_retries!r}")
         for model, price in (self.prices or {}).items():

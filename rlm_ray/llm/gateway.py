@@ -24,7 +24,7 @@ from rlm_ray.llm.config import DEFAULT_CONFIG, GatewayConfig
 from rlm_ray.llm.cost import cost_usd, price_for
 from rlm_ray.llm.limiter import DEFAULT_OUTPUT_TOKENS
 from rlm_ray.llm.limiter_client import limiter_for
-from rlm_ray.llm.retry import BACKOFF_BASE_S, BACKOFF_MAX_S, Failure, MalformedResponse, classify, redact
+from rlm_ray.llm.retry import BACKOFF_MAX_S, Failure, MalformedResponse, classify, redact
 from rlm_ray.llm.types import Completion, LLMError
 from rlm_ray.tokens import count_tokens
 
@@ -118,8 +118,8 @@ async def _call_provider(model: str, messages: list[dict], params: dict,
     return text, prompt, completion
 
 
-def _wait_strategy(has_limiter: bool):
-    backoff = wait_random_exponential(multiplier=BACKOFF_BASE_S, max=BACKOFF_MAX_S)
+def _wait_strategy(has_limiter: bool, backoff_s: float):
+    backoff = wait_random_exponential(multiplier=backoff_s, max=BACKOFF_MAX_S)
 
     def wait(state) -> float:
         exc = state.outcome.exception()
@@ -146,7 +146,7 @@ async def _call_with_retries(model, messages, params, config, prompt_estimate):
     has_limiter = bool(config.rpm or config.tpm)
     retrying = AsyncRetrying(
         stop=stop_after_attempt(config.max_retries + 1),
-        wait=_wait_strategy(has_limiter),
+        wait=_wait_strategy(has_limiter, config.backoff_s),
         retry=retry_if_exception(lambda e: isinstance(e, _Attempt) and e.failure.retryable),
         reraise=True)
     attempts = 0

@@ -33,7 +33,6 @@ FAILURE_KINDS: dict[str, tuple[bool, str]] = {
     "BadRequestError": (False, "bad_request"),
 }
 
-BACKOFF_BASE_S = 0.5   # first retry waits up to this (full jitter), doubling per attempt
 BACKOFF_MAX_S = 30.0
 
 

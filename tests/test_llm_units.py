@@ -1,0 +1,197 @@
+"""Gateway pieces that need no HTTP: the limiter's schedule, budget atomicity,
+cache keys, cost and context windows against litellm's own tables, and the
+retry classification of litellm's exception family."""
+from __future__ import annotations
+
+import bisect
+import pickle
+import threading
+
+import pytest
+
+from rlm_ray.errors import UserError
+from rlm_ray.llm import Budget, BudgetExceeded, GatewayConfig, LLMError
+from rlm_ray.llm.cache import ResponseCache, cache_key, should_cache
+from rlm_ray.llm.limiter import Limits, RateLimiter
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def max_in_window(times: list[float], weights: list[float], window: float) -> float:
+    """Largest total weight inside any half-open window (t - window, t]."""
+    order = sorted(zip(times, weights))
+    ts = [t for t, _ in order]
+    prefix = [0.0]
+    for _, w in order:
+        prefix.append(prefix[-1] + w)
+    best = 0.0
+    for i, t in enumerate(ts):
+        lo = bisect.bisect_right(ts, t - window)
+        best = max(best, prefix[i + 1] - prefix[lo])
+    return best
+
+
+def test_schedule_never_exceeds_a_sliding_window_and_uses_most_of_it():
+    clock = FakeClock()
+    limiter = RateLimiter(Limits(rpm=1200, tpm=None, window_s=60), clock=clock)
+    go = [limiter.reserve(10)[0] for _ in range(3000)]   # everyone asks at once
+    assert max_in_window(go, [1] * len(go), 60) <= 1200
+    achieved = (len(go) - 1) / (go[-1] - go[0]) * 60
+    assert achieved / 1200 >= 0.96
+
+
+def test_idle_then_burst_stays_under_the_window():
+    # A full bucket after idling must not add a second window's worth of burst.
+    clock = FakeClock()
+    limiter = RateLimiter(Limits(rpm=100, tpm=None, window_s=10), clock=clock)
+    go = [limiter.reserve()[0] for _ in range(150)]
+    clock.now = go[-1] + 5.0                       # idle for half a window
+    go += [limiter.reserve()[0] for _ in range(150)]
+    assert max_in_window(go, [1] * len(go), 10) <= 100
+
+
+def test_token_limit_with_estimates_corrected_by_usage():
+    clock = FakeClock()
+    limiter = RateLimiter(Limits(rpm=None, tpm=10_000, window_s=60), clock=clock)
+    go, charged = [], []
+    for i in range(400):
+        at, estimate = limiter.reserve(prompt_tokens=50)     # no max_tokens: learned output
+        actual = 50 + (20 + i % 30)
+        limiter.settle(estimate, actual, actual - 50)
+        go.append(at)
+        charged.append(actual)
+    # Estimates start high (256 output tokens) and learn the real ~35.
+    assert limiter.estimate_tokens(50, None) < 100
+    assert max_in_window(go[50:], charged[50:], 60) <= 10_000
+
+
+def test_penalty_pauses_everyone_slows_down_then_recovers():
+    clock = FakeClock()
+    limiter = RateLimiter(Limits(rpm=600, tpm=None, window_s=60), clock=clock)
+    limiter.reserve()
+    limiter.penalize(3.0)
+    limiter.penalize(3.0)          # the same storm: one episode
+    assert limiter.factor == pytest.approx(0.8)
+    assert limiter.penalties == 1
+    assert limiter.reserve()[0] >= clock.now + 3.0
+    clock.now += 3.0 + 60.0        # a clean window later the rate is back
+    limiter.reserve()
+    assert limiter.factor == 1.0
+
+
+def test_budget_reservations_are_atomic_under_threads():
+    budget = Budget(tokens=1000)
+    granted, refused = [], []
+
+    def worker():
+        for _ in range(50):
+            try:
+                granted.append(budget.reserve(usd=None, tokens=7, calls=1))
+            except BudgetExceeded as exc:
+                refused.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(granted) == 1000 // 7
+    assert all(exc.kind == "tokens" for exc in refused)
+    for reservation in granted:
+        budget.settle(reservation, usd=None, tokens=7, calls=1)
+    assert budget.remaining()["tokens"] == pytest.approx(1000 - 7 * len(granted))
+
+
+def test_budget_exceeded_and_llm_error_survive_pickling():
+    exc = pickle.loads(pickle.dumps(BudgetExceeded("usd", 1.0, 0.9, 0.2)))
+    assert (exc.kind, exc.limit) == ("usd", 1.0) and "budget exceeded (usd)" in str(exc)
+    err = pickle.loads(pickle.dumps(LLMError("m: auth", model="m", kind="auth", retries=0)))
+    assert (err.kind, err.model, str(err)) == ("auth", "m", "m: auth")
+
+
+def test_unknown_price_counts_tokens_and_calls_but_not_dollars():
+    budget = Budget(usd=0.01, calls=2)
+    budget.reserve(usd=None, tokens=10)
+    budget.reserve(usd=None, tokens=10)
+    with pytest.raises(BudgetExceeded) as info:
+        budget.reserve(usd=None, tokens=10)
+    assert info.value.kind == "calls"
+    assert budget.remaining()["usd"] == pytest.approx(0.01)
+
+
+def test_cache_key_covers_output_params_only():
+    msgs = [{"role": "user", "content": "hi"}]
+    base = cache_key("m", msgs, {"temperature": 0})
+    assert base == cache_key("m", msgs, {"temperature": 0, "api_key": "sk-secret", "timeout": 3,
+                                         "api_base": "http://elsewhere"})
+    for changed in ({"temperature": 0.5}, {"temperature": 0, "max_tokens": 5},
+                    {"temperature": 0, "seed": 1}, {"temperature": 0, "stop": ["x"]}):
+        assert cache_key("m", msgs, changed) != base
+    assert cache_key("m2", msgs, {"temperature": 0}) != base
+    assert should_cache("auto", {"temperature": 0}) and should_cache("auto", {"seed": 3})
+    assert not should_cache("auto", {}) and should_cache("always", {}) and not should_cache("off", {"temperature": 0})
+
+
+def test_local_cache_round_trip_and_damaged_entry_is_a_miss(tmp_path):
+    cache = ResponseCache(str(tmp_path / "cache"))
+    key = cache_key("m", [{"role": "user", "content": "x"}], {})
+    assert cache.get(key) is None
+    cache.put(key, {"text": "y"})
+    assert cache.get(key) == {"text": "y"}
+    (tmp_path / "cache" / key[:2] / f"{key}.json").write_text("{not json")
+    assert cache.get(key) is None
+    assert not [p for p in (tmp_path / "cache").rglob(".tmp-*")]
+
+
+def test_cost_matches_litellm_and_user_prices_and_unknown_is_none():
+    import litellm
+
+    from rlm_ray.llm.cost import context_window, cost_usd
+
+    config = GatewayConfig(prices={"my/model": {"input_per_1m": 2.0, "output_per_1m": 8.0}})
+    for model in ("openai/gpt-4o-mini", "gpt-4o-mini", "openai/gpt-5-mini"):
+        prompt, completion = litellm.cost_per_token(model=model, prompt_tokens=1234, completion_tokens=567)
+        assert cost_usd(model, 1234, 567, config) == pytest.approx(prompt + completion, rel=1e-12)
+    assert cost_usd("my/model", 1_000_000, 500_000, config) == pytest.approx(6.0)
+    assert cost_usd("openai/sim/echo", 10, 10, config) is None
+    assert context_window("openai/gpt-4o-mini") == litellm.get_model_info("openai/gpt-4o-mini")["max_input_tokens"]
+    assert context_window("openai/sim/echo") is None
+    assert context_window("openai/sim/echo", GatewayConfig(context_windows={"openai/sim/echo": 8000})) == 8000
+
+
+def test_retry_classification_of_litellm_errors():
+    import httpx
+    import litellm
+
+    from rlm_ray.llm.retry import classify
+
+    response = httpx.Response(429, headers={"retry-after": "2.5"},
+                              request=httpx.Request("POST", "http://x"))
+    rate = litellm.RateLimitError("slow down", llm_provider="openai", model="m", response=response)
+    assert (classify(rate).retryable, classify(rate).kind) == (True, "rate_limit")
+    cases = {
+        litellm.ContextWindowExceededError("too long", model="m", llm_provider="openai"): (False, "context_length"),
+        litellm.AuthenticationError("bad key sk-abcdef123456", llm_provider="openai", model="m"): (False, "auth"),
+        litellm.BadRequestError("bad", model="m", llm_provider="openai"): (False, "bad_request"),
+        litellm.InternalServerError("boom", llm_provider="openai", model="m"): (True, "server_error"),
+        litellm.Timeout("slow", model="m", llm_provider="openai"): (True, "timeout"),
+        ValueError("our own bug"): (False, "internal"),
+    }
+    for exc, verdict in cases.items():
+        assert (classify(exc).retryable, classify(exc).kind) == verdict, exc
+    assert "sk-abcdef123456" not in classify(
+        litellm.AuthenticationError("bad key sk-abcdef123456", llm_provider="openai", model="m")).reason
+
+
+def test_config_rejects_bad_values_as_user_errors():
+    for bad in ({"cache_mode": "sometimes"}, {"rpm": 0}, {"window_s": -1},
+                {"prices": {"m": {"input_per_1m": 1}}}):
+        with pytest.raises(UserError):
+            GatewayConfig(**bad)
+    assert "secret" not in repr(GatewayConfig(api_key="secret"))
