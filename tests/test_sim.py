@@ -278,7 +278,24 @@ def test_latency_model_is_seeded():
     assert c.simulator.latency_s(10) == pytest.approx(0.2)
 
 
-# -- configuration, resolve_model, CLI ---------------------------------------
+# -- policy registry, configuration, resolve_model, CLI -----------------------
+
+def test_policy_modules_load_optionally_but_never_hide_broken_imports(tmp_path, monkeypatch):
+    from rlm_ray.sim import registry
+
+    (tmp_path / "sim_policy_broken.py").write_text("import a_dependency_that_is_not_installed\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    absent, broken = "sim_policy_absent", "sim_policy_broken"
+    monkeypatch.setattr(registry, "_POLICY_MODULES", (absent,))
+    monkeypatch.setattr(registry, "_OPTIONAL_POLICY_MODULES", frozenset({absent, broken}))
+    assert registry.load_policies() is POLICIES          # an absent optional module is fine
+    monkeypatch.setattr(registry, "_POLICY_MODULES", (broken,))
+    with pytest.raises(ModuleNotFoundError, match="a_dependency_that_is_not_installed"):
+        registry.load_policies()                          # its missing dependency is not
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register_policy("sim/echo")(lambda messages: "impostor")
+
+
 
 def test_bad_knobs_are_user_errors(sim_server):
     with pytest.raises(UserError, match="fault kind"):
@@ -321,6 +338,7 @@ def test_cli_serves_until_sigterm():
         line = proc.stdout.readline()
         assert line.startswith("SIMULATOR listening on http://127.0.0.1:")
         assert line.rstrip().endswith("/v1 (not a real model provider)")
+        assert "sim/echo" in proc.stdout.readline()
         base_url = line.split()[3]
         request = urllib.request.Request(base_url + "/chat/completions",
                                          data=json.dumps(chat("via cli")).encode(),

@@ -70,6 +70,7 @@ def serve_command(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from rlm_ray.sim.registry import POLICIES
     from rlm_ray.sim.server import SimServer
 
     if not 0 <= args.port <= 65535:
@@ -79,6 +80,7 @@ def serve_command(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
     print(f"SIMULATOR listening on {server.base_url} (not a real model provider)", flush=True)
+    print(f"models: {', '.join(sorted(POLICIES))}; counters at {server.url}/stats", flush=True)
     try:
         while not stopping.wait(0.5):  # wake periodically so signals are handled promptly
             pass
