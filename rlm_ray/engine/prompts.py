@@ -98,7 +98,7 @@ def system_prompt(context_kind: str, settings: PromptSettings) -> str:
 
 def corpus_metadata(stats: dict[str, Any], example_paths: list[str]) -> str:
     lines = ["kind: corpus"]
-    for key in ("tokens", "documents", "chunks", "chunk_tokens", "skipped"):
+    for key in ("tokens", "documents", "chunks", "chunk_tokens"):
         if stats.get(key) is not None:
             lines.append(f"{key}: {stats[key]}")
     lines.append("schema: chunks(doc_id, path, chunk_id, start_line, end_line, text, n_tokens, "

@@ -51,6 +51,9 @@ def _json_safe(value: Any) -> Any:
 class ContextView:
     """What `context` is in the REPL when the input is a corpus."""
 
+    # The sandbox exposes exactly these (not drain_notes, not the Corpus itself).
+    __sandbox_expose__ = ("sql", "grep", "read", "docs", "stats")
+
     def __init__(self, corpus, *, max_rows: int = 5000, max_read_chars: int = 2_000_000) -> None:
         self._corpus = corpus
         self._max_rows = max_rows

@@ -1,0 +1,137 @@
+"""CLI: `rlm-ray query` (one question through the engine) and `rlm-ray bench engine`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import ExitStack
+
+DEFAULT_TRAJECTORY_DIR = ".rlm-ray/trajectories"
+
+
+def add_model_args(parser: argparse.ArgumentParser, *, model_required: bool = True) -> None:
+    parser.add_argument("--model", required=model_required, metavar="M",
+                        help="root model (a litellm model string; `sim` starts the SIMULATOR)")
+    parser.add_argument("--sub-model", default=None, metavar="M2",
+                        help="model for llm_query sub-calls (default: the root model)")
+    parser.add_argument("--api-base", default=None, metavar="URL",
+                        help="OpenAI-compatible endpoint for the models")
+
+
+def add_limit_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-depth", type=int, default=1, metavar="D",
+                        help="recursion depth: 1 = sub-calls only, 2 = child RLMs too (default 1)")
+    parser.add_argument("--max-iterations", type=int, default=20, metavar="N",
+                        help="root replies per RLM (default 20)")
+    parser.add_argument("--max-sub-calls", type=int, default=None, metavar="N",
+                        help="sub-calls across the whole tree (default unlimited)")
+    parser.add_argument("--budget-usd", type=float, default=None, metavar="X")
+    parser.add_argument("--budget-tokens", type=int, default=None, metavar="N")
+    parser.add_argument("--timeout", type=float, default=None, metavar="S",
+                        help="wall-time limit for the whole tree, seconds")
+
+
+def register(commands, bench) -> None:
+    query = commands.add_parser(
+        "query", help="answer one question over a corpus with an RLM",
+        description="Answer QUESTION over CORPUS (a corpus URI: local path or s3://) or over "
+                    "a plain-text file given with --text. The answer goes to stdout, a "
+                    "one-line summary to stderr, the trajectory (calls and steps) to a JSON "
+                    "file. Exit status: 1 when the run ended with status error, 2 on bad "
+                    "input, 0 otherwise (ok, or a limit reached: budget_exceeded / timeout / "
+                    "max_iterations, with the best partial answer).")
+    query.add_argument("inputs", nargs="+", metavar="CORPUS QUESTION",
+                       help="CORPUS and QUESTION (just QUESTION with --text)")
+    query.add_argument("--text", default=None, metavar="FILE",
+                       help="use the content of FILE as a plain string context")
+    add_model_args(query)
+    add_limit_args(query)
+    query.add_argument("--trajectory", default=None, metavar="FILE",
+                       help=f"where to write the trajectory JSON (default {DEFAULT_TRAJECTORY_DIR}/ID.json)")
+    query.add_argument("--local", action="store_true",
+                       help="run the root loop in this process instead of a Ray actor")
+    query.set_defaults(func=_query)
+
+    engine = bench.add_parser(
+        "engine", help="root-actor RSS at 10M vs 100M tokens; per-sub-call engine overhead")
+    engine.add_argument("--work", default=".bench/engine", metavar="DIR",
+                        help="where the 10M / 100M-token corpora are cached")
+    engine.add_argument("--copies", type=int, default=10,
+                        help="stdlib copies in the large corpus (default 10)")
+    engine.add_argument("--sub-calls", type=int, default=400,
+                        help="sub-calls for the overhead figure (default 400)")
+    engine.add_argument("--skip-rss", action="store_true", help="only the overhead figure")
+    engine.set_defaults(func=_bench)
+
+
+def resolve_models(args, stack: ExitStack) -> tuple[str, str, str | None]:
+    """(root model, sub model, api_base); `sim` models start an in-process SIMULATOR."""
+    from rlm_ray.sim import resolve_model
+
+    model, api_base, server = resolve_model(args.model, args.api_base)
+    if server is not None:
+        stack.callback(server.stop)
+        print(f"rlm-ray: the SIMULATOR is answering ({server.base_url}); it is not a real model",
+              file=sys.stderr)
+    sub_model = model
+    if args.sub_model:
+        sub_model, _, sub_server = resolve_model(args.sub_model, api_base)
+        if sub_server is not None:
+            stack.callback(sub_server.stop)
+    return model, sub_model, api_base
+
+
+def open_input(args) -> tuple[object, str]:
+    from rlm_ray.errors import UserError
+
+    if args.text:
+        if len(args.inputs) != 1:
+            raise UserError("with --text FILE give only the QUESTION")
+        try:
+            with open(args.text, encoding="utf-8", errors="replace") as f:
+                return f.read(), args.inputs[0]
+        except OSError as exc:
+            raise UserError(f"cannot read --text {args.text}: {exc.strerror}") from None
+    if len(args.inputs) != 2:
+        raise UserError("give CORPUS and QUESTION (or --text FILE and QUESTION)")
+    from rlm_ray.corpus import Corpus
+
+    return Corpus.open(args.inputs[0]), args.inputs[1]
+
+
+def write_trajectory(path: str, question: str, query_id: str, result) -> None:
+    from dataclasses import asdict
+
+    from rlm_ray import storage
+
+    payload = {"query_id": query_id, "question": question, **asdict(result)}
+    storage.write_bytes_atomic(path, json.dumps(payload, indent=1, default=str).encode())
+
+
+def _query(args) -> int:
+    import uuid
+
+    from rlm_ray.engine import RLM
+
+    context, question = open_input(args)
+    with ExitStack() as stack:
+        model, sub_model, api_base = resolve_models(args, stack)
+        rlm = RLM(model, sub_model, api_base=api_base, max_depth=args.max_depth,
+                  max_iterations=args.max_iterations, max_sub_calls=args.max_sub_calls,
+                  budget_usd=args.budget_usd, budget_tokens=args.budget_tokens,
+                  timeout_s=args.timeout, local=args.local)
+        query_id = uuid.uuid4().hex[:12]
+        result = rlm.answer(context, question, query_id=query_id)
+    path = args.trajectory or f"{DEFAULT_TRAJECTORY_DIR}/{query_id}.json"
+    write_trajectory(path, question, query_id, result)
+    print(result.answer if result.answer is not None else "")
+    error = f" error={result.error!r}" if result.error else ""
+    print(f"rlm-ray: {result.summary()}{error} trajectory={path}", file=sys.stderr)
+    return 1 if result.status == "error" else 0
+
+
+def _bench(args) -> int:
+    from rlm_ray.engine.bench import run_bench
+
+    return run_bench(work=args.work, copies=args.copies, sub_calls=args.sub_calls,
+                     skip_rss=args.skip_rss)
