@@ -1,1 +1,21 @@
-"""An isolated, persistent Python REPL worker with a host-call bridge."""
+"""An isolated, persistent Python REPL worker with a host-call bridge.
+
+    from sandbox import Sandbox, SandboxError, RunResult
+
+Usable on its own (no Ray, no rlm_ray). Exports load lazily (PEP 562) because
+the worker process imports `sandbox.worker` and must not pay for the host side.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {"Sandbox": "sandbox.host", "SandboxError": "sandbox.results",
+            "RunResult": "sandbox.results"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'sandbox' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -1,0 +1,264 @@
+"""The Sandbox: a persistent, isolated Python REPL for untrusted (model-written)
+code, with a bridge back to a fixed set of host functions.
+
+Each Sandbox owns one worker process and holds no process-wide state (no cwd
+changes, no sys.stdout swapping here), so many can serve many threads of one
+host at once; one Sandbox serialises its own callers with a lock.
+"""
+from __future__ import annotations
+
+import json
+import keyword
+import os
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+from typing import Any
+
+from sandbox import isolation, protocol
+from sandbox.dispatch import HostCallRefused, HostDispatcher, plain_json, to_jsonable
+from sandbox.process import WorkerProcess
+from sandbox.results import RunResult, SandboxError
+
+LAYERS = ("bwrap", "seccomp", "landlock", "rlimits")
+RESTART_NOTICE = ("[sandbox] the REPL worker was restarted ({reason}); variables, functions "
+                  "and imports from earlier runs are gone.\n")
+LOST_STATE = "REPL state (variables, functions, imports) was lost; the next run starts a fresh REPL."
+TRUNCATION_MARKER = "\n[output truncated: {cut} more characters not shown (limit {limit})]\n"
+
+_warned: set[frozenset[str]] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_once(missing: list[str], why: str) -> None:
+    key = frozenset(missing)
+    with _warned_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    warnings.warn(f"sandbox running without {', '.join(missing)}{why}; the remaining "
+                  "layers still apply", RuntimeWarning, stacklevel=3)
+
+
+class _WorkerLost(Exception):
+    """The worker died or was killed mid-request: its state is gone."""
+
+    def __init__(self, message: str, timed_out: bool = False):
+        super().__init__(message)
+        self.message, self.timed_out = message, timed_out
+
+
+class Sandbox:
+    def __init__(self, host_functions: dict[str, Any] | None = None, timeout_s: float = 30,
+                 memory_mb: int = 1024, output_limit: int = 20_000,
+                 scratch_dir: str | os.PathLike | None = None, require_isolation: bool = False,
+                 *, use_bwrap: bool | None = None, grace_s: float = 2.0,
+                 max_value_bytes: int = 16 * 1024 * 1024, cpu_limit_s: int = 3600,
+                 file_limit_mb: int = 512, start_timeout_s: float = 15.0):
+        for name, value in (("timeout_s", timeout_s), ("memory_mb", memory_mb),
+                            ("output_limit", output_limit), ("grace_s", grace_s)):
+            if value <= 0:
+                raise SandboxError(f"{name} must be positive, got {value!r}")
+        self.timeout_s, self.grace_s, self.output_limit = timeout_s, grace_s, output_limit
+        self.max_value_bytes = max_value_bytes
+        self.start_timeout_s = start_timeout_s
+        self._dispatcher = HostDispatcher(host_functions or {})
+        self._owns_scratch = scratch_dir is None
+        self.scratch_dir = os.path.realpath(tempfile.mkdtemp(prefix="sandbox-scratch-")
+                                            if scratch_dir is None else scratch_dir)
+        os.makedirs(self.scratch_dir, exist_ok=True)
+        self._limits = {"memory_mb": memory_mb, "cpu_s": cpu_limit_s,
+                        "file_mb": file_limit_mb, "nofile": 256}
+        self._plan = self._launch_plan(use_bwrap)
+        self._lock = threading.RLock()
+        self._host_values: dict[str, Any] = {}   # set() values: host data, restored on restart
+        self._worker: WorkerProcess | None = None
+        self._lost_reason: str | None = None       # why state was lost, not yet told to a run
+        self._closed = False
+        try:
+            self._start_worker()
+            self._check_isolation(require_isolation, use_bwrap)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- public API ------------------------------------------------------------
+    @property
+    def isolation(self) -> dict[str, bool]:
+        return dict(self._isolation)
+
+    def run(self, code: str) -> RunResult:
+        if not isinstance(code, str):
+            raise SandboxError(f"code must be a str, got {type(code).__name__}")
+        with self._lock:
+            notice = self._ensure_worker()
+            started = time.perf_counter()
+            request = {"op": "run", "code": code, "timeout_s": self.timeout_s,
+                       "output_limit": self.output_limit}
+            try:
+                reply = self._exchange(request)
+            except _WorkerLost as lost:
+                return RunResult(notice, lost.message, lost.timed_out,
+                                 time.perf_counter() - started, False)
+            elapsed = time.perf_counter() - started
+        stdout, cut = str(reply.get("stdout", "")), int(reply.get("cut") or 0)
+        if cut:
+            stdout += TRUNCATION_MARKER.format(cut=cut, limit=self.output_limit)
+        error = reply.get("error")
+        return RunResult(notice + stdout, None if error is None else str(error),
+                         bool(reply.get("timed_out")), elapsed, cut > 0)
+
+    def get(self, name: str) -> Any:
+        """A JSON-safe copy of a REPL variable (SandboxError if it is not one)."""
+        with self._lock:
+            self._ensure_worker()
+            try:
+                reply = self._exchange({"op": "get", "name": str(name),
+                                        "max_bytes": self.max_value_bytes})
+            except _WorkerLost as lost:
+                raise SandboxError(lost.message) from None
+            if not reply.get("ok"):
+                hint = f" ({self._lost_reason}: {LOST_STATE})" if self._lost_reason else ""
+                raise SandboxError(f"{reply.get('error')}{hint}")
+            try:
+                return json.loads(str(reply.get("json")))
+            except (ValueError, RecursionError) as exc:
+                raise SandboxError(f"value of {name!r} could not be decoded: {exc}") from None
+
+    def set(self, name: str, value: Any) -> None:
+        """Bind a JSON-safe host value in the REPL namespace (kept across restarts)."""
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+            raise SandboxError(f"not a valid variable name: {name!r}")
+        try:
+            plain = json.loads(json.dumps(value, default=plain_json))
+        except (TypeError, ValueError) as exc:
+            raise SandboxError(f"value for {name!r} is not JSON-serialisable ({exc})") from None
+        with self._lock:
+            self._ensure_worker()
+            try:
+                self._exchange({"op": "set", "name": name, "value": plain})
+            except _WorkerLost as lost:
+                raise SandboxError(lost.message) from None
+            self._host_values[name] = plain
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._worker is not None:
+                self._worker.close()
+                self._worker = None
+            if self._owns_scratch:
+                shutil.rmtree(self.scratch_dir, ignore_errors=True)
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- worker lifecycle ------------------------------------------------------
+    def _launch_plan(self, use_bwrap: bool | None) -> isolation.LaunchPlan:
+        self._bwrap_missing = ""
+        if isolation.wants_bwrap(use_bwrap):
+            usable, why = isolation.bwrap_status()
+            if usable:
+                return isolation.bwrap_plan(self.scratch_dir)
+            self._bwrap_missing = why
+        return isolation.direct_plan(self.scratch_dir)
+
+    def _start_worker(self) -> None:
+        init = {"op": "init", "host": self._dispatcher.spec_payload(),
+                "limits": self._limits, "read_paths": self._plan.read_paths,
+                "write_paths": self._plan.write_paths, "drop_sys_path": self._plan.lib_paths,
+                "pdeathsig": not self._plan.bwrap}
+        self._worker = WorkerProcess(self._plan, init, self.start_timeout_s)
+        report = self._worker.ready.get("isolation") or {}
+        self._isolation = {"bwrap": self._plan.bwrap,
+                           **{layer: bool(report.get(layer)) for layer in LAYERS[1:]}}
+        for name, value in self._host_values.items():
+            self._exchange({"op": "set", "name": name, "value": value})
+
+    def _check_isolation(self, required: bool, use_bwrap: bool | None) -> None:
+        missing = [layer for layer, active in self._isolation.items() if not active]
+        if required and missing:
+            raise SandboxError(f"required isolation layers are missing: {', '.join(missing)}"
+                               + (f" ({self._bwrap_missing})" if self._bwrap_missing else ""))
+        unexpected = [m for m in missing if not (m == "bwrap" and use_bwrap is False)]
+        if unexpected:
+            _warn_once(unexpected, f" ({self._bwrap_missing})" if self._bwrap_missing else "")
+
+    def _ensure_worker(self) -> str:
+        """Restart a dead worker; returns the notice owed to the next run's output."""
+        if self._closed:
+            raise SandboxError("the sandbox is closed")
+        if self._worker is not None and not self._worker.alive:
+            self._drop_worker(f"the REPL worker {self._worker.exit_description()}")
+        if self._worker is None:
+            self._start_worker()
+        if self._lost_reason is None:
+            return ""
+        notice, self._lost_reason = RESTART_NOTICE.format(reason=self._lost_reason), None
+        return notice
+
+    def _drop_worker(self, reason: str) -> None:
+        if self._worker is not None:
+            self._worker.close()
+        self._worker, self._lost_reason = None, reason
+
+    # -- one request, with host calls served until its reply -------------------
+    def _exchange(self, request: dict[str, Any]) -> dict[str, Any]:
+        worker = self._worker
+        assert worker is not None
+        deadline = time.monotonic() + self.timeout_s + self.grace_s
+        try:
+            worker.channel.send(protocol.encode(request), deadline)
+            while True:
+                message = worker.channel.receive(deadline)
+                if message.get("op") != "call":
+                    return message
+                started = time.monotonic()
+                reply = self._serve_call(message)
+                deadline += time.monotonic() - started  # host time is not the code's time
+                worker.channel.send(reply, deadline)
+        except protocol.ChannelTimeout:
+            limit = self.timeout_s + self.grace_s
+            self._drop_worker(f"killed after {limit:g}s")
+            raise _WorkerLost(f"ExecutionTimeout: the code ran past the {self.timeout_s:g}s limit "
+                              f"and did not stop when interrupted, so the REPL worker was killed "
+                              f"after {limit:g}s. {LOST_STATE}", timed_out=True) from None
+        except protocol.ChannelClosed:
+            what = f"the REPL worker {worker.exit_description()}"
+            self._drop_worker(what)
+            raise _WorkerLost(f"SandboxCrash: {what} while running this code. {LOST_STATE}") from None
+        except protocol.ProtocolError as exc:
+            self._drop_worker("it broke the sandbox protocol")
+            raise _WorkerLost(f"SandboxCrash: the REPL worker sent an invalid message ({exc}) "
+                              f"and was killed. {LOST_STATE}") from None
+        except BaseException:  # e.g. KeyboardInterrupt inside a host function
+            self._drop_worker("the host interrupted a request")
+            raise
+
+    def _serve_call(self, message: dict[str, Any]) -> bytes:
+        call_id = message.get("id")
+        args, kwargs = message.get("args") or [], message.get("kwargs") or {}
+        try:
+            if not isinstance(args, list) or not isinstance(kwargs, dict):
+                raise HostCallRefused("malformed host call")
+            value = self._dispatcher.resolve(message)(*args, **kwargs)
+        except Exception as exc:  # the host function's failure is the model's to handle
+            return _error_reply(call_id, exc)
+        try:
+            reply = {"op": "reply", "id": call_id, "ok": True, "value": value}
+            return protocol.encode(reply, default=to_jsonable)
+        except (TypeError, ValueError, RecursionError) as exc:
+            return _error_reply(call_id, TypeError(
+                f"the host function's result cannot cross the sandbox boundary: {exc}"))
+
+
+def _error_reply(call_id: Any, exc: Exception) -> bytes:
+    name = "PermissionError" if isinstance(exc, HostCallRefused) else type(exc).__name__
+    return protocol.encode({"op": "reply", "id": call_id, "ok": False, "error_type": name,
+                            "error": isolation.redact(str(exc))[:4000]})
+

@@ -1,0 +1,113 @@
+"""One worker process: spawn it from a LaunchPlan, hand it its `init`, wait for
+`ready`, kill it. Restart policy lives in sandbox.host; this only knows how
+one process starts and ends."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+import time
+import weakref
+from typing import Any
+
+from sandbox import protocol
+from sandbox.isolation import LaunchPlan
+from sandbox.results import SandboxError
+
+STDERR_TAIL_BYTES = 2000
+
+
+def _bootstrap(lib_paths: list[str], cmd_fd: int, reply_fd: int) -> str:
+    return (f"import sys; sys.path[:0] = {lib_paths!r}; "
+            f"from sandbox.worker import main; main({cmd_fd}, {reply_fd})")
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """SIGKILL the worker (or bwrap: its pid namespace dies with it) and reap it."""
+    if proc.poll() is None:
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+class WorkerProcess:
+    def __init__(self, plan: LaunchPlan, init: dict[str, Any], start_timeout_s: float):
+        self.plan = plan
+        cmd_read, cmd_write = os.pipe()
+        reply_read, reply_write = os.pipe()
+        # Start-up failures (import errors, a bad bwrap bind) are written here;
+        # the worker points fds 1/2 at /dev/null once it is ready.
+        self._stderr = tempfile.TemporaryFile(prefix="sandbox-worker-")
+        argv = [*plan.argv, "-c", _bootstrap(plan.lib_paths, cmd_read, reply_write)]
+        try:
+            self.proc = subprocess.Popen(
+                argv, pass_fds=(cmd_read, reply_write), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=self._stderr, env=plan.env, cwd=plan.cwd,
+                start_new_session=True)
+        except OSError as exc:
+            for fd in (cmd_read, cmd_write, reply_read, reply_write):
+                os.close(fd)
+            raise SandboxError(f"cannot start the sandbox worker: {exc}") from None
+        os.close(cmd_read)  # the child's ends: keeping them would hide its exit from us
+        os.close(reply_write)
+        # A Sandbox dropped without close() must not leave a process behind.
+        self._finalizer = weakref.finalize(self, _kill, self.proc)
+        self.channel = protocol.HostChannel(reply_read, cmd_write)
+        self.ready = self._handshake(init, start_timeout_s)
+
+    def _handshake(self, init: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        try:
+            self.channel.send(protocol.encode(init), deadline)
+            ready = self.channel.receive(deadline)
+        except (protocol.ChannelClosed, protocol.ChannelTimeout, protocol.ProtocolError) as exc:
+            self.kill()
+            raise SandboxError(f"the sandbox worker failed to start ({type(exc).__name__}): "
+                               f"{self.stderr_tail() or 'no output'}") from None
+        if ready.get("op") != "ready":
+            self.kill()
+            raise SandboxError(f"the sandbox worker sent {ready.get('op')!r} instead of 'ready'")
+        return ready
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        _kill(self.proc)
+        self.channel.close()
+        self._finalizer.detach()
+
+    def stderr_tail(self) -> str:
+        try:
+            self._stderr.seek(0, os.SEEK_END)
+            size = self._stderr.tell()
+            self._stderr.seek(max(size - STDERR_TAIL_BYTES, 0))
+            return self._stderr.read().decode(errors="replace").strip()
+        except (OSError, ValueError):
+            return ""
+
+    def exit_description(self) -> str:
+        """Why the process ended, in words a model can act on."""
+        try:
+            code = self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            return "stopped responding"
+        # bwrap reports a child killed by signal N as exit status 128+N.
+        signum = -code if code < 0 else (code - 128 if self.plan.bwrap and code > 128 else 0)
+        if signum:
+            try:
+                return f"was killed by {signal.Signals(signum).name}"
+            except ValueError:
+                return f"was killed by signal {signum}"
+        return f"exited with status {code}"
+
+    def close(self) -> None:
+        self.kill()
+        self._stderr.close()

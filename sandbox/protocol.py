@@ -1,0 +1,143 @@
+"""Length-prefixed JSON frames over pipes, used by both sides of the sandbox.
+
+A frame is a 4-byte big-endian length followed by that many bytes of UTF-8
+JSON. JSON (never pickle) because the worker is untrusted: decoding what it
+sends must not be able to run code in the host. Stdlib only, since the worker
+imports this module before its isolation layers go up.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import struct
+import time
+from typing import Any, Callable
+
+HEADER = struct.Struct(">I")
+# A hostile worker could announce a 4 GB frame to exhaust the host's memory.
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+
+
+class ProtocolError(Exception):
+    """The other side sent something that is not a valid frame."""
+
+
+class ChannelClosed(Exception):
+    """The other side closed its end (the worker exited or was killed)."""
+
+
+class ChannelTimeout(Exception):
+    """No complete frame arrived before the deadline."""
+
+
+def encode(message: dict[str, Any], default: Callable[[Any], Any] | None = None) -> bytes:
+    """One frame; raises TypeError/ValueError if `message` is not JSON-safe."""
+    payload = json.dumps(message, default=default, ensure_ascii=False,
+                         separators=(",", ":")).encode()
+    if len(payload) > MAX_FRAME_BYTES:
+        raise ValueError(f"message too large: {len(payload)} bytes > {MAX_FRAME_BYTES}")
+    return HEADER.pack(len(payload)) + payload
+
+
+def decode(payload: bytes) -> dict[str, Any]:
+    try:
+        message = json.loads(payload)
+    except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, absurd nesting
+        raise ProtocolError(f"undecodable frame: {type(exc).__name__}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("frame is not a JSON object")
+    return message
+
+
+# -- blocking side (the worker: one reader, plain blocking pipes) -------------
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_exact(fd: int, size: int) -> bytes:
+    chunks: list[bytes] = []
+    while size:
+        chunk = os.read(fd, min(size, 1 << 20))
+        if not chunk:
+            raise ChannelClosed("pipe closed")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(fd: int) -> dict[str, Any]:
+    (size,) = HEADER.unpack(_read_exact(fd, HEADER.size))
+    return decode(_read_exact(fd, size))
+
+
+# -- deadline-aware side (the host: never blocks past a deadline) -------------
+
+class HostChannel:
+    """The host's ends of the two pipes, non-blocking, every wait bounded by a
+    deadline so a stuck or hostile worker can never hang the host thread."""
+
+    def __init__(self, read_fd: int, write_fd: int, max_frame_bytes: int = MAX_FRAME_BYTES):
+        self.read_fd, self.write_fd = read_fd, write_fd
+        self.max_frame_bytes = max_frame_bytes
+        os.set_blocking(read_fd, False)
+        os.set_blocking(write_fd, False)
+        self._buffer = bytearray()
+
+    def send(self, data: bytes, deadline: float) -> None:
+        view = memoryview(data)
+        while view:
+            self._wait(self.write_fd, select.POLLOUT, deadline)
+            try:
+                view = view[os.write(self.write_fd, view):]
+            except BlockingIOError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                raise ChannelClosed("worker closed its command pipe") from None
+
+    def receive(self, deadline: float) -> dict[str, Any]:
+        while True:
+            frame = self._take_frame()
+            if frame is not None:
+                return decode(frame)
+            self._wait(self.read_fd, select.POLLIN, deadline)
+            try:
+                chunk = os.read(self.read_fd, 1 << 20)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                raise ChannelClosed("worker closed its reply pipe")
+            self._buffer += chunk
+
+    def _take_frame(self) -> bytes | None:
+        if len(self._buffer) < HEADER.size:
+            return None
+        (size,) = HEADER.unpack_from(self._buffer)
+        if size > self.max_frame_bytes:
+            raise ProtocolError(f"frame of {size} bytes exceeds {self.max_frame_bytes}")
+        end = HEADER.size + size
+        if len(self._buffer) < end:
+            return None
+        frame = bytes(self._buffer[HEADER.size:end])
+        del self._buffer[:end]
+        return frame
+
+    @staticmethod
+    def _wait(fd: int, event: int, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ChannelTimeout()
+        poller = select.poll()
+        poller.register(fd, event)
+        if not poller.poll(remaining * 1000):
+            raise ChannelTimeout()
+
+    def close(self) -> None:
+        for fd in (self.read_fd, self.write_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass

@@ -1,0 +1,292 @@
+"""The sandbox worker: a persistent REPL serving one host over two pipes.
+
+Started by sandbox.host as `python -I -S -B -c <bootstrap>`; reads an `init`
+frame, confines itself (sandbox.confine), answers `ready`, then serves `run`,
+`get` and `set` until the host closes the pipe. Model code runs in the main
+thread; a watchdog thread interrupts it at the soft deadline.
+"""
+from __future__ import annotations
+
+import builtins
+import ctypes
+import io
+import linecache
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Callable
+
+from sandbox import confine, protocol, proxy
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# SIGURG's default action is "ignore", so model code resetting it kills nothing.
+TIMER_SIGNAL = signal.SIGURG
+
+
+class ExecutionTimeout(TimeoutError):
+    """Raised inside model code when its run exceeds the soft time limit."""
+    limit_s = 0.0
+
+    def __init__(self, *args: object):
+        super().__init__(*(args or (
+            f"code ran longer than {self.limit_s:g}s and was interrupted (REPL state is kept)",)))
+
+
+ExecutionTimeout.__module__ = "builtins"  # shown to the model as "ExecutionTimeout: ..."
+
+_set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
+_set_async_exc.argtypes = (ctypes.c_ulong, ctypes.c_void_p)
+
+
+class Watchdog:
+    """Soft timeout: raises ExecutionTimeout in the main thread at the deadline
+    (and again every REFIRE_S if model code swallows it). Async exceptions do
+    not depend on signal handlers model code can replace; the extra signal only
+    wakes a blocking syscall (sleep, read) so the exception gets delivered.
+    Pure-C loops (a catastrophic regex) are beyond it: the host's kill is."""
+
+    REFIRE_S = 0.2
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._main = threading.main_thread().ident or 0
+        self._deadline: float | None = None
+        self._paused_at: float | None = None
+        threading.Thread(target=self._loop, name="sandbox-watchdog", daemon=True).start()
+
+    def arm(self, seconds: float) -> None:
+        with self._cond:
+            self._deadline, self._paused_at = time.monotonic() + seconds, None
+            self._cond.notify()
+
+    def disarm(self) -> None:
+        with self._cond:
+            self._deadline = self._paused_at = None
+        _set_async_exc(self._main, None)  # drop an interrupt raised but not yet delivered
+
+    def pause(self) -> None:
+        """Time spent in host functions is the host's to bound, not ours."""
+        with self._cond:
+            if self._deadline is not None and self._paused_at is None:
+                self._paused_at = time.monotonic()
+
+    def resume(self) -> None:
+        with self._cond:
+            if self._paused_at is not None and self._deadline is not None:
+                self._deadline += time.monotonic() - self._paused_at
+            self._paused_at = None
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        with self._cond:
+            while True:
+                if self._deadline is None or self._paused_at is not None:
+                    self._cond.wait()
+                    continue
+                remaining = self._deadline - time.monotonic()
+                if remaining > 0:
+                    self._cond.wait(remaining)
+                    continue
+                _set_async_exc(self._main, id(ExecutionTimeout))  # CPython: id() is the address
+                signal.pthread_kill(self._main, TIMER_SIGNAL)
+                self._deadline = time.monotonic() + self.REFIRE_S
+
+
+class BoundedOutput(io.TextIOBase):
+    """stdout+stderr of model code: keeps the first `limit` characters and
+    counts the rest, so a print loop cannot fill the worker's memory."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset(0)
+
+    def reset(self, limit: int) -> None:
+        with self._lock:
+            self._parts: list[str] = []
+            self._size, self._cut, self._limit = 0, 0, limit
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        with self._lock:
+            kept = text[: max(self._limit - self._size, 0)]
+            if kept:
+                self._parts.append(kept)
+                self._size += len(kept)
+            self._cut += len(text) - len(kept)
+        return len(text)
+
+    def take(self) -> tuple[str, int]:
+        with self._lock:
+            text, cut = "".join(self._parts), self._cut
+        self.reset(self._limit)
+        return text, cut
+
+
+def format_error(exc: BaseException) -> str:
+    """The traceback as model code should see it: its own `<repl-N>` frames and
+    library frames, none of the worker's."""
+    report = traceback.TracebackException(type(exc), exc, exc.__traceback__, compact=True)
+    pending, seen = [report], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.stack = traceback.StackSummary.from_list(
+            [frame for frame in current.stack if not frame.filename.startswith(PACKAGE_DIR)])
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    text = "".join(report.format())
+    if isinstance(exc, SystemExit):
+        text += "(sys.exit() does not end the REPL; its state is kept)\n"
+    return text
+
+
+class Worker:
+    def __init__(self, cmd_fd: int, reply_fd: int, config: dict[str, Any]):
+        self.cmd_fd, self.reply_fd = cmd_fd, reply_fd
+        # One reader of the command pipe at a time: the main loop between runs,
+        # or whichever thread is inside a host call.
+        self._io_lock = threading.Lock()
+        self._call_ids = iter(range(1, 1 << 62))
+        self.watchdog = Watchdog()
+        self.output = BoundedOutput()
+        self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+        self.namespace.update(proxy.build_proxies(config["host"], self._host_call))
+        self.runs = 0
+        self.handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "run": self._run, "get": self._get, "set": self._set,
+        }
+
+    # -- serving ---------------------------------------------------------------
+    def serve(self) -> None:
+        while True:
+            with self._io_lock:
+                try:
+                    message = protocol.read_frame(self.cmd_fd)
+                except protocol.ChannelClosed:
+                    return  # the host is gone or closed us: nothing left to serve
+            handler = self.handlers.get(message.get("op"))
+            if handler is None:
+                continue  # a late reply to a host call that model code abandoned
+            try:
+                reply = handler(message)
+            except ExecutionTimeout:  # landed in our own code after model code ended
+                self._stop_watchdog()
+                reply = {"op": "done", "stdout": "", "cut": 0, "timed_out": True,
+                         "error": format_error(ExecutionTimeout())}
+            protocol.write_all(self.reply_fd, protocol.encode(reply))
+
+    def _stop_watchdog(self) -> None:
+        while True:
+            try:
+                self.watchdog.disarm()
+                return
+            except ExecutionTimeout:  # an interrupt delivered mid-disarm: disarm again
+                continue
+
+    def _run(self, message: dict[str, Any]) -> dict[str, Any]:
+        self.runs += 1
+        filename, code = f"<repl-{self.runs}>", message["code"]
+        ExecutionTimeout.limit_s = message["timeout_s"]
+        self.output.reset(message["output_limit"])
+        sys.stdout = sys.stderr = self.output  # model code may have replaced them
+        error, timed_out = None, False
+        try:
+            compiled = compile(code, filename, "exec")
+            linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+            self.watchdog.arm(message["timeout_s"])
+            try:
+                exec(compiled, self.namespace)
+            finally:
+                self._stop_watchdog()
+        except BaseException as exc:  # model errors are data for the model, not our crash
+            self._stop_watchdog()
+            timed_out = isinstance(exc, ExecutionTimeout)
+            error = format_error(exc)
+        stdout, cut = self.output.take()
+        return {"op": "done", "stdout": stdout, "cut": cut, "error": error, "timed_out": timed_out}
+
+    def _get(self, message: dict[str, Any]) -> dict[str, Any]:
+        name = message["name"]
+        if name not in self.namespace:
+            return {"op": "value", "ok": False, "error": f"name {name!r} is not defined in the REPL"}
+        try:
+            text = proxy.dumps_strict(self.namespace[name])
+        except (TypeError, ValueError, RecursionError) as exc:
+            return {"op": "value", "ok": False,
+                    "error": f"value of {name!r} is not JSON-serialisable ({exc})"}
+        except MemoryError:
+            return {"op": "value", "ok": False, "error": f"value of {name!r} is too large to encode"}
+        if len(text) > message["max_bytes"]:
+            return {"op": "value", "ok": False, "error":
+                    f"value of {name!r} too large: {len(text)} bytes > limit {message['max_bytes']}"}
+        return {"op": "value", "ok": True, "json": text}
+
+    def _set(self, message: dict[str, Any]) -> dict[str, Any]:
+        self.namespace[message["name"]] = message["value"]
+        return {"op": "value", "ok": True, "json": "null"}
+
+    # -- host calls (from any model thread) -----------------------------------
+    def _host_call(self, target: str, kind: str, member: str | None,
+                   args: tuple, kwargs: dict) -> Any:
+        call_id = next(self._call_ids)
+        request = {"op": "call", "id": call_id, "target": target, "kind": kind,
+                   "member": member, "args": list(args), "kwargs": kwargs}
+        try:
+            frame = protocol.encode(request)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"arguments to {target} must be JSON-serialisable: {exc}") from None
+        self.watchdog.pause()
+        try:
+            with self._io_lock:
+                protocol.write_all(self.reply_fd, frame)
+                reply = protocol.read_frame(self.cmd_fd)
+                while reply.get("op") != "reply" or reply.get("id") != call_id:
+                    reply = protocol.read_frame(self.cmd_fd)  # skip replies to abandoned calls
+        finally:
+            self.watchdog.resume()
+        if reply.get("ok"):
+            return reply.get("value")
+        raise proxy.rebuild_error(str(reply.get("error_type")), str(reply.get("error")))
+
+
+def _confine(config: dict[str, Any]) -> dict[str, Any]:
+    """Apply every requested layer; report which ones took effect."""
+    if config["pdeathsig"]:
+        confine.die_with_parent(signal.SIGKILL)
+    limits = config["limits"]
+    seccomp, notes = confine.load_seccomp(), []
+    report = {"rlimits": confine.apply_rlimits(**limits)}
+    if not confine.drop_capabilities():
+        notes.append("could not drop capabilities")
+    no_new_privs = confine.set_no_new_privs()
+    report["landlock"] = no_new_privs and confine.apply_landlock(
+        config["read_paths"], config["write_paths"])
+    plan = confine.SeccompPlan(pid=os.getpid(), notes=notes)
+    report["seccomp"] = no_new_privs and confine.apply_seccomp(seccomp, plan)
+    return {"isolation": report, "notes": notes}
+
+
+def main(cmd_fd: int, reply_fd: int) -> None:
+    config = protocol.read_frame(cmd_fd)
+    worker = Worker(cmd_fd, reply_fd, config)
+    devnull = os.open(os.devnull, os.O_RDWR)  # before Landlock, which would refuse it later
+    ready = _confine(config)
+    for path in config["drop_sys_path"]:  # our package dirs: model code imports stdlib only
+        while path in sys.path:
+            sys.path.remove(path)
+    signal.signal(TIMER_SIGNAL, lambda signum, frame: None)  # see Watchdog
+    protocol.write_all(reply_fd, protocol.encode({"op": "ready", **ready}))
+    # Start-up errors went to the host's log file; from now on C-level writes
+    # to fds 1 and 2 must not reach anything (Python-level ones are captured).
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    worker.serve()
