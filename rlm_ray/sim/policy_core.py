@@ -1,0 +1,166 @@
+"""The machinery of the scripted root policy: reading the conversation, the
+family registry, and the stage runner.
+
+The policy is stateless: every reply is a function of the messages alone.
+Progress is read back from the REPL output: each stage's code ends by
+printing a `STEP_DONE k` marker, so a missing marker (an error, a cut-off)
+means "stage k failed, try its fallback", and `answer so far: ...` lines give
+a forced final turn something to answer with.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from rlm_ray.sim.registry import text_of
+
+STEP_MARKER = "STEP_DONE"
+SO_FAR = "answer so far:"
+MAX_TURNS = 8            # a run always FINALs by then, even if every stage fails
+MAX_ATTEMPTS = 2         # per stage: the normal code, then one simpler fallback
+
+_OUTPUT_HEAD = re.compile(r"^REPL output \(iteration (\d+)\):")
+_STEP_DONE = re.compile(rf"^{STEP_MARKER} (\d+)\s*$", re.MULTILINE)
+_SO_FAR = re.compile(rf"^{SO_FAR} (.*)$", re.MULTILINE)
+_ERROR_LINE = re.compile(r"^Error:", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class ReplOutput:
+    iteration: int
+    text: str
+
+    @property
+    def error(self) -> bool:
+        return bool(_ERROR_LINE.search(self.text))
+
+    @property
+    def steps_done(self) -> list[int]:
+        return [int(k) for k in _STEP_DONE.findall(self.text)]
+
+
+@dataclass(frozen=True)
+class Conversation:
+    is_root: bool
+    question: str
+    outputs: tuple[ReplOutput, ...]
+    forced_final: bool       # the engine asked for FINAL(...) in plain text
+    last_user: str
+
+    @classmethod
+    def parse(cls, messages: list[dict]) -> "Conversation":
+        is_root = any(m.get("role") == "system" for m in messages)
+        users = [text_of(m.get("content")) for m in messages if m.get("role") == "user"]
+        question = ""
+        for line in (users[0] if users else "").splitlines():
+            if line.startswith("Question:"):
+                question = line[len("Question:"):].strip()
+                break
+        outputs = []
+        for text in users[1:]:
+            head = _OUTPUT_HEAD.match(text)
+            if head:
+                outputs.append(ReplOutput(int(head.group(1)), text))
+        last = users[-1] if users else ""
+        return cls(is_root=is_root, question=question, outputs=tuple(outputs),
+                   forced_final=len(users) > 1 and last.startswith("Final answer required"),
+                   last_user=last)
+
+    def stages_done(self) -> int:
+        return max((k for o in self.outputs for k in o.steps_done), default=0)
+
+    def failed_attempts(self) -> int:
+        """Outputs since the last one that completed a stage: failed tries of the next stage."""
+        done = self.stages_done()
+        failures = 0
+        for output in reversed(self.outputs):
+            if done and done in output.steps_done:
+                break
+            failures += 1
+        return failures
+
+    def answer_so_far(self) -> str | None:
+        for output in reversed(self.outputs):
+            found = _SO_FAR.findall(output.text)
+            if found:
+                return found[-1].strip()
+        return None
+
+    def last_output(self) -> str:
+        return self.outputs[-1].text if self.outputs else ""
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a stage function gets: the question's match, the conversation so far,
+    and which attempt at this stage this is (0 = first, 1 = after an error)."""
+    match: re.Match
+    conv: Conversation
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Code:
+    """A stage's reply: a sentence of plan and the code of one repl block."""
+    plan: str
+    code: str
+
+
+StageFn = Callable[[Step], Code]
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    pattern: re.Pattern
+    stages: tuple[StageFn, ...] = field(default=())
+
+
+# First match wins, so more specific phrasings register before general ones.
+FAMILIES: list[Family] = []
+
+
+def register_family(name: str, pattern: str, *stages: StageFn) -> Family:
+    if any(f.name == name for f in FAMILIES):
+        raise ValueError(f"policy family {name!r} is registered twice")
+    family = Family(name, re.compile(pattern, re.IGNORECASE), tuple(stages))
+    FAMILIES.append(family)
+    return family
+
+
+def find_family(question: str, families: list[Family]) -> tuple[Family, re.Match] | None:
+    for family in families:
+        match = family.pattern.fullmatch(question.strip())
+        if match:
+            return family, match
+    return None
+
+
+def render(code: Code, stage_number: int) -> str:
+    # The marker comes last: it is printed only if everything before it ran.
+    body = f"{code.code.rstrip()}\nprint({STEP_MARKER!r}, {stage_number})"
+    return f"{code.plan}\n```repl\n{body}\n```"
+
+
+def give_up(conv: Conversation, reason: str) -> str:
+    """A reply that always ends the run, with whatever partial answer exists."""
+    fallback = f"could not determine the answer ({reason})"
+    if conv.forced_final:
+        return f"FINAL({conv.answer_so_far() or fallback})"
+    return (f"I will stop here ({reason}) and answer with what I have.\n```repl\n"
+            f"FINAL(answer.get('content') or {fallback!r})\n```")
+
+
+def run_family(family: Family, match: re.Match, conv: Conversation) -> str:
+    if conv.forced_final:
+        return give_up(conv, "the engine asked for a final answer")
+    done, failures = conv.stages_done(), conv.failed_attempts()
+    if len(conv.outputs) >= MAX_TURNS:
+        return give_up(conv, f"{MAX_TURNS} turns used")
+    if failures >= MAX_ATTEMPTS:
+        return give_up(conv, f"step {done + 1} failed {failures} times")
+    if done >= len(family.stages):
+        return give_up(conv, "all steps ran without a FINAL")
+    stage = family.stages[done]
+    return render(stage(Step(match, conv, failures)), done + 1)
