@@ -61,7 +61,7 @@ def test_token_limit_with_estimates_corrected_by_usage():
     limiter = RateLimiter(Limits(rpm=None, tpm=10_000, window_s=60), clock=clock)
     go, charged = [], []
     for i in range(400):
-        at, estimate = limiter.reserve(prompt_tokens=50)     # no max_tokens: learned output
+        at, estimate, _ = limiter.reserve(prompt_tokens=50)     # no max_tokens: learned output
         actual = 50 + (20 + i % 30)
         limiter.settle(estimate, actual, actual - 50)
         go.append(at)

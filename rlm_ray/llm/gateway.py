@@ -91,11 +91,12 @@ def _parse(response: Any) -> tuple[str, int | None, int | None]:
 async def _call_provider(model: str, messages: list[dict], params: dict,
                          config: GatewayConfig, prompt_estimate: int) -> tuple[str, int, int]:
     """One attempt: limiter slot, the HTTP call, usage fed back to the limiter."""
+    lib = litellm()   # the first import blocks for seconds: never while holding a slot
     limiter = limiter_for(model, config)
     max_out = _max_output(params)
     ticket = await limiter.acquire(prompt_estimate, max_out) if limiter else None
     try:
-        response = await litellm().acompletion(
+        response = await lib.acompletion(
             model=model, messages=messages, api_base=config.api_base,
             api_key=_api_key(model, config), timeout=config.timeout_s,
             num_retries=0, max_retries=0, **params)

@@ -107,9 +107,12 @@ class RateLimiter:
     def estimate_tokens(self, prompt_tokens: int, max_output: int | None) -> float:
         return float(prompt_tokens + (max_output if max_output else self._completion_mean))
 
-    def reserve(self, prompt_tokens: int = 0, max_output: int | None = None) -> tuple[float, float]:
-        """Book one request; returns (go_at, estimated_tokens). go_at is a wall-clock
-        time (time.time) so callers in other processes on the node agree on it."""
+    def reserve(self, prompt_tokens: int = 0, max_output: int | None = None) -> tuple[float, float, float]:
+        """Book one request; returns (go_at, estimated_tokens, late_tolerance_s). go_at is
+        a wall-clock time (time.time) so callers in other processes on the node agree.
+        A caller that wakes later than go_at + late_tolerance_s (a stalled event loop,
+        a slow import) must book again: requests sent late bunch up into a window
+        they were not scheduled in, and only the bucket's slack absorbs that."""
         now = self._clock()
         factor = self._current_factor(now)
         tokens = self.estimate_tokens(prompt_tokens, max_output)
@@ -120,9 +123,13 @@ class RateLimiter:
         for name, bucket in self.buckets.items():
             bucket.take(go_at, amounts[name], factor)
         self.reservations += 1
-        return go_at, tokens
+        return go_at, tokens, self.late_tolerance_s
 
-    def reserve_many(self, asks: list[tuple[int, int | None]]) -> list[tuple[float, float]]:
+    @property
+    def late_tolerance_s(self) -> float:
+        return 0.5 * min(b.capacity / b.rate for b in self.buckets.values())
+
+    def reserve_many(self, asks: list[tuple[int, int | None]]) -> list[tuple[float, float, float]]:
         return [self.reserve(prompt, max_out) for prompt, max_out in asks]
 
     def settle(self, estimated_tokens: float, actual_tokens: float, completion_tokens: int | None = None) -> None:

@@ -31,13 +31,27 @@ class Limiter(Protocol):
     def penalize(self, retry_after_s: float | None) -> None: ...
 
 
-async def _sleep_until(when: float) -> None:
-    delay = when - time.time()
-    if delay > 0:
-        await asyncio.sleep(delay)
+MAX_REBOOKINGS = 3
 
 
-class LocalLimiter:
+class _Client:
+    async def _reserve(self, prompt_tokens: int, max_output: int | None) -> tuple[float, float, float]:
+        raise NotImplementedError
+
+    async def acquire(self, prompt_tokens: int, max_output: int | None) -> Ticket:
+        for _ in range(MAX_REBOOKINGS):
+            go_at, estimate, tolerance = await self._reserve(prompt_tokens, max_output)
+            delay = go_at - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            # Woke up too late for our slot: its time has passed, book a fresh one
+            # (the missed slot stays spent: under-use is safe, bunching is not).
+            if time.time() - go_at <= tolerance:
+                break
+        return Ticket(estimate)
+
+
+class LocalLimiter(_Client):
     """In-process: one RateLimiter behind a lock (threads and event loops share it)."""
 
     def __init__(self, limits: Limits) -> None:
@@ -48,11 +62,9 @@ class LocalLimiter:
         with self._lock:
             self.core.configure(limits)
 
-    async def acquire(self, prompt_tokens: int, max_output: int | None) -> Ticket:
+    async def _reserve(self, prompt_tokens: int, max_output: int | None) -> tuple[float, float, float]:
         with self._lock:
-            go_at, estimate = self.core.reserve(prompt_tokens, max_output)
-        await _sleep_until(go_at)
-        return Ticket(estimate)
+            return self.core.reserve(prompt_tokens, max_output)
 
     def settle(self, ticket: Ticket, actual_tokens: int, completion_tokens: int | None) -> None:
         with self._lock:
@@ -77,7 +89,7 @@ class LimiterActor:
     def configure(self, limits: Limits) -> None:
         self.core.configure(limits)
 
-    def reserve_many(self, asks: list[tuple[int, int | None]]) -> list[tuple[float, float]]:
+    def reserve_many(self, asks: list[tuple[int, int | None]]) -> list[tuple[float, float, float]]:
         return self.core.reserve_many(asks)
 
     def settle_many(self, items: list[tuple[float, float, int | None]]) -> None:
@@ -90,7 +102,7 @@ class LimiterActor:
         return self.core.stats()
 
 
-class SharedLimiter:
+class SharedLimiter(_Client):
     """Client of the limiter actor for one event loop of this process."""
 
     def __init__(self, actor) -> None:
@@ -99,13 +111,11 @@ class SharedLimiter:
         self._settles: list[tuple[float, float, int | None]] = []
         self._flusher: asyncio.Task | None = None
 
-    async def acquire(self, prompt_tokens: int, max_output: int | None) -> Ticket:
+    async def _reserve(self, prompt_tokens: int, max_output: int | None) -> tuple[float, float, float]:
         future = asyncio.get_running_loop().create_future()
         self._asks.append(((prompt_tokens, max_output), future))
         self._kick()
-        go_at, estimate = await future
-        await _sleep_until(go_at)
-        return Ticket(estimate)
+        return await future
 
     def settle(self, ticket: Ticket, actual_tokens: int, completion_tokens: int | None) -> None:
         self._settles.append((ticket.estimated_tokens, float(actual_tokens), completion_tokens))
