@@ -1,0 +1,137 @@
+"""CLI: `rlm-ray run` (a batch), `rlm-ray show` (its results) and
+`rlm-ray bench batch` (throughput at a given provider RPM)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rlm_ray.errors import UserError
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True,
+                        help="litellm model string; `sim` starts an in-process SIMULATOR")
+    parser.add_argument("--sub-model", default=None, help="model for llm_query sub-calls")
+    parser.add_argument("--api-base", default=None, help="provider base URL")
+    parser.add_argument("--max-depth", type=int, default=1, help="rlm_query recursion depth")
+    parser.add_argument("--max-iterations", type=int, default=20, help="root turns per question")
+    parser.add_argument("--timeout-s", type=float, default=None, help="wall limit per question")
+    parser.add_argument("--question-budget-usd", type=float, default=None,
+                        help="dollar limit per question")
+    parser.add_argument("--rpm", type=float, default=None, help="provider requests/minute")
+    parser.add_argument("--tpm", type=float, default=None, help="provider tokens/minute")
+    parser.add_argument("--cache", default=None,
+                        help="response cache URI (default RESULTS/cache; 'off' disables)")
+
+
+def register(commands, bench) -> None:
+    run = commands.add_parser(
+        "run", help="answer a file of questions over a corpus (resumable batch)",
+        description="Answer every question of FILE over CORPUS with a pool of RLM actors. "
+                    "Rerunning the same command resumes: finished query ids are skipped and "
+                    "cached model calls are not paid twice.")
+    run.add_argument("corpus", help="corpus URI (local path or s3://) made by `rlm-ray ingest`")
+    run.add_argument("--queries", required=True, help=".jsonl / .csv / .parquet questions")
+    run.add_argument("--out", required=True, help="results folder (local path or s3://)")
+    add_model_arguments(run)
+    run.add_argument("--concurrency", type=int, default=8, help="RLM actors (questions in flight)")
+    run.add_argument("--budget-usd", type=float, default=None,
+                     help="whole-batch dollar budget: no new question starts past it")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="rerun questions whose last status is not ok")
+    run.add_argument("--max-attempts", type=int, default=3,
+                     help="attempts per question when its actor dies or the call breaks")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the plan and a cost estimate; call no model")
+    run.add_argument("--calls-per-question", type=int, default=10,
+                     help="model calls per question assumed by --dry-run")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar/lines")
+    run.set_defaults(func=run_command)
+
+    show = commands.add_parser("show", help="summarise a batch's results; --html for a page")
+    show.add_argument("results", help="results folder (local path or s3://)")
+    show.add_argument("--query-id", default=None, help="one question's call tree and steps")
+    show.add_argument("--html", default=None, help="write a self-contained HTML page here")
+    show.set_defaults(func=show_command)
+
+    bb = bench.add_parser("batch", help="batch throughput and rate-limit utilisation (SIMULATOR)")
+    bb.add_argument("--questions", type=int, default=200)
+    bb.add_argument("--rpm", type=float, default=600.0, help="the simulated provider's RPM")
+    bb.add_argument("--latency-ms", type=float, default=50.0, help="simulated latency per call")
+    bb.add_argument("--concurrency", type=int, default=16)
+    bb.add_argument("--source", default=None, help="codebase to ingest (default: the stdlib)")
+    bb.add_argument("--workdir", default=".bench/batch", help="where corpus and results go")
+    bb.set_defaults(func=bench_command)
+
+
+def _check_positive(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+def rlm_settings(args: argparse.Namespace, out_uri: str) -> tuple[dict, object | None]:
+    """The RLM settings of a batch and the in-process simulator to stop, if any."""
+    from rlm_ray import storage
+    from rlm_ray.llm.config import GatewayConfig
+    from rlm_ray.sim import resolve_model
+
+    _check_positive(args, "max_iterations", "timeout_s", "question_budget_usd", "rpm", "tpm")
+    if args.max_depth < 0:
+        raise UserError("--max-depth must be >= 0")
+    model, api_base, server = resolve_model(args.model, args.api_base)
+    sub_model = args.sub_model
+    if sub_model:
+        sub_model, _, _ = resolve_model(sub_model, api_base or "unused")
+    if server is not None:
+        print(f"rlm-ray: using the provider SIMULATOR at {server.base_url} "
+              "(not a real model)", file=sys.stderr)
+    cache = None if args.cache == "off" else (args.cache or storage.join(out_uri, "cache"))
+    gateway = GatewayConfig(rpm=args.rpm, tpm=args.tpm, cache_uri=cache, api_base=api_base,
+                            cache_mode="off" if cache is None else "auto")
+    rlm = {"model": model, "sub_model": sub_model, "api_base": api_base,
+           "max_depth": args.max_depth, "max_iterations": args.max_iterations,
+           "timeout_s": args.timeout_s, "budget_usd": args.question_budget_usd,
+           "gateway": gateway}
+    return rlm, server
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from rlm_ray.batch.plan import format_plan
+    from rlm_ray.batch.progress import print_summary
+    from rlm_ray.batch.runner import run
+
+    _check_positive(args, "concurrency", "budget_usd", "max_attempts", "calls_per_question")
+    rlm, server = rlm_settings(args, args.out)
+    try:
+        summary = run(args.corpus, args.queries, args.out, rlm=rlm,
+                      concurrency=args.concurrency, retry_failed=args.retry_failed,
+                      dry_run=args.dry_run, progress=not args.no_progress,
+                      budget_usd=args.budget_usd, max_attempts=args.max_attempts,
+                      calls_per_question=args.calls_per_question)
+    finally:
+        if server is not None:
+            server.stop()
+    if summary.plan is not None:
+        print(format_plan(summary.plan))
+        return 0
+    print_summary(summary)
+    if summary.budget_stopped:
+        print("rlm-ray: batch budget reached; rerun with a larger --budget-usd to continue",
+              file=sys.stderr)
+    return 0
+
+
+def show_command(args: argparse.Namespace) -> int:
+    from rlm_ray.batch.show import show
+
+    return show(args.results, query_id=args.query_id, html_path=args.html)
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    from rlm_ray.batch.benchmark import run_bench
+
+    _check_positive(args, "questions", "rpm", "concurrency")
+    return run_bench(questions=args.questions, rpm=args.rpm, latency_ms=args.latency_ms,
+                     concurrency=args.concurrency, source=args.source, workdir=args.workdir)

@@ -1,0 +1,260 @@
+"""`run(...)`: many questions over one corpus, through a pool of RLM actors.
+
+The driver keeps `concurrency` questions in flight (one per actor), writes
+each finished question into the result tables (see tables.py for why a crash
+loses at most the in-flight ones), and survives what a long batch meets: an
+actor or its node dying (a fresh actor retries the question, up to
+`max_attempts`, then a dead-letter `error` row), a question hanging past its
+wall limit (the actor is killed), SIGTERM/Ctrl-C (flush, then exit). A rerun
+of the same command skips finished query ids; the gateway's response cache
+(default `RESULTS/cache/`) makes replayed model calls free.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import signal
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlm_ray.batch import rows
+from rlm_ray.batch.manifest import write_run_info
+from rlm_ray.batch.progress import Progress, Tally
+from rlm_ray.batch.queries import Query, load_queries
+from rlm_ray.batch.scoring import Accuracy, accuracy_of
+from rlm_ray.batch.tables import TableWriter, finished_statuses, read_run
+
+log = logging.getLogger(__name__)
+
+TERMINAL_OK = "ok"
+
+
+@dataclass
+class Summary:
+    out_uri: str
+    total: int
+    skipped: int
+    ran: int
+    statuses: Counter           # over the whole answers table after this run
+    llm_calls: int               # this run
+    tokens: int                  # this run
+    cost_usd: float              # this run
+    wall_s: float
+    accuracy: Accuracy | None    # recounted from the answers table
+    interrupted: bool = False
+    budget_stopped: bool = False
+    plan: dict | None = None     # dry runs only
+    retried_after_failure: int = 0
+
+    @property
+    def all_terminal(self) -> bool:
+        return sum(self.statuses.values()) == self.total
+
+
+@dataclass
+class _InFlight:
+    query: Query
+    actor: Any
+    attempt: int
+    started_at: dt.datetime
+    deadline: float | None
+
+
+@dataclass
+class BatchOptions:
+    concurrency: int = 4
+    retry_failed: bool = False
+    max_attempts: int = 3            # per question, across actor deaths and driver-side errors
+    budget_usd: float | None = None  # whole batch: stop starting questions past it
+    flush_every: int = 8
+    flush_s: float = 5.0
+    progress: bool = True
+    extra_info: dict = field(default_factory=dict)   # recorded in run.json (e.g. pipeline keys)
+
+
+def _select(queries: list[Query], statuses: dict[str, str], retry_failed: bool) -> list[Query]:
+    def done(q: Query) -> bool:
+        status = statuses.get(q.query_id)
+        return status is not None and (status == TERMINAL_OK or not retry_failed)
+    return [q for q in queries if not done(q)]
+
+
+def _hard_deadline(spec: dict) -> float | None:
+    # The engine enforces timeout_s itself; this is the backstop for a stuck actor.
+    timeout = spec.get("timeout_s")
+    return None if not timeout else time.monotonic() + 1.5 * float(timeout) + 30
+
+
+class _Interrupt:
+    """Turn SIGTERM (ray job stop, a scheduler's kill) into KeyboardInterrupt,
+    so the same flush-and-exit path handles both."""
+
+    def __enter__(self) -> "_Interrupt":
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+class _Batch:
+    def __init__(self, corpus, todo: list[Query], out_uri: str, rlm: dict,
+                 opts: BatchOptions, tally: Tally) -> None:
+        from rlm_ray.batch.pool import ActorPool
+
+        self.corpus = corpus
+        self.queue: deque[tuple[Query, int]] = deque((q, 1) for q in todo)
+        self.rlm = rlm
+        self.model = rlm.get("model")
+        self.opts = opts
+        self.tally = tally
+        self.writer = TableWriter(out_uri, opts.flush_every, opts.flush_s)
+        self.pool = ActorPool(rlm, size=min(opts.concurrency, len(todo)) or 1)
+        self.in_flight: dict[Any, _InFlight] = {}
+        self.budget_stopped = False
+        self.retried = 0
+
+    def _launch(self) -> None:
+        while self.queue and self.pool.has_idle():
+            if self.opts.budget_usd is not None and self.tally.cost_usd >= self.opts.budget_usd:
+                self.budget_stopped = True
+                return
+            query, attempt = self.queue.popleft()
+            spec = {**self.rlm, **query.options}
+            actor = self.pool.acquire()
+            ref = self.pool.submit(actor, self.corpus, query, spec)
+            self.in_flight[ref] = _InFlight(query, actor, attempt, rows.utc_now(),
+                                            _hard_deadline(spec))
+
+    def _finish(self, finished: rows.FinishedQuestion) -> None:
+        self.writer.add(finished)
+        self.tally.record(finished.answer)
+        self.writer.maybe_flush()
+
+    def _failed(self, job: _InFlight, error: str, status: str = "error") -> None:
+        """The actor died or the call broke: retry on a fresh actor, or dead-letter."""
+        self.pool.replace(job.actor)
+        if job.attempt < self.opts.max_attempts:
+            self.retried += 1
+            log.warning("query %s attempt %d failed (%s); retrying", job.query.query_id,
+                        job.attempt, error)
+            self.queue.appendleft((job.query, job.attempt + 1))
+        else:
+            self._finish(rows.dead_letter(job.query, f"after {job.attempt} attempts: {error}",
+                                          job.started_at, self.model, status))
+
+    def _collect(self, timeout_s: float) -> None:
+        import ray
+
+        ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=timeout_s)
+        for ref in ready:
+            job = self.in_flight.pop(ref)
+            try:
+                result = ray.get(ref)
+            except Exception as exc:  # noqa: BLE001  (actor death, node loss, engine bug)
+                self._failed(job, self.pool.describe_error(exc))
+                continue
+            self.pool.release(job.actor)
+            self._finish(rows.from_result(job.query, result, job.started_at, self.model))
+        now = time.monotonic()
+        for ref, job in list(self.in_flight.items()):
+            if job.deadline is not None and now > job.deadline:
+                del self.in_flight[ref]
+                self._failed(job, "exceeded the question's wall-time limit; actor killed",
+                             status="timeout")
+
+    def drive(self) -> None:
+        progress = Progress(self.tally, enabled=self.opts.progress)
+        try:
+            while self.queue or self.in_flight:
+                self._launch()
+                if not self.in_flight:
+                    break  # budget reached with nothing running
+                self.tally.in_flight = len(self.in_flight)
+                self._collect(timeout_s=1.0)
+                self.tally.in_flight = len(self.in_flight)
+                progress.update()
+                self.writer.maybe_flush()
+        finally:
+            # Interrupted or not: everything that finished reaches the tables.
+            self.writer.flush()
+            progress.close()
+            self.pool.shutdown()
+
+
+def _open_corpus(corpus_uri: str):
+    from rlm_ray.corpus import Corpus
+
+    return Corpus.open(corpus_uri)
+
+
+def run(corpus_uri: str, queries_path: str, out_uri: str, *, rlm: dict, concurrency: int = 4,
+        retry_failed: bool = False, dry_run: bool = False, progress: bool = True,
+        budget_usd: float | None = None, max_attempts: int = 3,
+        calls_per_question: int = 10, extra_info: dict | None = None) -> Summary:
+    """Answer every question of `queries_path` over the corpus into `out_uri`."""
+    started = time.monotonic()
+    query_file = load_queries(queries_path)
+    statuses = finished_statuses(out_uri)
+    todo = _select(query_file.queries, statuses, retry_failed)
+    total = len(query_file.queries)
+    if dry_run:
+        from rlm_ray.batch.plan import estimate
+
+        plan = estimate(todo, rlm, calls_per_question=calls_per_question,
+                        total=total, concurrency=concurrency)
+        return Summary(out_uri, total, total - len(todo), 0, Counter(statuses.values()), 0, 0,
+                       0.0, time.monotonic() - started, None, plan=plan)
+    corpus = _open_corpus(corpus_uri)
+    opts = BatchOptions(concurrency=max(1, concurrency), retry_failed=retry_failed,
+                        max_attempts=max_attempts, budget_usd=budget_usd, progress=progress,
+                        extra_info=extra_info or {})
+    info = {"corpus_uri": corpus_uri, "corpus_name": corpus.manifest.get("name"),
+            "queries": queries_path, "queries_sha256": query_file.sha256, "out": out_uri,
+            "questions_total": total,
+            "rlm": rlm, "concurrency": concurrency, "budget_usd": budget_usd,
+            "started_at": rows.utc_now().isoformat(), "status": "running", **opts.extra_info}
+    write_run_info(out_uri, info)
+    tally = Tally(total=total, skipped=total - len(todo))
+    interrupted = False
+    batch = _Batch(corpus, todo, out_uri, rlm, opts, tally) if todo else None
+    try:
+        with _Interrupt():
+            if batch:
+                batch.drive()
+    except KeyboardInterrupt:
+        interrupted = True
+    final = read_run(out_uri, with_details=False).answers
+    final_statuses = Counter(final.column("status").to_pylist())
+    summary = Summary(
+        out_uri, total, tally.skipped, tally.done, final_statuses, tally.llm_calls,
+        tally.tokens, tally.cost_usd, time.monotonic() - started, accuracy_of(final),
+        interrupted=interrupted, budget_stopped=bool(batch and batch.budget_stopped),
+        retried_after_failure=batch.retried if batch else 0)
+    info.update(status="interrupted" if interrupted else "finished",
+                finished_at=rows.utc_now().isoformat(), answered=final.num_rows,
+                statuses=dict(final_statuses), cost_usd_this_run=tally.cost_usd,
+                budget_stopped=summary.budget_stopped)
+    write_run_info(out_uri, info)  # the manifest is written last
+    if interrupted:
+        raise KeyboardInterrupt
+    return summary
+
+
+def record_empty_run(out_uri: str, corpus_uri: str, extra_info: dict) -> Summary:
+    """A run with nothing to do still leaves its manifest (a pipeline date is then complete)."""
+    now = rows.utc_now().isoformat()
+    write_run_info(out_uri, {"corpus_uri": corpus_uri, "out": out_uri, "questions_total": 0,
+                             "answered": 0, "status": "finished", "started_at": now,
+                             "finished_at": now, "statuses": {}, **extra_info})
+    return Summary(out_uri, 0, 0, 0, Counter(), 0, 0, 0.0, 0.0, None)
