@@ -24,6 +24,9 @@ from sandbox import confine, protocol, proxy
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 # SIGURG's default action is "ignore", so model code resetting it kills nothing.
 TIMER_SIGNAL = signal.SIGURG
+# Outermost and innermost frames only: formatting a 10^6-deep recursion in
+# full takes longer than any time limit, and the ends are what the model needs.
+TRACEBACK_FRAMES_KEPT = 30
 
 
 class ExecutionTimeout(TimeoutError):
@@ -129,9 +132,29 @@ class BoundedOutput(io.TextIOBase):
         return text, cut
 
 
+def _shorten_tracebacks(exc: BaseException) -> int:
+    """Splice out the middle of very long tracebacks (of exc and its chain)."""
+    omitted, seen, pending = 0, set(), [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        entries, tb = [], current.__traceback__
+        while tb is not None:
+            entries.append(tb)
+            tb = tb.tb_next
+        if len(entries) > 2 * TRACEBACK_FRAMES_KEPT:
+            entries[TRACEBACK_FRAMES_KEPT - 1].tb_next = entries[-TRACEBACK_FRAMES_KEPT]
+            omitted += len(entries) - 2 * TRACEBACK_FRAMES_KEPT
+        pending += [current.__cause__, current.__context__]
+    return omitted
+
+
 def format_error(exc: BaseException) -> str:
     """The traceback as model code should see it: its own `<repl-N>` frames and
     library frames, none of the worker's."""
+    omitted = _shorten_tracebacks(exc)
     report = traceback.TracebackException(type(exc), exc, exc.__traceback__, compact=True)
     pending, seen = [report], set()
     while pending:
@@ -143,6 +166,8 @@ def format_error(exc: BaseException) -> str:
             [frame for frame in current.stack if not frame.filename.startswith(PACKAGE_DIR)])
         pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
     text = "".join(report.format())
+    if omitted:
+        text += f"[traceback shortened: {omitted} intermediate frames omitted]\n"
     if isinstance(exc, SystemExit):
         text += "(sys.exit() does not end the REPL; its state is kept)\n"
     return text
