@@ -259,6 +259,11 @@ class Sandbox:
 
 def _error_reply(call_id: Any, exc: Exception) -> bytes:
     name = "PermissionError" if isinstance(exc, HostCallRefused) else type(exc).__name__
+    # Plain args rebuild the same exception inside (KeyError('x') stays KeyError('x'));
+    # anything else travels as its message only.
+    plain = all(isinstance(a, (str, int, float, bool, type(None))) for a in exc.args)
+    args = [isolation.redact(a)[:4000] if isinstance(a, str) else a
+            for a in (exc.args if plain else (str(exc),))]
     return protocol.encode({"op": "reply", "id": call_id, "ok": False, "error_type": name,
-                            "error": isolation.redact(str(exc))[:4000]})
+                            "error": isolation.redact(str(exc))[:4000], "args": args})
 

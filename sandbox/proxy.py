@@ -19,13 +19,13 @@ _BUILTIN_ERRORS = {name: obj for name, obj in vars(builtins).items()
                    if isinstance(obj, type) and issubclass(obj, Exception)}
 
 
-def rebuild_error(error_type: str, message: str) -> Exception:
+def rebuild_error(error_type: str, message: str, args: list[Any] | None = None) -> Exception:
     """The host's exception as model code should see it: same builtin type when
     there is one, the host's message, no host traceback."""
     cls = _BUILTIN_ERRORS.get(error_type)
     if cls is not None:
         try:
-            return cls(message)
+            return cls(*(args if isinstance(args, list) else [message]))
         except TypeError:  # e.g. UnicodeDecodeError wants five arguments
             pass
     return HostError(f"{error_type}: {message}")

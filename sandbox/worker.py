@@ -279,7 +279,8 @@ class Worker:
             self.watchdog.resume()
         if reply.get("ok"):
             return reply.get("value")
-        raise proxy.rebuild_error(str(reply.get("error_type")), str(reply.get("error")))
+        raise proxy.rebuild_error(str(reply.get("error_type")), str(reply.get("error")),
+                                  reply.get("args"))
 
 
 def _confine(config: dict[str, Any]) -> dict[str, Any]:
