@@ -9,6 +9,7 @@ question is running (benchmarks sample the actor's memory).
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from typing import Any
 
@@ -24,6 +25,7 @@ ROOT_NAME_PREFIX = "rlm-root-"
 CHILD_NAME_PREFIX = "rlm-child-"
 MAX_CHILDREN_IN_FLIGHT = 8     # each child is a process (~120 MB): bound a batch's footprint
 DEADLINE_GRACE_S = 60.0        # how long past the deadline we wait for a child to wrap up
+PING_TIMEOUT_S = 10.0
 
 
 @ray.remote(num_cpus=0, max_concurrency=4, max_restarts=0)
@@ -42,6 +44,43 @@ def actor_name(prefix: str, key: str) -> str:
     return f"{prefix}{key}-{uuid.uuid4().hex[:6]}"
 
 
+class ActorPool:
+    """Idle RLMActors kept warm between questions: a fresh actor costs a process
+    start plus the litellm import (seconds on a busy node), a warm one ~1 ms.
+    Each question still gets a fresh sandbox and a fresh Corpus connection."""
+
+    def __init__(self, max_idle: int) -> None:
+        self.max_idle = max_idle
+        self._idle: list = []
+        self._lock = threading.Lock()
+
+    def acquire(self, prefix: str, key: str, reuse: bool):
+        """(actor, pooled). Non-reused actors carry `key` in their name (findable)."""
+        while reuse:
+            with self._lock:
+                actor = self._idle.pop() if self._idle else None
+            if actor is None:
+                break
+            try:
+                ray.get(actor.pid.remote(), timeout=PING_TIMEOUT_S)
+                return actor, True
+            except Exception:  # noqa: BLE001 - died while idle: drop it, try the next
+                continue
+        name = actor_name(prefix, ("pool-" if reuse else "") + key)
+        return RLMActor.options(name=name, namespace=NAMESPACE).remote(), reuse
+
+    def release(self, actor, healthy: bool) -> None:
+        with self._lock:
+            if healthy and len(self._idle) < self.max_idle:
+                self._idle.append(actor)
+                return
+        ray.kill(actor)
+
+
+DRIVER_POOL = ActorPool(max_idle=2)
+CHILD_POOL = ActorPool(max_idle=2)   # per parent actor process
+
+
 def wait_timeout(spec: RunSpec) -> float | None:
     left = spec.budget.remaining_s()
     return None if left is None else max(0.0, left) + DEADLINE_GRACE_S
@@ -57,14 +96,15 @@ def launch_children(jobs: list[ChildJob]) -> list[ChildOutcome]:
 
 
 def _run_wave(jobs: list[ChildJob]) -> list[ChildOutcome]:
-    actors = [RLMActor.options(name=actor_name(CHILD_NAME_PREFIX, job.spec.parent_call_id),
-                               namespace=NAMESPACE).remote() for job in jobs]
+    reuse = all(job.spec.settings.reuse_actors for job in jobs)
+    actors = [CHILD_POOL.acquire(CHILD_NAME_PREFIX, job.query_id, reuse)[0] for job in jobs]
     refs = [actor.answer.remote(job.context, job.question, job.query_id, job.spec)
             for actor, job in zip(actors, jobs)]
     outcomes = []
     for actor, ref, job in zip(actors, refs, jobs):
-        outcomes.append(_await(ref, wait_timeout(job.spec)))
-        ray.kill(actor)
+        outcome = _await(ref, wait_timeout(job.spec))
+        outcomes.append(outcome)
+        CHILD_POOL.release(actor, healthy=reuse and outcome.result is not None)
     return outcomes
 
 

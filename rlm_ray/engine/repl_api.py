@@ -13,7 +13,9 @@ import decimal
 import threading
 from typing import Any
 
+PRELUDE_MARKER = "_rlm_prelude_installed"
 PRELUDE = '''
+_rlm_prelude_installed = True
 answer = {"content": None, "ready": False}
 
 def FINAL(value):

@@ -63,14 +63,16 @@ class RLM:
                   started: float) -> Result:
         import ray
 
-        from rlm_ray.engine.actor import (NAMESPACE, ROOT_NAME_PREFIX, RLMActor, actor_name,
-                                          wait_timeout)
+        from rlm_ray.engine.actor import DRIVER_POOL, ROOT_NAME_PREFIX, wait_timeout
 
-        actor = RLMActor.options(name=actor_name(ROOT_NAME_PREFIX, query_id),
-                                 namespace=NAMESPACE).remote()
+        reuse = spec.settings.reuse_actors
+        actor, _ = DRIVER_POOL.acquire(ROOT_NAME_PREFIX, query_id, reuse)
+        healthy = False
         try:
-            return ray.get(actor.answer.remote(context, question, query_id, spec),
-                           timeout=wait_timeout(spec))
+            result = ray.get(actor.answer.remote(context, question, query_id, spec),
+                             timeout=wait_timeout(spec))
+            healthy = reuse
+            return result
         except ray.exceptions.GetTimeoutError:
             return failed(spec, "timeout", "the RLM actor did not finish within the wall-time "
                           "limit (plus grace); its work is lost", started)
@@ -78,7 +80,7 @@ class RLM:
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "no detail"
             return failed(spec, "error", f"the RLM actor died: {first}", started)
         finally:
-            ray.kill(actor)
+            DRIVER_POOL.release(actor, healthy)
 
 
 def failed(spec: RunSpec, status: str, error: str, started: float) -> Result:

@@ -20,6 +20,7 @@ class EngineSettings:
     sub_window_tokens: int | None = None   # None: litellm's table, else DEFAULT_SUB_CONTEXT_TOKENS
     sandbox_timeout_s: float = 300.0  # per code block (also bounded by the deadline)
     temperature: float = 0.0          # deterministic calls: the response cache makes reruns free
+    reuse_actors: bool = True         # keep RLMActors warm between questions (see ActorPool)
 
 
 @dataclass(frozen=True)

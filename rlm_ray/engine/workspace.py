@@ -9,10 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from rlm_ray.engine.repl_api import PRELUDE, ContextView
+from rlm_ray.engine.repl_api import PRELUDE, PRELUDE_MARKER, ContextView
 
-RESTART_NOTE = ("the REPL process crashed ({reason}); it was restarted with a fresh state: "
-                "variables from earlier blocks are gone")
+RESTART_NOTE = ("SandboxCrash: the REPL could not run this code ({reason}); it was restarted "
+                "with a fresh state: variables from earlier blocks are gone")
 
 
 @dataclass
@@ -44,11 +44,24 @@ class Workspace:
         from sandbox import Sandbox
 
         self._sandbox = Sandbox(host_functions=self._host_functions, **self._opts)
+        self._install_prelude()
+        if self._view is None:
+            self._sandbox.set("context", self._context)   # the sandbox restores it on restarts
+
+    def _install_prelude(self) -> None:
         prelude = self._sandbox.run(PRELUDE)
         if prelude.error:
             raise RuntimeError(f"sandbox prelude failed: {prelude.error}")
-        if self._view is None:
-            self._sandbox.set("context", self._context)
+
+    def _ensure_prelude(self) -> None:
+        """After a crash or a hard timeout the sandbox restarts its worker with a
+        fresh namespace: FINAL and `answer` must be defined again."""
+        from sandbox import SandboxError
+
+        try:
+            self._sandbox.get(PRELUDE_MARKER)
+        except SandboxError:
+            self._install_prelude()
 
     @property
     def sandbox(self):
@@ -63,6 +76,8 @@ class Workspace:
         except SandboxError as exc:
             self._restart()
             return BlockRun("", RESTART_NOTE.format(reason=exc), time.perf_counter() - started)
+        if result.error or result.timed_out:
+            self._ensure_prelude()
         output = result.stdout or ""
         notes = self._view.drain_notes() if self._view is not None else []
         if notes:
@@ -109,4 +124,5 @@ def _run_with_timeout(sandbox, code: str, timeout_s: float):
     # sandbox offers one, else its configured default.
     if "timeout_s" in inspect.signature(sandbox.run).parameters:
         return sandbox.run(code, timeout_s=timeout_s)
+    sandbox.timeout_s = timeout_s   # read by each run
     return sandbox.run(code)
