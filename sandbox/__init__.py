@@ -7,8 +7,9 @@ the worker process imports `sandbox.worker` and must not pay for the host side.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+TYPE_CHECKING = False  # the worker imports this module: `typing` would cost start-up time
+if TYPE_CHECKING:
+    from typing import Any
 
 _EXPORTS = {"Sandbox": "sandbox.host", "SandboxError": "sandbox.results",
             "RunResult": "sandbox.results"}
@@ -18,4 +19,4 @@ __all__ = list(_EXPORTS)
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'sandbox' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+    return getattr(__import__(_EXPORTS[name], fromlist=[name]), name)

@@ -3,16 +3,15 @@ before the first line of model code: rlimits, no-new-privs, Landlock, seccomp.
 
 Each layer reports whether it took effect; the host decides whether a missing
 layer is fatal (`require_isolation`). Order matters: Landlock's syscalls must
-run before seccomp is loaded, and both need PR_SET_NO_NEW_PRIVS first.
+run before seccomp is loaded, and both need PR_SET_NO_NEW_PRIVS first. Both
+apply to the calling thread and the threads it starts afterwards only.
+Stdlib only and no dataclasses/typing: every import here is start-up time.
 """
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
 import resource
-from dataclasses import dataclass, field
-from typing import Any
 
 _libc = ctypes.CDLL(None, use_errno=True)
 PR_SET_NO_NEW_PRIVS = 38
@@ -137,74 +136,20 @@ def _add_path_rule(ruleset_fd: int, path: str, rights: int) -> None:
         os.close(fd)
 
 
-# -- seccomp -----------------------------------------------------------------
+# -- seccomp (the program is compiled by the host: sandbox.seccomp_policy) ----
 
-CLONE_THREAD = 0x00010000
-TIOCSTI = 0x5412
-# Denied outright: new processes, programs, network, debugging other
-# processes, kernel-wide state, and escape hatches from the namespaces.
-DENIED_SYSCALLS = (
-    "fork", "vfork", "execve", "execveat",
-    "socket", "socketpair", "connect", "bind", "listen", "accept", "accept4",
-    "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_open", "pidfd_getfd",
-    "pidfd_send_signal", "tkill", "mount", "umount2", "unshare", "setns", "chroot",
-    "pivot_root", "keyctl", "add_key", "request_key", "bpf", "perf_event_open",
-    "personality", "io_uring_setup", "io_uring_enter", "io_uring_register",
-    "userfaultfd", "open_by_handle_at", "name_to_handle_at", "kexec_load",
-    "init_module", "finit_module", "delete_module", "reboot", "swapon", "swapoff",
-    "acct", "quotactl", "syslog", "iopl", "ioperm", "sethostname", "setdomainname",
-    "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "setrlimit", "mknod",
-    "mknodat", "fanotify_init", "vhangup", "lookup_dcookie", "open_tree", "move_mount",
-    "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
-    # real-time scheduling of a busy loop would starve the host's own threads
-    "sched_setscheduler", "sched_setattr", "sched_setparam",
-)
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER, BPF_INSTRUCTION_BYTES = 22, 2, 8
 
 
-@dataclass
-class SeccompPlan:
-    """Rules that depend on the worker's own pid (signals only to itself)."""
-    pid: int
-    denied: tuple[str, ...] = DENIED_SYSCALLS
-    notes: list[str] = field(default_factory=list)
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def load_seccomp() -> Any:
-    """pyseccomp, or None. Import it before Landlock: afterwards its own file
-    (and find_library's helper program) are out of reach."""
-    try:
-        import pyseccomp
-    except (ImportError, RuntimeError, OSError):  # RuntimeError: libseccomp not found
-        return None
-    return pyseccomp
-
-
-def apply_seccomp(sc: Any, plan: SeccompPlan) -> bool:
-    if sc is None:
+def install_seccomp(program: bytes | None) -> bool:
+    """Load the BPF program for this thread and every thread it starts later
+    (so the watchdog is started after this)."""
+    if not program or len(program) % BPF_INSTRUCTION_BYTES:
         return False
-    deny = sc.ERRNO(errno.EPERM)
-    f = sc.SyscallFilter(sc.ALLOW)
-    try:
-        for name in plan.denied:
-            _add(sc, f, deny, name, plan.notes)
-        # Threads stay allowed: only clone() without CLONE_THREAD is a new process.
-        f.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_THREAD, 0))
-        # glibc tries clone3 first and falls back to clone on ENOSYS; clone3's flags
-        # live in memory seccomp cannot inspect, so send everyone down the clone path.
-        f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
-        for name in ("kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"):
-            f.add_rule(deny, name, sc.Arg(0, sc.NE, plan.pid))
-        f.add_rule(deny, "prlimit64", sc.Arg(2, sc.NE, 0))  # getrlimit passes NULL
-        f.add_rule(deny, "ioctl", sc.Arg(1, sc.EQ, TIOCSTI))
-        f.load()
-    except OSError as exc:
-        plan.notes.append(f"seccomp load failed: {exc}")
-        return False
-    return True
-
-
-def _add(sc: Any, f: Any, action: int, name: str, notes: list[str]) -> None:
-    try:
-        f.add_rule(action, name)
-    except (OSError, ValueError) as exc:  # a syscall this arch does not have
-        notes.append(f"{name}: {exc}")
+    code = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // BPF_INSTRUCTION_BYTES, ctypes.addressof(code))
+    return _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) == 0

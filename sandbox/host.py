@@ -17,7 +17,7 @@ import time
 import warnings
 from typing import Any
 
-from sandbox import isolation, protocol
+from sandbox import isolation, protocol, seccomp_policy
 from sandbox.dispatch import HostCallRefused, HostDispatcher, plain_json, to_jsonable
 from sandbox.process import WorkerProcess
 from sandbox.results import RunResult, SandboxError
@@ -168,12 +168,15 @@ class Sandbox:
             self._bwrap_missing = why
         return isolation.direct_plan(self.scratch_dir)
 
-    def _start_worker(self) -> None:
-        init = {"op": "init", "host": self._dispatcher.spec_payload(),
+    def _init_message(self, pid: int) -> dict[str, Any]:
+        program = seccomp_policy.program(pid)
+        return {"op": "init", "host": self._dispatcher.spec_payload(),
                 "limits": self._limits, "read_paths": self._plan.read_paths,
                 "write_paths": self._plan.write_paths, "drop_sys_path": self._plan.lib_paths,
-                "pdeathsig": not self._plan.bwrap}
-        self._worker = WorkerProcess(self._plan, init, self.start_timeout_s)
+                "pdeathsig": not self._plan.bwrap, "seccomp_bpf": program.hex() if program else None}
+
+    def _start_worker(self) -> None:
+        self._worker = WorkerProcess(self._plan, self._init_message, self.start_timeout_s)
         report = self._worker.ready.get("isolation") or {}
         self._isolation = {"bwrap": self._plan.bwrap,
                            **{layer: bool(report.get(layer)) for layer in LAYERS[1:]}}

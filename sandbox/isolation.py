@@ -8,7 +8,6 @@ a pyenv build or a system Python alike.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 import re
 import shutil
@@ -48,11 +47,6 @@ def python_prefixes() -> list[str]:
 
 def package_dir() -> str:
     return os.path.dirname(os.path.abspath(__file__))
-
-
-def seccomp_module() -> str | None:
-    spec = importlib.util.find_spec("pyseccomp")
-    return spec.origin if spec and spec.origin else None
 
 
 def scrubbed_env(scratch: str) -> dict[str, str]:
@@ -108,17 +102,13 @@ def _system_read_paths() -> list[str]:
 
 def direct_plan(scratch: str) -> LaunchPlan:
     """No bwrap: the worker sees the host's filesystem, narrowed by Landlock."""
-    libs = [os.path.dirname(package_dir())]
-    seccomp = seccomp_module()
-    if seccomp:
-        libs.append(os.path.dirname(seccomp))
     return LaunchPlan(argv=_interpreter_args(), env=scrubbed_env(scratch), cwd=scratch,
-                      lib_paths=libs, read_paths=_system_read_paths(), write_paths=[scratch])
+                      lib_paths=[os.path.dirname(package_dir())], read_paths=_system_read_paths(), write_paths=[scratch])
 
 
 def bwrap_plan(scratch: str) -> LaunchPlan:
     """A fresh root built from an allow-list: system dirs and this Python
-    read-only, our two modules at INSIDE_LIB, scratch the only writable dir."""
+    read-only, our package at INSIDE_LIB, scratch the only writable dir."""
     args = [shutil.which("bwrap") or "bwrap",
             "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
             "--cap-drop", "ALL", "--die-with-parent", "--new-session", "--hostname", "sandbox",
@@ -134,9 +124,6 @@ def bwrap_plan(scratch: str) -> LaunchPlan:
     for path in READ_ONLY_FILES:
         args += ["--ro-bind-try", path, path]
     args += ["--ro-bind", package_dir(), f"{INSIDE_LIB}/sandbox"]
-    seccomp = seccomp_module()
-    if seccomp:
-        args += ["--ro-bind", seccomp, f"{INSIDE_LIB}/pyseccomp.py"]
     args += ["--proc", "/proc", "--dev", "/dev",
              "--bind", scratch, INSIDE_SCRATCH, "--symlink", INSIDE_SCRATCH, "/tmp",
              "--chdir", INSIDE_SCRATCH, "--clearenv"]

@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 import time
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 from sandbox import protocol
 from sandbox.isolation import LaunchPlan
@@ -37,7 +37,8 @@ def _kill(proc: subprocess.Popen) -> None:
 
 
 class WorkerProcess:
-    def __init__(self, plan: LaunchPlan, init: dict[str, Any], start_timeout_s: float):
+    def __init__(self, plan: LaunchPlan, init: Callable[[int], dict[str, Any]],
+                 start_timeout_s: float):
         self.plan = plan
         cmd_read, cmd_write = os.pipe()
         reply_read, reply_write = os.pipe()
@@ -61,10 +62,14 @@ class WorkerProcess:
         self.channel = protocol.HostChannel(reply_read, cmd_write)
         self.ready = self._handshake(init, start_timeout_s)
 
-    def _handshake(self, init: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    def _handshake(self, init: Callable[[int], dict[str, Any]], timeout_s: float) -> dict[str, Any]:
+        """hello (the worker's pid) -> init (built for that pid) -> ready."""
         deadline = time.monotonic() + timeout_s
         try:
-            self.channel.send(protocol.encode(init), deadline)
+            hello = self.channel.receive(deadline)
+            if hello.get("op") != "hello" or not isinstance(hello.get("pid"), int):
+                raise protocol.ProtocolError("expected hello")
+            self.channel.send(protocol.encode(init(hello["pid"])), deadline)
             ready = self.channel.receive(deadline)
         except (protocol.ChannelClosed, protocol.ChannelTimeout, protocol.ProtocolError) as exc:
             self.kill()

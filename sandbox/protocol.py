@@ -12,7 +12,9 @@ import os
 import select
 import struct
 import time
-from typing import Any, Callable
+TYPE_CHECKING = False  # the worker imports this module: `typing` would cost start-up time
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 HEADER = struct.Struct(">I")
 # A hostile worker could announce a 4 GB frame to exhaust the host's memory.

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import builtins
 import json
-from typing import Any, Callable
+TYPE_CHECKING = False  # the worker imports this module: `typing` would cost start-up time
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 class HostError(RuntimeError):
     """A host function failed with an exception that has no builtin equivalent."""
@@ -31,7 +33,8 @@ def rebuild_error(error_type: str, message: str, args: list[Any] | None = None) 
     return HostError(f"{error_type}: {message}")
 
 
-Transport = Callable[[str, str, "str | None", tuple, dict], Any]
+if TYPE_CHECKING:
+    Transport = Callable[[str, str, "str | None", tuple, dict], Any]
 
 
 class HostFunction:

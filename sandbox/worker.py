@@ -10,14 +10,14 @@ from __future__ import annotations
 import builtins
 import ctypes
 import io
-import linecache
 import os
 import signal
 import sys
 import threading
 import time
-import traceback
-from typing import Any, Callable
+TYPE_CHECKING = False  # the worker imports this module: `typing` would cost start-up time
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 from sandbox import confine, protocol, proxy
 
@@ -58,6 +58,8 @@ class Watchdog:
         self._main = threading.main_thread().ident or 0
         self._deadline: float | None = None
         self._paused_at: float | None = None
+
+    def start(self) -> None:
         threading.Thread(target=self._loop, name="sandbox-watchdog", daemon=True).start()
 
     def arm(self, seconds: float) -> None:
@@ -151,9 +153,16 @@ def _shorten_tracebacks(exc: BaseException) -> int:
     return omitted
 
 
-def format_error(exc: BaseException) -> str:
+def format_error(exc: BaseException, sources: dict[str, str]) -> str:
     """The traceback as model code should see it: its own `<repl-N>` frames and
-    library frames, none of the worker's."""
+    library frames, none of the worker's. `sources` holds each run's code so
+    the traceback can quote it."""
+    # Imported on first error, not at start-up (they pull in tokenize and re);
+    # the standard library stays readable after confinement.
+    import linecache
+    import traceback
+    for filename, code in sources.items():
+        linecache.cache.setdefault(filename, (len(code), None, code.splitlines(True), filename))
     omitted = _shorten_tracebacks(exc)
     report = traceback.TracebackException(type(exc), exc, exc.__traceback__, compact=True)
     pending, seen = [report], set()
@@ -180,11 +189,12 @@ class Worker:
         # or whichever thread is inside a host call.
         self._io_lock = threading.Lock()
         self._call_ids = iter(range(1, 1 << 62))
-        self.watchdog = Watchdog()
+        self.watchdog = Watchdog()  # its thread starts after confinement (see main)
         self.output = BoundedOutput()
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
         self.namespace.update(proxy.build_proxies(config["host"], self._host_call))
         self.runs = 0
+        self.sources: dict[str, str] = {}  # <repl-N> -> code, for tracebacks
         self.handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "run": self._run, "get": self._get, "set": self._set,
         }
@@ -205,7 +215,7 @@ class Worker:
             except ExecutionTimeout:  # landed in our own code after model code ended
                 self._stop_watchdog()
                 reply = {"op": "done", "stdout": "", "cut": 0, "timed_out": True,
-                         "error": format_error(ExecutionTimeout())}
+                         "error": format_error(ExecutionTimeout(), self.sources)}
             protocol.write_all(self.reply_fd, protocol.encode(reply))
 
     def _stop_watchdog(self) -> None:
@@ -224,8 +234,8 @@ class Worker:
         sys.stdout = sys.stderr = self.output  # model code may have replaced them
         error, timed_out = None, False
         try:
+            self.sources[filename] = code
             compiled = compile(code, filename, "exec")
-            linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
             self.watchdog.arm(message["timeout_s"])
             try:
                 exec(compiled, self.namespace)
@@ -234,7 +244,7 @@ class Worker:
         except BaseException as exc:  # model errors are data for the model, not our crash
             self._stop_watchdog()
             timed_out = isinstance(exc, ExecutionTimeout)
-            error = format_error(exc)
+            error = format_error(exc, self.sources)
         stdout, cut = self.output.take()
         return {"op": "done", "stdout": stdout, "cut": cut, "error": error, "timed_out": timed_out}
 
@@ -288,23 +298,27 @@ def _confine(config: dict[str, Any]) -> dict[str, Any]:
     if config["pdeathsig"]:
         confine.die_with_parent(signal.SIGKILL)
     limits = config["limits"]
-    seccomp, notes = confine.load_seccomp(), []
+    notes: list[str] = []
     report = {"rlimits": confine.apply_rlimits(**limits)}
     if not confine.drop_capabilities():
         notes.append("could not drop capabilities")
     no_new_privs = confine.set_no_new_privs()
     report["landlock"] = no_new_privs and confine.apply_landlock(
         config["read_paths"], config["write_paths"])
-    plan = confine.SeccompPlan(pid=os.getpid(), notes=notes)
-    report["seccomp"] = no_new_privs and confine.apply_seccomp(seccomp, plan)
+    program = bytes.fromhex(config["seccomp_bpf"]) if config.get("seccomp_bpf") else None
+    report["seccomp"] = no_new_privs and confine.install_seccomp(program)
     return {"isolation": report, "notes": notes}
 
 
 def main(cmd_fd: int, reply_fd: int) -> None:
+    # Our pid as we see it (inside bwrap's pid namespace): the host compiles the
+    # seccomp program's "signals only to yourself" rules for it.
+    protocol.write_all(reply_fd, protocol.encode({"op": "hello", "pid": os.getpid()}))
     config = protocol.read_frame(cmd_fd)
     worker = Worker(cmd_fd, reply_fd, config)
     devnull = os.open(os.devnull, os.O_RDWR)  # before Landlock, which would refuse it later
     ready = _confine(config)
+    worker.watchdog.start()  # after confinement: both layers bind only later threads
     for path in config["drop_sys_path"]:  # our package dirs: model code imports stdlib only
         while path in sys.path:
             sys.path.remove(path)
