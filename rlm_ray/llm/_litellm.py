@@ -28,7 +28,10 @@ def litellm() -> ModuleType:
             lib.callbacks = []
             lib.success_callback = []
             lib.failure_callback = []
-            for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "httpx"):
-                logging.getLogger(name).setLevel(logging.WARNING)
+            # litellm logs its own background-logging hiccups (e.g. an atexit flush on a
+            # fresh loop) at ERROR; real call failures reach us as exceptions instead.
+            for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
+            logging.getLogger("httpx").setLevel(logging.WARNING)
             _module = lib
     return _module

@@ -13,7 +13,7 @@ import threading
 from rlm_ray.errors import UserError
 from rlm_ray.llm.budget import Budget
 from rlm_ray.llm.config import DEFAULT_CONFIG, GatewayConfig
-from rlm_ray.llm.gateway import acomplete, run_sync
+from rlm_ray.llm.gateway import acomplete_here, on_gateway_loop, run_sync
 from rlm_ray.llm.types import BudgetExceeded, Completion, LLMError
 
 NAMESPACE = "rlm_ray"
@@ -24,17 +24,23 @@ async def _one(request: dict, model: str, config: GatewayConfig, budget: Budget 
                params: dict) -> Outcome:
     merged = {**params, **{k: v for k, v in request.items() if k != "messages"}}
     try:
-        return await acomplete(request["messages"], model, config=config, budget=budget, **merged)
+        return await acomplete_here(request["messages"], model, config=config, budget=budget, **merged)
     except (LLMError, BudgetExceeded) as exc:
         return exc
     except Exception as exc:  # noqa: BLE001 - one bad slot never fails the batch
         return LLMError(f"{model}: {type(exc).__name__}: {exc}", model=model, kind="internal")
 
 
+async def _gather(requests: list[dict], model: str, config: GatewayConfig,
+                  budget: Budget | None, params: dict) -> list[Outcome]:
+    return list(await asyncio.gather(*(_one(r, model, config, budget, params) for r in requests)))
+
+
 async def acomplete_many(requests: list[dict], model: str, *, config: GatewayConfig | None = None,
                          budget: Budget | None = None, **params) -> list[Outcome]:
-    config = config or DEFAULT_CONFIG
-    return list(await asyncio.gather(*(_one(r, model, config, budget, params) for r in requests)))
+    """complete_many for async callers: the whole batch is one hop onto the gateway loop."""
+    _validate(requests)
+    return await on_gateway_loop(_gather(requests, model, config or DEFAULT_CONFIG, budget, params))
 
 
 class GatewayActor:
@@ -92,7 +98,7 @@ def complete_many(requests: list[dict], *, model: str, config: GatewayConfig | N
         return []
     config = config or DEFAULT_CONFIG
     if not (_ray_up() if use_ray is None else use_ray):
-        return run_sync(acomplete_many(requests, model, config=config, budget=budget, **params))
+        return run_sync(_gather(requests, model, config, budget, params))
     import ray
 
     actors = gateway_actors(max(1, min(config.gateway_actors, len(requests))))

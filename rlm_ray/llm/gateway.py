@@ -162,8 +162,9 @@ async def _call_with_retries(model, messages, params, config, prompt_estimate):
     return text, prompt, completion, attempts - 1
 
 
-async def acomplete(messages: list[dict], model: str, *, config: GatewayConfig | None = None,
-                    budget: Budget | None = None, **params) -> Completion:
+async def acomplete_here(messages: list[dict], model: str, *, config: GatewayConfig | None = None,
+                         budget: Budget | None = None, **params) -> Completion:
+    """acomplete, on the current loop: only for code already on the gateway loop."""
     config = config or DEFAULT_CONFIG
     _check_messages(messages)
     started = time.perf_counter()
@@ -202,14 +203,16 @@ async def acomplete(messages: list[dict], model: str, *, config: GatewayConfig |
                       retries, False, model)
 
 
-# ---- the synchronous face: a private event loop on a daemon thread -------------
+# ---- one event loop per process for all model traffic ------------------------
+# litellm keeps process-global async state (its logging worker, HTTP clients) bound
+# to the loop that first used it, and breaks when calls arrive from several loops
+# (asyncio.run, a Ray actor's loop, a sync caller). So every call runs on one
+# private loop thread: sync callers block on it, async callers hop onto it once.
 _loop_lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
 
 
-def background_loop() -> asyncio.AbstractEventLoop:
-    """One event loop per process for sync callers, so `complete` works from any
-    thread, including code already running inside another event loop."""
+def gateway_loop() -> asyncio.AbstractEventLoop:
     global _loop
     with _loop_lock:
         if _loop is None or _loop.is_closed():
@@ -219,9 +222,27 @@ def background_loop() -> asyncio.AbstractEventLoop:
 
 
 def run_sync(coro):
-    return asyncio.run_coroutine_threadsafe(coro, background_loop()).result()
+    """Run `coro` on the gateway loop from synchronous code (any thread)."""
+    return asyncio.run_coroutine_threadsafe(coro, gateway_loop()).result()
+
+
+async def on_gateway_loop(coro):
+    """Await `coro` on the gateway loop from any event loop (cancellation propagates)."""
+    loop = gateway_loop()
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        return await coro
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+
+
+async def acomplete(messages: list[dict], model: str, *, config: GatewayConfig | None = None,
+                    budget: Budget | None = None, **params) -> Completion:
+    return await on_gateway_loop(acomplete_here(messages, model, config=config, budget=budget, **params))
 
 
 def complete(messages: list[dict], model: str, *, config: GatewayConfig | None = None,
              budget: Budget | None = None, **params) -> Completion:
-    return run_sync(acomplete(messages, model, config=config, budget=budget, **params))
+    return run_sync(acomplete_here(messages, model, config=config, budget=budget, **params))
