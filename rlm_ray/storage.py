@@ -62,6 +62,9 @@ def _s3_filesystem() -> pafs.S3FileSystem:
             endpoint_override=settings.endpoint,
             scheme=settings.scheme,
             allow_bucket_creation=False,
+            # Delayed open lets a small object go up as one PutObject instead of a
+            # multipart upload: fewer round trips, and atomic without a Complete step.
+            allow_delayed_open=True,
         )
     return _S3_CACHE[settings]
 
@@ -101,11 +104,18 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def exists(uri: str) -> bool:
