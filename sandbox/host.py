@@ -93,7 +93,8 @@ class Sandbox:
         if not isinstance(code, str):
             raise SandboxError(f"code must be a str, got {type(code).__name__}")
         with self._lock:
-            notice = self._ensure_worker()
+            self._ensure_worker()
+            notice = self._take_notice()
             started = time.perf_counter()
             request = {"op": "run", "code": code, "timeout_s": self.timeout_s,
                        "output_limit": self.output_limit}
@@ -192,14 +193,17 @@ class Sandbox:
         if unexpected:
             _warn_once(unexpected, f" ({self._bwrap_missing})" if self._bwrap_missing else "")
 
-    def _ensure_worker(self) -> str:
-        """Restart a dead worker; returns the notice owed to the next run's output."""
+    def _ensure_worker(self) -> None:
+        """Restart a dead worker (one that died between requests included)."""
         if self._closed:
             raise SandboxError("the sandbox is closed")
         if self._worker is not None and not self._worker.alive:
             self._drop_worker(f"the REPL worker {self._worker.exit_description()}")
         if self._worker is None:
             self._start_worker()
+
+    def _take_notice(self) -> str:
+        """The restart notice owed to the next run's output (told once)."""
         if self._lost_reason is None:
             return ""
         notice, self._lost_reason = RESTART_NOTICE.format(reason=self._lost_reason), None

@@ -259,9 +259,10 @@ class Worker:
                     "error": f"value of {name!r} is not JSON-serialisable ({exc})"}
         except MemoryError:
             return {"op": "value", "ok": False, "error": f"value of {name!r} is too large to encode"}
-        if len(text) > message["max_bytes"]:
+        size = len(text.encode())
+        if size > message["max_bytes"]:
             return {"op": "value", "ok": False, "error":
-                    f"value of {name!r} too large: {len(text)} bytes > limit {message['max_bytes']}"}
+                    f"value of {name!r} too large: {size} bytes > limit {message['max_bytes']}"}
         return {"op": "value", "ok": True, "json": text}
 
     def _set(self, message: dict[str, Any]) -> dict[str, Any]:

@@ -155,6 +155,20 @@ def test_process_escapes(sb, code, error):
     still_serving(sb)
 
 
+def test_threads_started_by_model_code_are_confined(sb):
+    code = ("import threading, socket\nseen = []\n"
+            "def attempt():\n"
+            "    try:\n        socket.socket()\n        seen.append('socket opened')\n"
+            "    except OSError as exc:\n        seen.append(type(exc).__name__)\n"
+            "    try:\n        open('/etc/passwd').read()\n        seen.append('read')\n"
+            "    except OSError as exc:\n        seen.append(type(exc).__name__)\n"
+            "t = threading.Thread(target=attempt); t.start(); t.join()\nprint(seen)")
+    result = sb.run(code)
+    assert result.error is None, result.error
+    assert result.stdout.startswith("['PermissionError', ")
+    assert "read" not in result.stdout
+
+
 def test_os_system_and_ctypes_libc(sb):
     sb.run("marker = 42")
     result = sb.run("import os; print(os.system('echo pwned > pwned.txt'))")

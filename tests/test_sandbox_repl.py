@@ -140,6 +140,23 @@ def test_get_and_set(sb):
         sb.set("x", object())
 
 
+def test_threads_work_inside(sb):
+    code = ("import threading\nout = []\n"
+            "ts = [threading.Thread(target=lambda i=i: out.append(llm_query(str(i)))) for i in range(8)]\n"
+            "[t.start() for t in ts]; [t.join() for t in ts]\nprint(sorted(out))")
+    assert ok(sb.run(code)) == str(sorted(f"answer to {i}" for i in range(8))) + "\n"
+
+
+def test_worker_dying_between_runs_is_reported_by_get_and_next_run(sb):
+    ok(sb.run("import os, threading, time\nmine = 1\n"
+              "threading.Thread(target=lambda: (time.sleep(0.2), os._exit(5))).start()"))
+    time.sleep(1.0)
+    with pytest.raises(SandboxError, match=r"'mine' is not defined.*exited with status 5"):
+        sb.get("mine")
+    after = sb.run("print('fresh')")
+    assert after.stdout == RESTART_NOTICE.format(reason="the REPL worker exited with status 5") + "fresh\n"
+
+
 def test_set_values_are_restored_after_a_restart(sb):
     sb.set("meta", {"n": 1})
     ok(sb.run("mine = 5"))
