@@ -1,0 +1,118 @@
+"""`rlm-ray bench compare`: argument parsing, the order of the runs, and the
+printed table (the measuring itself is in compare.py)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from rlm_ray.errors import UserError
+
+
+def add_compare_parser(bench) -> None:
+    p = bench.add_parser(
+        "compare", help="rlm-ray vs the official rlms package on one SIMULATOR (wall, req/min)",
+        description="Run the same scripted workloads (a fan-out of one question over N chunks, "
+                    "and a batch of questions) with rlm-ray and with the official `rlms` package "
+                    "(installed into a separate venv by this command), both against one "
+                    "simulator process with the same latency and RPM/TPM limits. Falls back to "
+                    "a plain asyncio + litellm loop, saying why, when rlms is unavailable.")
+    p.add_argument("--chunks", type=int, default=512, help="fan-out sub-calls (pieces of the context)")
+    p.add_argument("--questions", type=int, default=50, help="questions in the batch workload")
+    p.add_argument("--batch-chunks", type=int, default=4, help="pieces per batch question")
+    p.add_argument("--latency-ms", type=float, default=1000.0, help="simulated latency per call")
+    p.add_argument("--rpm", type=float, default=3000.0, help="requests/min, simulator and clients")
+    p.add_argument("--tpm", type=float, default=20_000_000.0, help="tokens/min, simulator and clients")
+    p.add_argument("--concurrency", type=int, default=10, help="rlm-ray batch actors")
+    p.add_argument("--baseline-concurrency", type=int, default=16,
+                   help="in-flight calls of the asyncio+litellm loop (rlms batches 16 at a time)")
+    p.add_argument("--rlms-venv", default=".bench/rlms-venv", help="where rlms is installed")
+    p.add_argument("--skip-batch", action="store_true", help="fan-out only")
+    p.add_argument("--out", default=".bench/compare", help="folder for compare.json / compare.md")
+    p.set_defaults(func=compare_command)
+
+
+def _table(phases) -> str:
+    head = ("task", "system", "wall s", "requests", "req/min", "failed calls", "429s",
+            "max concurrency", "correct", "notes")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for ph in phases:
+        lines.append("| " + " | ".join([ph.task, ph.system, f"{ph.wall_s:.1f}", str(ph.requests),
+                                         f"{ph.requests_per_min:.0f}", str(ph.failed_calls),
+                                         str(ph.rejected_429), str(ph.max_concurrency),
+                                         f"{ph.correct:.2f}", ph.notes]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _ratios(phases) -> list[str]:
+    out = []
+    for task in ("fan-out", "batch"):
+        ours = next((p for p in phases if p.task == task and p.system == "rlm-ray"), None)
+        for other in (p for p in phases if p.task == task and p.system != "rlm-ray"):
+            if ours and not ours.completed:
+                out.append(f"{task}: no ratio: the rlm-ray run did not complete ({ours.notes})")
+            elif ours and ours.wall_s:
+                out.append(f"{task}: rlm-ray {other.wall_s / ours.wall_s:.1f}x faster wall time "
+                           f"than {other.system} ({other.wall_s:.1f}s vs {ours.wall_s:.1f}s), "
+                           f"{ours.requests_per_min / max(other.requests_per_min, 1e-9):.1f}x the "
+                           "requests/min")
+    return out
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    from rlm_ray._ray import ensure_ray
+    from rlm_ray.bench import compare as cmp
+    from rlm_ray.bench import compare_workloads as workloads
+
+    for name in ("chunks", "questions", "batch_chunks", "concurrency", "baseline_concurrency"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.latency_ms < 0 or args.rpm <= 0 or args.tpm <= 0:
+        raise UserError("--latency-ms must be >= 0, --rpm and --tpm > 0")
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    out = Path(args.out)
+    limits = cmp.Limits(args.latency_ms, args.rpm, args.tpm)
+    log(f"workloads: fan-out over {args.chunks} chunks; batch of {args.questions} questions")
+    fan = workloads.fanout(args.chunks)
+    batch = None if args.skip_batch else workloads.batch(args.questions, args.batch_chunks)
+    python, why = cmp.ensure_rlms(Path(args.rlms_venv), log)
+    log(f"rlms: {why}")
+    phases = []
+    ensure_ray()
+    with cmp.Simulator(limits) as sim:
+        log(f"SIMULATOR (not a real provider) at {sim.base_url}: latency {args.latency_ms} ms, "
+            f"rpm {args.rpm:g}, tpm {args.tpm:g}; rlm-ray's gateway gets the same limits")
+        log("fan-out: rlm-ray ...")
+        phases.append(cmp.rlm_ray_fanout(sim, limits, fan))
+        if python is not None:
+            log("fan-out: rlms ...")
+            try:
+                phases.append(cmp.rlms_phase(python, sim, limits, fan, "fan-out"))
+            except RuntimeError as exc:
+                python, why = None, str(exc)
+                log(f"rlms could not run: {why}")
+        log("fan-out: asyncio + litellm loop ...")
+        phases.append(cmp.plain_fanout(sim, limits, fan, args.baseline_concurrency))
+        if batch is not None:
+            log("batch: rlm-ray ...")
+            phases.append(cmp.rlm_ray_batch(sim, limits, batch, out,
+                                            min(args.concurrency, args.questions)))
+            if python is not None:
+                log("batch: rlms ...")
+                phases.append(cmp.rlms_phase(python, sim, limits, batch, "batch"))
+    table, ratios = _table(phases), _ratios(phases)
+    header = (f"SIMULATOR latency {args.latency_ms:g} ms, rpm {args.rpm:g}, tpm {args.tpm:g}; "
+              f"fan-out {fan.pieces} chunks; rlms: {why}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(json.dumps({"header": header, "phases": [
+        {**asdict(p), "requests_per_min": p.requests_per_min} for p in phases], "ratios": ratios}, indent=2))
+    (out / "compare.md").write_text(f"{header}\n\n{table}\n" + "\n".join(ratios) + "\n")
+    print(header + "\n")
+    print(table)
+    print("\n".join(ratios))
+    return 0
