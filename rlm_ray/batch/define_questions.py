@@ -20,16 +20,28 @@ from collections import defaultdict
 from pathlib import Path
 
 _SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", ".git"})
+# Directory names a stdlib corpus usually leaves out (see CORPUS_EXCLUDE): the
+# test suites alone triple the token count without adding anything to ask about.
+STDLIB_SKIP_DIRS = frozenset({"test", "tests", "idle_test"})
+MAX_FILE_BYTES = 2_000_000   # the ingest default: larger files are not in the corpus
 
 
-def python_files(root: Path) -> dict[str, str]:
+def corpus_exclude(skip_dirs: frozenset[str]) -> list[str]:
+    """The ingest `exclude` patterns (gitignore syntax) matching `skip_dirs`."""
+    return sorted(f"{name}/" for name in _SKIP_DIRS | skip_dirs)
+
+
+def python_files(root: Path, skip_dirs: frozenset[str] = frozenset()) -> dict[str, str]:
     """relpath ("json/decoder.py", the path the corpus records) -> source text."""
     found: dict[str, str] = {}
+    skip = _SKIP_DIRS | skip_dirs
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
+        dirnames[:] = sorted(d for d in dirnames if d not in skip)
         for name in sorted(filenames):
             if name.endswith(".py"):
                 path = Path(dirpath) / name
+                if path.stat().st_size > MAX_FILE_BYTES:
+                    continue
                 try:
                     found[path.relative_to(root).as_posix()] = path.read_text("utf-8")
                 except (UnicodeDecodeError, OSError):
@@ -73,13 +85,23 @@ def unique_functions(files: dict[str, str]) -> dict[str, str]:
     return {n: p for n, p in candidates.items() if text_hits[n] == {p}}
 
 
-def define_questions(root: Path, count: int, seed: int = 0) -> list[dict]:
-    """`count` rows of query_id / question / answer, deterministic for a seed."""
-    unique = unique_functions(python_files(root))
+def define_questions(root: Path, count: int, seed: int = 0,
+                     skip_dirs: frozenset[str] = frozenset(),
+                     distinct_modules: bool = False) -> list[dict]:
+    """`count` rows of query_id / question / answer, deterministic for a seed.
+    `distinct_modules`: no two questions share an answer module (so no two
+    questions send the same sub-call prompt: tests that count repeats use it)."""
+    unique = unique_functions(python_files(root, skip_dirs))
     names = sorted(unique)
+    random.Random(seed).shuffle(names)
+    if distinct_modules:
+        first_by_module: dict[str, str] = {}
+        for name in names:
+            first_by_module.setdefault(unique[name], name)
+        names = [n for n in names if first_by_module[unique[n]] == n]
     if len(names) < count:
-        raise ValueError(f"only {len(names)} unambiguous functions under {root}, need {count}")
-    chosen = random.Random(seed).sample(names, count)
+        raise ValueError(f"only {len(names)} usable functions under {root}, need {count}")
+    chosen = names[:count]
     return [{"query_id": f"define-{i:04d}",
              "question": f"Which module defines the function {name}?",
              "answer": unique[name]} for i, name in enumerate(chosen)]
