@@ -68,7 +68,10 @@ class Sandbox:
         self._owns_scratch = scratch_dir is None
         self.scratch_dir = os.path.realpath(tempfile.mkdtemp(prefix="sandbox-scratch-")
                                             if scratch_dir is None else scratch_dir)
-        os.makedirs(self.scratch_dir, exist_ok=True)
+        try:
+            os.makedirs(self.scratch_dir, exist_ok=True)
+        except OSError as exc:
+            raise SandboxError(f"cannot use scratch_dir {self.scratch_dir!r}: {exc}") from None
         self._limits = {"memory_mb": memory_mb, "cpu_s": cpu_limit_s,
                         "file_mb": file_limit_mb, "nofile": 256}
         self._plan = self._launch_plan(use_bwrap)
@@ -99,17 +102,18 @@ class Sandbox:
             request = {"op": "run", "code": code, "timeout_s": self.timeout_s,
                        "output_limit": self.output_limit}
             try:
-                reply = self._exchange(request)
+                reply = self._exchange(request, expect="done")
             except _WorkerLost as lost:
                 return RunResult(notice, lost.message, lost.timed_out,
                                  time.perf_counter() - started, False)
             elapsed = time.perf_counter() - started
-        stdout, cut = str(reply.get("stdout", "")), int(reply.get("cut") or 0)
+        stdout, cut, error = reply.get("stdout"), reply.get("cut"), reply.get("error")
+        stdout = stdout if isinstance(stdout, str) else ""
+        cut = cut if isinstance(cut, int) and cut > 0 else 0
         if cut:
             stdout += TRUNCATION_MARKER.format(cut=cut, limit=self.output_limit)
-        error = reply.get("error")
         return RunResult(notice + stdout, None if error is None else str(error),
-                         bool(reply.get("timed_out")), elapsed, cut > 0)
+                         reply.get("timed_out") is True, elapsed, cut > 0)
 
     def get(self, name: str) -> Any:
         """A JSON-safe copy of a REPL variable (SandboxError if it is not one)."""
@@ -117,7 +121,7 @@ class Sandbox:
             self._ensure_worker()
             try:
                 reply = self._exchange({"op": "get", "name": str(name),
-                                        "max_bytes": self.max_value_bytes})
+                                        "max_bytes": self.max_value_bytes}, expect="value")
             except _WorkerLost as lost:
                 raise SandboxError(lost.message) from None
             if not reply.get("ok"):
@@ -139,7 +143,7 @@ class Sandbox:
         with self._lock:
             self._ensure_worker()
             try:
-                self._exchange({"op": "set", "name": name, "value": plain})
+                self._exchange({"op": "set", "name": name, "value": plain}, expect="value")
             except _WorkerLost as lost:
                 raise SandboxError(lost.message) from None
             self._host_values[name] = plain
@@ -182,7 +186,7 @@ class Sandbox:
         self._isolation = {"bwrap": self._plan.bwrap,
                            **{layer: bool(report.get(layer)) for layer in LAYERS[1:]}}
         for name, value in self._host_values.items():
-            self._exchange({"op": "set", "name": name, "value": value})
+            self._exchange({"op": "set", "name": name, "value": value}, expect="value")
 
     def _check_isolation(self, required: bool, use_bwrap: bool | None) -> None:
         missing = [layer for layer, active in self._isolation.items() if not active]
@@ -215,7 +219,7 @@ class Sandbox:
         self._worker, self._lost_reason = None, reason
 
     # -- one request, with host calls served until its reply -------------------
-    def _exchange(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _exchange(self, request: dict[str, Any], expect: str) -> dict[str, Any]:
         worker = self._worker
         assert worker is not None
         deadline = time.monotonic() + self.timeout_s + self.grace_s
@@ -223,8 +227,10 @@ class Sandbox:
             worker.channel.send(protocol.encode(request), deadline)
             while True:
                 message = worker.channel.receive(deadline)
-                if message.get("op") != "call":
+                if message.get("op") == expect:
                     return message
+                if message.get("op") != "call":
+                    raise protocol.ProtocolError(f"expected {expect!r}, got {message.get('op')!r}")
                 started = time.monotonic()
                 reply = self._serve_call(message)
                 deadline += time.monotonic() - started  # host time is not the code's time

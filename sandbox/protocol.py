@@ -12,6 +12,7 @@ import os
 import select
 import struct
 import time
+
 TYPE_CHECKING = False  # the worker imports this module: `typing` would cost start-up time
 if TYPE_CHECKING:
     from typing import Any, Callable

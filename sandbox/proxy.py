@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import json
+
 TYPE_CHECKING = False  # the worker imports this module: `typing` would cost start-up time
 if TYPE_CHECKING:
     from typing import Any, Callable

@@ -1,8 +1,8 @@
 """The sandbox worker: a persistent REPL serving one host over two pipes.
 
-Started by sandbox.host as `python -I -S -B -c <bootstrap>`; reads an `init`
-frame, confines itself (sandbox.confine), answers `ready`, then serves `run`,
-`get` and `set` until the host closes the pipe. Model code runs in the main
+Started by sandbox.host as `python -I -S -B -c <bootstrap>`; says `hello`
+(its pid), reads the `init` frame, confines itself (sandbox.confine), answers
+`ready`, then serves `run`, `get` and `set` until the host closes the pipe. Model code runs in the main
 thread; a watchdog thread interrupts it at the soft deadline.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+
 TYPE_CHECKING = False  # the worker imports this module: `typing` would cost start-up time
 if TYPE_CHECKING:
     from typing import Any, Callable

@@ -251,6 +251,22 @@ def test_os_exit_restarts_with_message(sb):
     assert "alive None" in after.stdout
 
 
+@pytest.mark.parametrize("garbage", [b"\xff\xff\xff\xff", b"\x00\x00\x00\x05hello",
+                                     b"\x00\x00\x00\x02[]"])
+def test_forged_protocol_frames_kill_only_the_worker(sb, garbage):
+    """Model code can write to the worker's pipe; the host treats what it reads
+    as hostile: an oversized, non-JSON or non-object frame ends that worker."""
+    sb.run("marker = 42")
+    code = ("import os\nfor fd in range(3, 64):\n    try:\n"
+            f"        os.write(fd, {garbage!r})\n    except OSError:\n        pass\n"
+            "import time; time.sleep(5)")
+    result = sb.run(code)
+    assert "SandboxCrash: the REPL worker sent an invalid message" in result.error
+    assert LOST_STATE in result.error
+    assert sb.run("print('alive')").stdout.startswith(RESTART_HEAD)
+    still_serving(sb, expect_state=False)
+
+
 def test_segfault_restarts_with_message(sb):
     result = sb.run("import ctypes; ctypes.string_at(0)")
     assert "killed by SIGSEGV" in result.error and LOST_STATE in result.error
