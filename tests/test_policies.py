@@ -300,7 +300,8 @@ def runs(ray_session, sim_server, code_corpus, records_inputs):
     }
     rlm = RLM("openai/sim/rlm-policy", api_base=sim_server.base_url, max_depth=2,
               max_iterations=10)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+    # Two at a time: the engine keeps two RLMActors warm, so most questions skip an actor start.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         futures = {name: pool.submit(rlm.answer, ctx, q, f"policy-{name}")
                    for name, (ctx, q) in jobs.items()}
         return {name: f.result() for name, f in futures.items()}
