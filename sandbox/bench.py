@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=1000, help="trivial runs to time")
     parser.add_argument("--calls", type=int, default=1000, help="host calls per timed run")
     args = parser.parse_args(argv)
-    figures = [measure(use_bwrap, args.starts, args.runs, args.calls) for use_bwrap in (True, False)]
+    figures = [measure(use_bwrap, args.starts, args.runs, args.calls)
+               for use_bwrap in (True, False)]
     print(f"sandbox bench: {args.starts} start-ups, {args.runs} trivial runs, "
           f"{args.calls} host calls x 5 per mode")
     print(render(figures))

@@ -15,7 +15,9 @@ import decimal
 import functools
 import inspect
 from dataclasses import asdict, dataclass, field, is_dataclass
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
+
 
 @dataclass
 class HostSpec:

@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 import warnings
+import weakref
 from typing import Any
 
 from sandbox import isolation, protocol, seccomp_policy
@@ -25,7 +26,8 @@ from sandbox.results import RunResult, SandboxError
 LAYERS = ("bwrap", "seccomp", "landlock", "rlimits")
 RESTART_NOTICE = ("[sandbox] the REPL worker was restarted ({reason}); variables, functions "
                   "and imports from earlier runs are gone.\n")
-LOST_STATE = "REPL state (variables, functions, imports) was lost; the next run starts a fresh REPL."
+LOST_STATE = ("REPL state (variables, functions, imports) was lost; "
+              "the next run starts a fresh REPL.")
 TRUNCATION_MARKER = "\n[output truncated: {cut} more characters not shown (limit {limit})]\n"
 
 _warned: set[frozenset[str]] = set()
@@ -72,6 +74,9 @@ class Sandbox:
             os.makedirs(self.scratch_dir, exist_ok=True)
         except OSError as exc:
             raise SandboxError(f"cannot use scratch_dir {self.scratch_dir!r}: {exc}") from None
+        if self._owns_scratch:  # also when dropped without close()
+            self._scratch_cleanup = weakref.finalize(
+                self, shutil.rmtree, self.scratch_dir, ignore_errors=True)
         self._limits = {"memory_mb": memory_mb, "cpu_s": cpu_limit_s,
                         "file_mb": file_limit_mb, "nofile": 256}
         self._plan = self._launch_plan(use_bwrap)
@@ -155,7 +160,7 @@ class Sandbox:
                 self._worker.close()
                 self._worker = None
             if self._owns_scratch:
-                shutil.rmtree(self.scratch_dir, ignore_errors=True)
+                self._scratch_cleanup()
 
     def __enter__(self) -> Sandbox:
         return self
@@ -178,7 +183,8 @@ class Sandbox:
         return {"op": "init", "host": self._dispatcher.spec_payload(),
                 "limits": self._limits, "read_paths": self._plan.read_paths,
                 "write_paths": self._plan.write_paths, "drop_sys_path": self._plan.lib_paths,
-                "pdeathsig": not self._plan.bwrap, "seccomp_bpf": program.hex() if program else None}
+                "pdeathsig": not self._plan.bwrap,
+                "seccomp_bpf": program.hex() if program else None}
 
     def _start_worker(self) -> None:
         self._worker = WorkerProcess(self._plan, self._init_message, self.start_timeout_s)
@@ -244,7 +250,8 @@ class Sandbox:
         except protocol.ChannelClosed:
             what = f"the REPL worker {worker.exit_description()}"
             self._drop_worker(what)
-            raise _WorkerLost(f"SandboxCrash: {what} while running this code. {LOST_STATE}") from None
+            raise _WorkerLost(
+                f"SandboxCrash: {what} while running this code. {LOST_STATE}") from None
         except protocol.ProtocolError as exc:
             self._drop_worker("it broke the sandbox protocol")
             raise _WorkerLost(f"SandboxCrash: the REPL worker sent an invalid message ({exc}) "

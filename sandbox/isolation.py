@@ -103,7 +103,8 @@ def _system_read_paths() -> list[str]:
 def direct_plan(scratch: str) -> LaunchPlan:
     """No bwrap: the worker sees the host's filesystem, narrowed by Landlock."""
     return LaunchPlan(argv=_interpreter_args(), env=scrubbed_env(scratch), cwd=scratch,
-                      lib_paths=[os.path.dirname(package_dir())], read_paths=_system_read_paths(), write_paths=[scratch])
+                      lib_paths=[os.path.dirname(package_dir())],
+                      read_paths=_system_read_paths(), write_paths=[scratch])
 
 
 def bwrap_plan(scratch: str) -> LaunchPlan:

@@ -9,7 +9,8 @@ import subprocess
 import tempfile
 import time
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from sandbox import protocol
 from sandbox.isolation import LaunchPlan

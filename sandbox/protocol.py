@@ -15,7 +15,8 @@ import time
 
 TYPE_CHECKING = False  # the worker imports this module: `typing` would cost start-up time
 if TYPE_CHECKING:
-    from typing import Any, Callable
+    from collections.abc import Callable
+    from typing import Any
 
 HEADER = struct.Struct(">I")
 # A hostile worker could announce a 4 GB frame to exhaust the host's memory.

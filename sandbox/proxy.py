@@ -11,7 +11,8 @@ import json
 
 TYPE_CHECKING = False  # the worker imports this module: `typing` would cost start-up time
 if TYPE_CHECKING:
-    from typing import Any, Callable
+    from collections.abc import Callable
+    from typing import Any
 
 class HostError(RuntimeError):
     """A host function failed with an exception that has no builtin equivalent."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import os
 import tempfile
 
 CLONE_THREAD = 0x00010000

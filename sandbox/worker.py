@@ -2,8 +2,9 @@
 
 Started by sandbox.host as `python -I -S -B -c <bootstrap>`; says `hello`
 (its pid), reads the `init` frame, confines itself (sandbox.confine), answers
-`ready`, then serves `run`, `get` and `set` until the host closes the pipe. Model code runs in the main
-thread; a watchdog thread interrupts it at the soft deadline.
+`ready`, then serves `run`, `get` and `set` until the host closes the pipe.
+Model code runs in the main thread; a watchdog thread interrupts it at the
+soft deadline.
 """
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ import sys
 import threading
 import time
 
-TYPE_CHECKING = False  # the worker imports this module: `typing` would cost start-up time
-if TYPE_CHECKING:
-    from typing import Any, Callable
-
 from sandbox import confine, protocol, proxy
+
+TYPE_CHECKING = False  # `typing` would cost start-up time in every worker
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 # SIGURG's default action is "ignore", so model code resetting it kills nothing.
@@ -252,14 +254,16 @@ class Worker:
     def _get(self, message: dict[str, Any]) -> dict[str, Any]:
         name = message["name"]
         if name not in self.namespace:
-            return {"op": "value", "ok": False, "error": f"name {name!r} is not defined in the REPL"}
+            return {"op": "value", "ok": False,
+                    "error": f"name {name!r} is not defined in the REPL"}
         try:
             text = proxy.dumps_strict(self.namespace[name])
         except (TypeError, ValueError, RecursionError) as exc:
             return {"op": "value", "ok": False,
                     "error": f"value of {name!r} is not JSON-serialisable ({exc})"}
         except MemoryError:
-            return {"op": "value", "ok": False, "error": f"value of {name!r} is too large to encode"}
+            return {"op": "value", "ok": False,
+                    "error": f"value of {name!r} is too large to encode"}
         size = len(text.encode())
         if size > message["max_bytes"]:
             return {"op": "value", "ok": False, "error":

@@ -217,7 +217,7 @@ def test_twenty_sandboxes_from_twenty_threads():
         try:
             with Sandbox({"tag": lambda: f"host-{index}"}, timeout_s=60) as sb:
                 outputs = []
-                for step in range(5):
+                for _ in range(5):
                     sb.run(f"acc = globals().get('acc', 0) + {index}")
                     outputs.append(sb.run("print(tag(), acc)").stdout)
                 results[index] = outputs
@@ -237,7 +237,7 @@ def test_twenty_sandboxes_from_twenty_threads():
 def test_one_sandbox_shared_by_threads_serialises(sb):
     ok(sb.run("hits = []"))
     def hammer(n: int) -> None:
-        for i in range(20):
+        for _ in range(20):
             sb.run(f"hits.append({n})")
     threads = [threading.Thread(target=hammer, args=(n,)) for n in range(4)]
     for t in threads:
