@@ -1,11 +1,12 @@
 """DuckDB connections over a corpus, confined to it.
 
 Model-written SQL runs here, so each connection is locked down before any
-query: views over the exact shard files, `allowed_directories` = the corpus
-root only, `enable_external_access=false`, no extension auto-install/-load,
-then `lock_configuration=true` so nothing can be switched back. `check_sql`
-adds a statement-level gate (one read-only SELECT, no secret/setting
-introspection) in front of it.
+query: views over the exact shard files, `allowed_paths` = those files and
+the docs table only, `enable_external_access=false`, no extension
+auto-install/-load, then `lock_configuration=true` so nothing can be switched
+back. DuckDB would still let COPY write to an allowed path, so `check_sql`
+adds a statement-level gate in front: one read-only SELECT, no secret or
+setting introspection, no SQL evaluated from strings.
 
 S3 goes through the httpfs build that ships on PyPI for DuckDB 1.4.4
 (`duckdb-ext-httpfs`): DuckDB cannot download extensions offline.
@@ -78,10 +79,9 @@ def connect(root: str, shard_uris: Sequence[str], docs_uri: str) -> duckdb.DuckD
     con.execute("SET parquet_metadata_cache = true")
     con.execute(f"CREATE VIEW chunks AS SELECT * FROM read_parquet([{', '.join(map(_sql_str, shard_uris))}])")
     con.execute(f"CREATE VIEW docs AS SELECT * EXCLUDE (shard) FROM read_parquet({_sql_str(docs_uri)})")
-    root_dir = root.rstrip("/") + "/"
-    if not storage.is_s3(root):
-        root_dir = os.path.realpath(storage.filesystem(root)[1]) + "/"
-    con.execute(f"SET allowed_directories = [{_sql_str(root_dir)}]")
+    # Exactly the corpus's data files: not even its manifest or a neighbour object.
+    readable = [u if storage.is_s3(u) else os.path.realpath(u) for u in [*shard_uris, docs_uri]]
+    con.execute(f"SET allowed_paths = [{', '.join(map(_sql_str, readable))}]")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con
