@@ -63,6 +63,7 @@ def _map(build: TaskBuilder) -> Callable[[Step], Code]:
             "replies = map_prompts(prompts)\n"
             "listing = parse_listing(replies)\n"
             f"flagged = sorted(p for p, names in listing.items() if p in texts and ({task.keep}))\n"
+            f"answer['content'] = str({task.raw})  # unverified, in case the budget runs out\n"
             "print(len(prompts), 'sub-calls;', len(flagged), 'modules flagged:', flagged[:10])"
         )
         return Code("Now I ask sub-models to read every candidate module, in batches.", code)

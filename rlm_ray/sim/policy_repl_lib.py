@@ -79,15 +79,31 @@ def pack_prompts(instruction: str, sections: list, limit: int = 40000) -> list:
     return prompts
 
 
+def waves(prompts: list, max_chars: int = 16_000_000) -> list:
+    """Consecutive groups of prompts of at most ~`max_chars` in total: one host
+    call carries a whole group, and must stay well under the bridge's frame limit."""
+    groups, current, size = [], [], 0
+    for prompt in prompts:
+        if current and size + len(prompt) > max_chars:
+            groups.append(current)
+            current, size = [], 0
+        current.append(prompt)
+        size += len(prompt)
+    return groups + [current] if current else groups
+
+
 def map_prompts(prompts: list, retries: int = 1) -> list:
-    """llm_query_batched over all prompts at once (the fan-out), then one more
-    try for the slots that failed (they come back as "Error: ..." strings)."""
-    replies = list(llm_query_batched(prompts)) if prompts else []
+    """llm_query_batched over all prompts (the fan-out, in as few waves as the
+    bridge allows), then one more try for the slots that failed (they come
+    back as "Error: ..." strings)."""
+    replies = [r for group in waves(prompts) for r in llm_query_batched(group)]
     for _ in range(retries):
         failed = [i for i, r in enumerate(replies) if str(r).startswith("Error")]
         if not failed:
             break
-        for i, reply in zip(failed, llm_query_batched([prompts[i] for i in failed])):
+        retried = [r for group in waves([prompts[i] for i in failed])
+                   for r in llm_query_batched(group)]
+        for i, reply in zip(failed, retried):
             replies[i] = reply
     return replies
 
@@ -172,7 +188,7 @@ def subclasses_of(tree: Any, base: str) -> set:
 
 
 SHIPPED = (sql_all, candidate_paths, candidate_paths_grep, code_sections, pack_prompts,
-           map_prompts, parse_listing, pack_texts, context_pieces, parse_tree, defined_names,
+           waves, map_prompts, parse_listing, pack_texts, context_pieces, parse_tree, defined_names,
            count_param_functions, subclasses_of)
 
 
