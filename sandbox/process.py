@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 import tempfile
 import time
 import weakref
@@ -17,6 +18,10 @@ from sandbox.isolation import LaunchPlan
 from sandbox.results import SandboxError
 
 STDERR_TAIL_BYTES = 2000
+# Workers (and bwrap) ask the kernel to kill them when their parent dies, and
+# Linux means the parent THREAD. Spawning from one long-lived thread ties them
+# to the host process, not to whichever short-lived thread made the Sandbox.
+_spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-spawner")
 
 
 def _bootstrap(lib_paths: list[str], cmd_fd: int, reply_fd: int) -> str:
@@ -48,10 +53,10 @@ class WorkerProcess:
         self._stderr = tempfile.TemporaryFile(prefix="sandbox-worker-")
         argv = [*plan.argv, "-c", _bootstrap(plan.lib_paths, cmd_read, reply_write)]
         try:
-            self.proc = subprocess.Popen(
-                argv, pass_fds=(cmd_read, reply_write), stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=self._stderr, env=plan.env, cwd=plan.cwd,
-                start_new_session=True)
+            self.proc = _spawner.submit(
+                subprocess.Popen, argv, pass_fds=(cmd_read, reply_write),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
+                env=plan.env, cwd=plan.cwd, start_new_session=True).result()
         except OSError as exc:
             for fd in (cmd_read, cmd_write, reply_read, reply_write):
                 os.close(fd)

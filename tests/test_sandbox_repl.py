@@ -234,6 +234,23 @@ def test_twenty_sandboxes_from_twenty_threads():
         assert results[index] == [f"host-{index} {index * (step + 1)}\n" for step in range(5)]
 
 
+def test_sandbox_outlives_the_thread_that_made_it():
+    """Parent-death signals follow the parent THREAD; a Sandbox built in a
+    short-lived thread must keep its worker."""
+    made: dict[str, Sandbox] = {}
+
+    def make() -> None:
+        made["sb"] = Sandbox()
+        made["sb"].run("kept = 1")
+
+    maker = threading.Thread(target=make)
+    maker.start()
+    maker.join()
+    time.sleep(0.3)
+    with made["sb"] as sb:
+        assert ok(sb.run("print(kept)")) == "1\n"  # no restart notice, state intact
+
+
 def test_one_sandbox_shared_by_threads_serialises(sb):
     ok(sb.run("hits = []"))
     def hammer(n: int) -> None:
