@@ -12,6 +12,7 @@ import asyncio
 import os
 import threading
 import time
+from functools import lru_cache
 from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
@@ -44,13 +45,20 @@ class _Attempt(Exception):
         self.cause = cause
 
 
+@lru_cache(maxsize=64)
+def _role_tokens(role: str) -> int:
+    return count_tokens(role)
+
+
 def estimate_prompt_tokens(messages: list[dict]) -> int:
+    """OpenAI's chat formula, the one providers (and the simulator) bill by."""
     total = _REPLY_PRIMING
     for message in messages:
         content = message.get("content")
         if isinstance(content, list):
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        total += _TOKENS_PER_MESSAGE + count_tokens(str(message.get("role", ""))) + count_tokens(str(content or ""))
+        total += _TOKENS_PER_MESSAGE + _role_tokens(str(message.get("role", "")))
+        total += count_tokens(str(content)) if content else 0
     return total
 
 

@@ -96,6 +96,9 @@ class RateLimiter:
                                  self.buckets[name].tat if name in self.buckets else 0.0)
                 buckets[name] = bucket
         self.limits, self.buckets = limits, buckets
+        # Half the smallest bucket's worth of time: lateness beyond it could bunch more
+        # requests into one provider window than the bucket's slack absorbs.
+        self.late_tolerance_s = 0.5 * min(b.capacity / b.rate for b in buckets.values())
 
     def _current_factor(self, now: float) -> float:
         if now > self.paused_until and self.factor < 1.0:
@@ -125,9 +128,6 @@ class RateLimiter:
         self.reservations += 1
         return go_at, tokens, self.late_tolerance_s
 
-    @property
-    def late_tolerance_s(self) -> float:
-        return 0.5 * min(b.capacity / b.rate for b in self.buckets.values())
 
     def reserve_many(self, asks: list[tuple[int, int | None]]) -> list[tuple[float, float, float]]:
         return [self.reserve(prompt, max_out) for prompt, max_out in asks]
