@@ -34,7 +34,7 @@ summary.call{cursor:pointer;padding:2px 0} .kind{font-weight:600;text-transform:
 div.step{margin:6px 0 6px 4px;border:1px solid #e5e8ee;border-radius:6px;overflow:hidden}
 div.step>.label{background:#f1f3f5;font-size:12px;padding:2px 8px;color:#5b6475}
 pre{margin:0;padding:6px 8px;white-space:pre-wrap;word-break:break-word;font:12px/1.4 ui-monospace,monospace}
-pre.code{background:#fbfbfc} pre.output{background:#f8fff8;border-top:1px solid #e5e8ee}
+pre.code,pre.output{max-height:360px;overflow:auto} pre.code{background:#fbfbfc} pre.output{background:#f8fff8;border-top:1px solid #e5e8ee}
 pre.error{background:#fff5f5;color:#c92a2a;border-top:1px solid #e5e8ee}
 .error-line{color:#c92a2a;white-space:pre-wrap}
 """
