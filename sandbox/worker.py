@@ -82,17 +82,21 @@ class Watchdog:
                 self._paused_at = time.monotonic()
 
     def resume(self) -> None:
+        # No notify: waking the watchdog on every host call would cost a thread
+        # switch each; it re-checks the moved deadline when its wait runs out.
         with self._cond:
             if self._paused_at is not None and self._deadline is not None:
                 self._deadline += time.monotonic() - self._paused_at
             self._paused_at = None
-            self._cond.notify()
 
     def _loop(self) -> None:
         with self._cond:
             while True:
-                if self._deadline is None or self._paused_at is not None:
+                if self._deadline is None:
                     self._cond.wait()
+                    continue
+                if self._paused_at is not None:
+                    self._cond.wait(self.REFIRE_S)
                     continue
                 remaining = self._deadline - time.monotonic()
                 if remaining > 0:
