@@ -195,3 +195,28 @@ def test_config_rejects_bad_values_as_user_errors():
         with pytest.raises(UserError):
             GatewayConfig(**bad)
     assert "secret" not in repr(GatewayConfig(api_key="secret"))
+
+
+def test_callers_that_wake_too_late_book_a_fresh_slot():
+    import asyncio
+    import time
+
+    from rlm_ray.llm.limiter_client import LocalLimiter
+
+    async def scenario() -> int:
+        limiter = LocalLimiter(Limits(rpm=600, tpm=None, window_s=6))
+        tasks = [asyncio.create_task(limiter.acquire(10, None)) for _ in range(30)]
+        await asyncio.sleep(0)       # everyone books a slot...
+        time.sleep(0.3)              # ...then the loop stalls past many of them
+        await asyncio.gather(*tasks)
+        return limiter.stats()["reservations"]
+
+    assert asyncio.run(scenario()) > 30
+
+
+def test_bench_gateway_rejects_bad_options_as_user_errors(capsys):
+    from rlm_ray.cli import main
+
+    assert main(["bench", "gateway", "--phases", "a,zz"]) == 2
+    assert "unknown phase(s) zz" in capsys.readouterr().err
+    assert main(["bench", "gateway", "--calls", "0"]) == 2

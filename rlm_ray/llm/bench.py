@@ -9,6 +9,7 @@ litellm.acompletion + asyncio.Semaphore (no limiter), for comparison."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -170,6 +171,8 @@ def overhead_rows(calls: int, concurrency: int) -> list[Row]:
             rows.append(Row(f"(c) {name}, 1 process, 0 ms latency", calls, calls, wall,
                             achieved=f"{cpu / calls * 1000:.2f} ms CPU/call",
                             note=f"overhead {extra:+.2f} ms/call vs litellm (target <= 2)"))
+        if not _ray_up():
+            return rows
         stats_before = fetch_stats(url)["completions"]
         ok, wall = _gateway_ray_throughput(url, calls)
         rows.append(Row("(c) gateway via 2 Ray gateway actors (2 cores), 0 ms latency", calls, ok,
@@ -187,22 +190,6 @@ def _gateway_ray_throughput(url: str, calls: int) -> tuple[int, float]:
     started = time.perf_counter()
     results = complete_many([{"messages": _messages(i)} for i in range(calls)], model=MODEL, config=config)
     return _outcome_counts(results), time.perf_counter() - started
-
-
-def _ray_rows(args) -> list[Row]:
-    import ray
-
-    from rlm_ray._ray import ensure_ray
-
-    started_here = not ray.is_initialized()
-    ensure_ray(num_cpus=2) if started_here and not __import__("os").environ.get("RAY_ADDRESS") else ensure_ray()
-    try:
-        rows = [rate_row(f"(a) gateway via Ray gateway actors + limiter actor", args.calls,
-                         args.latency_ms, rpm=args.rpm, use_ray=True)]
-        return rows
-    finally:
-        if started_here:
-            ray.shutdown()
 
 
 def render(rows: list[Row]) -> None:
@@ -226,19 +213,42 @@ def render(rows: list[Row]) -> None:
     Console(width=200).print(table)
 
 
+def _ray_up() -> bool:
+    import ray
+
+    return ray.is_initialized()
+
+
 def run_bench(args) -> int:
     rows: list[Row] = []
     phases = {
         "a": lambda: [rate_row("(a) gateway in-process (asyncio), RPM limiter", args.calls,
                                args.latency_ms, rpm=args.rpm)],
-        "a-ray": lambda: _ray_rows(args),
+        "a-ray": lambda: [rate_row("(a) gateway via Ray: 2 gateway actors + limiter actor",
+                                   args.calls, args.latency_ms, rpm=args.rpm, use_ray=True)],
         "b": lambda: [rate_row("(b) gateway in-process (asyncio), TPM limiter", args.calls,
                                args.latency_ms, tpm=args.tpm)],
         "c": lambda: overhead_rows(args.overhead_calls, args.concurrency),
         "d": lambda: [plain_row(args.calls, args.latency_ms, args.rpm, args.concurrency)],
     }
-    for name in args.phases:
-        print(f"... running {name}", flush=True)
-        rows += phases[name]()
+    started_ray = False
+    if {"a-ray", "c"} & set(args.phases) and not args.no_ray:
+        import ray
+
+        from rlm_ray._ray import ensure_ray
+
+        started_ray = not ray.is_initialized()
+        ensure_ray(num_cpus=2) if not os.environ.get("RAY_ADDRESS") else ensure_ray()
+    try:
+        for name in args.phases:
+            if name == "a-ray" and args.no_ray:
+                continue
+            print(f"... running {name}", flush=True)
+            rows += phases[name]()
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
     render(rows)
     return 0

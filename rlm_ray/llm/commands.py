@@ -23,6 +23,8 @@ def register(commands, bench) -> None:
                         help="in-flight calls for (c) and the Semaphore of (d)")
     parser.add_argument("--phases", default=",".join(PHASES),
                         help=f"comma-separated subset of {','.join(PHASES)}")
+    parser.add_argument("--no-ray", action="store_true",
+                        help="skip the Ray rows (no Ray instance is started or joined)")
     parser.add_argument("--quick", action="store_true",
                         help="a short dev run: 300 calls, 500 overhead calls")
     parser.set_defaults(func=bench_gateway)
