@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import keyword
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -28,6 +29,7 @@ RESTART_NOTICE = ("[sandbox] the REPL worker was restarted ({reason}); variables
                   "and imports from earlier runs are gone.\n")
 LOST_STATE = ("REPL state (variables, functions, imports) was lost; "
               "the next run starts a fresh REPL.")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 TRUNCATION_MARKER = "\n[output truncated: {cut} more characters not shown (limit {limit})]\n"
 
 _warned: set[frozenset[str]] = set()
@@ -113,11 +115,11 @@ class Sandbox:
                                  time.perf_counter() - started, False)
             elapsed = time.perf_counter() - started
         stdout, cut, error = reply.get("stdout"), reply.get("cut"), reply.get("error")
-        stdout = stdout if isinstance(stdout, str) else ""
+        stdout = _clean(stdout) if isinstance(stdout, str) else ""
         cut = cut if isinstance(cut, int) and cut > 0 else 0
         if cut:
             stdout += TRUNCATION_MARKER.format(cut=cut, limit=self.output_limit)
-        return RunResult(notice + stdout, None if error is None else str(error),
+        return RunResult(notice + stdout, None if error is None else _clean(str(error)),
                          reply.get("timed_out") is True, elapsed, cut > 0)
 
     def get(self, name: str) -> Any:
@@ -228,9 +230,13 @@ class Sandbox:
     def _exchange(self, request: dict[str, Any], expect: str) -> dict[str, Any]:
         worker = self._worker
         assert worker is not None
+        try:
+            frame = protocol.encode(request)
+        except (TypeError, ValueError) as exc:
+            raise SandboxError(f"request cannot be sent to the sandbox: {exc}") from None
         deadline = time.monotonic() + self.timeout_s + self.grace_s
         try:
-            worker.channel.send(protocol.encode(request), deadline)
+            worker.channel.send(frame, deadline)
             while True:
                 message = worker.channel.receive(deadline)
                 if message.get("op") == expect:
@@ -250,8 +256,8 @@ class Sandbox:
         except protocol.ChannelClosed:
             what = f"the REPL worker {worker.exit_description()}"
             self._drop_worker(what)
-            raise _WorkerLost(
-                f"SandboxCrash: {what} while running this code. {LOST_STATE}") from None
+            during = "running this code" if expect == "done" else f"a {request['op']}() request"
+            raise _WorkerLost(f"SandboxCrash: {what} while {during}. {LOST_STATE}") from None
         except protocol.ProtocolError as exc:
             self._drop_worker("it broke the sandbox protocol")
             raise _WorkerLost(f"SandboxCrash: the REPL worker sent an invalid message ({exc}) "
@@ -275,6 +281,11 @@ class Sandbox:
         except (TypeError, ValueError, RecursionError) as exc:
             return _error_reply(call_id, TypeError(
                 f"the host function's result cannot cross the sandbox boundary: {exc}"))
+
+
+def _clean(text: str) -> str:
+    """Text safe for any sink (Parquet, logs): lone surrogates become U+FFFD."""
+    return LONE_SURROGATE.sub("\ufffd", text)
 
 
 def _error_reply(call_id: Any, exc: Exception) -> bytes:

@@ -37,8 +37,10 @@ class ChannelTimeout(Exception):
 
 def encode(message: dict[str, Any], default: Callable[[Any], Any] | None = None) -> bytes:
     """One frame; raises TypeError/ValueError if `message` is not JSON-safe."""
+    # backslashreplace: a lone surrogate (model code can print one) becomes the
+    # JSON escape \udXXX inside its string instead of failing the whole frame.
     payload = json.dumps(message, default=default, ensure_ascii=False,
-                         separators=(",", ":")).encode()
+                         separators=(",", ":")).encode("utf-8", "backslashreplace")
     if len(payload) > MAX_FRAME_BYTES:
         raise ValueError(f"message too large: {len(payload)} bytes > {MAX_FRAME_BYTES}")
     return HEADER.pack(len(payload)) + payload

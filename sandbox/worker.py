@@ -223,7 +223,16 @@ class Worker:
                 self._stop_watchdog()
                 reply = {"op": "done", "stdout": "", "cut": 0, "timed_out": True,
                          "error": format_error(ExecutionTimeout(), self.sources)}
+            except Exception as exc:  # a bug of ours must not take the REPL state down
+                reply = self._internal_error(message, exc)
             protocol.write_all(self.reply_fd, protocol.encode(reply))
+
+    @staticmethod
+    def _internal_error(message: dict[str, Any], exc: Exception) -> dict[str, Any]:
+        text = f"sandbox internal error: {type(exc).__name__}: {exc}"
+        if message.get("op") == "run":
+            return {"op": "done", "stdout": "", "cut": 0, "timed_out": False, "error": text}
+        return {"op": "value", "ok": False, "error": text}
 
     def _stop_watchdog(self) -> None:
         while True:
@@ -268,7 +277,7 @@ class Worker:
         except MemoryError:
             return {"op": "value", "ok": False,
                     "error": f"value of {name!r} is too large to encode"}
-        size = len(text.encode())
+        size = len(text.encode("utf-8", "backslashreplace"))
         if size > message["max_bytes"]:
             return {"op": "value", "ok": False, "error":
                     f"value of {name!r} too large: {size} bytes > limit {message['max_bytes']}"}

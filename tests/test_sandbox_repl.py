@@ -176,6 +176,14 @@ def test_output_truncation_marker(corpus):
         assert small.stdout == "short\n" and not small.truncated
 
 
+def test_odd_text_crosses_the_boundary(sb):
+    assert ok(sb.run("print('caf\\u00e9 \\u6f22\\u5b57 \\U0001F600')")) == "caf\u00e9 \u6f22\u5b57 \U0001F600\n"
+    out = ok(sb.run("s = 'a\\ud800b'\nprint(s)"))  # a lone surrogate must not break the pipe
+    assert out == "a\ufffdb\n"
+    assert sb.get("s") == "a\ud800b"
+    ok(sb.run("print('still fine')"))
+
+
 def test_errors_are_results_not_exceptions(sb):
     result = sb.run("x = \n")
     assert result.error.strip().splitlines()[-1].startswith("SyntaxError")
