@@ -63,7 +63,8 @@ def test_429_storm_pauses_everyone_then_all_calls_succeed(sim):
 
 def test_retry_after_honoured_without_a_limiter(sim):
     server = sim()
-    server.storm(0.3, retry_after_s=0.4)
+    complete(user("warm up"), ECHO, config=fast(server))
+    server.storm(1.0, retry_after_s=1.2)
     result = complete(user("hi"), ECHO, config=fast(server))
     assert result.retries == 1 and server.stats()["by_status"][429] == 1
 
@@ -218,3 +219,9 @@ def test_complete_many_keeps_order_and_isolates_failures(sim):
     assert [r.text for i, r in enumerate(results) if i != 7] == [f"item {i}" for i in range(300) if i != 7]
     # All in flight together on one event loop: no thread or process per call.
     assert server.stats()["max_concurrency"] >= 200
+
+
+def test_transport_params_per_call_go_to_the_config(sim):
+    server = sim()
+    result = complete(user("routed"), ECHO, api_base=server.base_url, timeout=5, num_retries=3)
+    assert result.text == "routed" and server.stats()["requests"] == 1

@@ -220,3 +220,8 @@ def test_bench_gateway_rejects_bad_options_as_user_errors(capsys):
     assert main(["bench", "gateway", "--phases", "a,zz"]) == 2
     assert "unknown phase(s) zz" in capsys.readouterr().err
     assert main(["bench", "gateway", "--calls", "0"]) == 2
+
+
+def test_limiter_key_never_carries_url_credentials():
+    config = GatewayConfig(api_base="https://user:s3cret@llm.example.com:8443/v1?token=abc")
+    assert config.limiter_key("openai/m") == "openai/m@https://llm.example.com:8443/v1"

@@ -140,6 +140,11 @@ class Budget:
         if not self._shared:   # a process-local budget copied elsewhere is a separate budget
             self._ledger = state["ledger"]
 
+    @property
+    def shared(self) -> bool:
+        """True when backed by the cluster's bank actor (usable from any Ray worker)."""
+        return self._shared
+
     def __repr__(self) -> str:
         limits = ", ".join(f"{k}={v}" for k, v in self.limits.items() if v is not None)
         return f"Budget({limits or 'unlimited'})"

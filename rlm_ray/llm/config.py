@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from rlm_ray.errors import UserError
 
@@ -50,7 +51,13 @@ class GatewayConfig:
     def limiter_key(self, model: str) -> str:
         """Limits belong to a (model, endpoint) pair: the same model name behind two
         different api_bases is two different quotas."""
-        return f"{model}@{self.api_base}" if self.api_base else model
+        if not self.api_base:
+            return model
+        # The key names a Ray actor: never let URL credentials (user:pass@host) into it.
+        parts = urlsplit(self.api_base)
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return f"{model}@{urlunsplit((parts.scheme, netloc, parts.path, '', ''))}"
 
 
 DEFAULT_CONFIG = GatewayConfig()

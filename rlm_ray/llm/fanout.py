@@ -97,7 +97,10 @@ def complete_many(requests: list[dict], *, model: str, config: GatewayConfig | N
     if not requests:
         return []
     config = config or DEFAULT_CONFIG
-    if not (_ray_up() if use_ray is None else use_ray):
+    if use_ray is None:
+        # A Budget made before Ray started lives in this process only: keep its calls here.
+        use_ray = _ray_up() and (budget is None or budget.shared)
+    if not use_ray:
         return run_sync(_gather(requests, model, config, budget, params))
     import ray
 

@@ -78,6 +78,23 @@ def _api_key(model: str, config: GatewayConfig) -> str | None:
     return None
 
 
+# Per-call transport settings belong in the config (and never in the cache key);
+# litellm retry knobs are ours to set.
+_TRANSPORT_TO_CONFIG = {"api_base": "api_base", "base_url": "api_base", "api_key": "api_key",
+                        "timeout": "timeout_s"}
+_IGNORED_PARAMS = ("num_retries", "max_retries")
+
+
+def _split_transport(config: GatewayConfig, params: dict) -> tuple[GatewayConfig, dict]:
+    if not any(k in params for k in (*_TRANSPORT_TO_CONFIG, *_IGNORED_PARAMS)):
+        return config, params
+    params = dict(params)
+    changes = {field: params.pop(key) for key, field in _TRANSPORT_TO_CONFIG.items() if key in params}
+    for key in _IGNORED_PARAMS:
+        params.pop(key, None)
+    return config.with_(**changes), params
+
+
 def _max_output(params: dict) -> int | None:
     return params.get("max_tokens") or params.get("max_completion_tokens")
 
@@ -173,7 +190,7 @@ async def _call_with_retries(model, messages, params, config, prompt_estimate):
 async def acomplete_here(messages: list[dict], model: str, *, config: GatewayConfig | None = None,
                          budget: Budget | None = None, **params) -> Completion:
     """acomplete, on the current loop: only for code already on the gateway loop."""
-    config = config or DEFAULT_CONFIG
+    config, params = _split_transport(config or DEFAULT_CONFIG, params)
     _check_messages(messages)
     started = time.perf_counter()
     cache = None
@@ -216,6 +233,7 @@ async def acomplete_here(messages: list[dict], model: str, *, config: GatewayCon
 # to the loop that first used it, and breaks when calls arrive from several loops
 # (asyncio.run, a Ray actor's loop, a sync caller). So every call runs on one
 # private loop thread: sync callers block on it, async callers hop onto it once.
+_LOOP_THREAD = "rlm-ray-llm"
 _loop_lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
 
@@ -225,13 +243,17 @@ def gateway_loop() -> asyncio.AbstractEventLoop:
     with _loop_lock:
         if _loop is None or _loop.is_closed():
             _loop = asyncio.new_event_loop()
-            threading.Thread(target=_loop.run_forever, name="rlm-ray-llm", daemon=True).start()
+            threading.Thread(target=_loop.run_forever, name=_LOOP_THREAD, daemon=True).start()
         return _loop
 
 
 def run_sync(coro):
-    """Run `coro` on the gateway loop from synchronous code (any thread)."""
-    return asyncio.run_coroutine_threadsafe(coro, gateway_loop()).result()
+    """Run `coro` on the gateway loop from synchronous code (any other thread)."""
+    loop = gateway_loop()
+    if threading.current_thread().name == _LOOP_THREAD:
+        coro.close()
+        raise RuntimeError("sync gateway call from the gateway loop itself: use acomplete")
+    return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
 
 async def on_gateway_loop(coro):
