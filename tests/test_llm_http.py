@@ -225,3 +225,13 @@ def test_transport_params_per_call_go_to_the_config(sim):
     server = sim()
     result = complete(user("routed"), ECHO, api_base=server.base_url, timeout=5, num_retries=3)
     assert result.text == "routed" and server.stats()["requests"] == 1
+
+
+def test_identical_calls_in_flight_share_one_request(sim, tmp_path):
+    server = sim(latency_ms=100)
+    config = fast(server, cache_uri=str(tmp_path / "cache"))
+    results = gather([acomplete(user("same question"), ECHO, config=config, temperature=0)
+                      for _ in range(10)])
+    assert [r.text for r in results] == ["same question"] * 10
+    assert sum(not r.cache_hit for r in results) == 1
+    assert server.stats()["requests"] == 1

@@ -12,6 +12,7 @@ import asyncio
 import os
 import threading
 import time
+from dataclasses import replace
 from functools import lru_cache
 from typing import Any
 
@@ -187,21 +188,9 @@ async def _call_with_retries(model, messages, params, config, prompt_estimate):
     return text, prompt, completion, attempts - 1
 
 
-async def acomplete_here(messages: list[dict], model: str, *, config: GatewayConfig | None = None,
-                         budget: Budget | None = None, **params) -> Completion:
-    """acomplete, on the current loop: only for code already on the gateway loop."""
-    config, params = _split_transport(config or DEFAULT_CONFIG, params)
-    _check_messages(messages)
-    started = time.perf_counter()
-    cache = None
-    if config.cache_uri and response_cache.should_cache(config.cache_mode, params):
-        cache = response_cache.cache_for(config.cache_uri)
-        key = response_cache.cache_key(model, messages, params)
-        hit = await asyncio.to_thread(cache.get, key)
-        if hit is not None:
-            return Completion(hit["text"], hit["prompt_tokens"], hit["completion_tokens"], 0.0,
-                              time.perf_counter() - started, 0, True, model)
-
+async def _paid_call(messages: list[dict], model: str, config: GatewayConfig,
+                     budget: Budget | None, params: dict, started: float) -> Completion:
+    """Budget reserve -> retried provider call -> budget settle."""
     prompt_estimate = estimate_prompt_tokens(messages)
     reservation = None
     if budget is not None:
@@ -220,12 +209,54 @@ async def acomplete_here(messages: list[dict], model: str, *, config: GatewayCon
     cost = cost_usd(model, prompt, completion, config)
     if reservation is not None:
         await budget.asettle(reservation, cost, prompt + completion, 1)
-    if cache is not None:
-        await asyncio.to_thread(cache.put, key, {
-            "model": model, "text": text, "prompt_tokens": prompt, "completion_tokens": completion,
-            "cost_usd": cost, "created_at": time.time()})
     return Completion(text, prompt, completion, cost, time.perf_counter() - started,
                       retries, False, model)
+
+
+def _free(done: Completion, started: float) -> Completion:
+    """The same answer, obtained without paying: from the cache or a twin call."""
+    return replace(done, cost_usd=0.0, retries=0, cache_hit=True,
+                   latency_s=time.perf_counter() - started)
+
+
+# Identical cacheable calls in flight in this process share one provider request.
+_in_flight: dict[str, asyncio.Future] = {}
+
+
+async def acomplete_here(messages: list[dict], model: str, *, config: GatewayConfig | None = None,
+                         budget: Budget | None = None, **params) -> Completion:
+    """acomplete, on the current loop: only for code already on the gateway loop."""
+    config, params = _split_transport(config or DEFAULT_CONFIG, params)
+    _check_messages(messages)
+    started = time.perf_counter()
+    if not (config.cache_uri and response_cache.should_cache(config.cache_mode, params)):
+        return await _paid_call(messages, model, config, budget, params, started)
+
+    cache = response_cache.cache_for(config.cache_uri)
+    key = response_cache.cache_key(model, messages, params)
+    hit = await asyncio.to_thread(cache.get, key)
+    if hit is not None:
+        return Completion(hit["text"], hit["prompt_tokens"], hit["completion_tokens"], 0.0,
+                          time.perf_counter() - started, 0, True, model)
+    twin = _in_flight.get(key)
+    if twin is not None:
+        return _free(await asyncio.shield(twin), started)
+    future = asyncio.get_running_loop().create_future()
+    future.add_done_callback(lambda f: f.cancelled() or f.exception())  # no "never retrieved" noise
+    _in_flight[key] = future
+    try:
+        done = await _paid_call(messages, model, config, budget, params, started)
+        await asyncio.to_thread(cache.put, key, {
+            "model": model, "text": done.text, "prompt_tokens": done.prompt_tokens,
+            "completion_tokens": done.completion_tokens, "cost_usd": done.cost_usd,
+            "created_at": time.time()})
+        future.set_result(done)
+        return done
+    except BaseException as exc:
+        future.set_exception(exc)
+        raise
+    finally:
+        _in_flight.pop(key, None)
 
 
 # ---- one event loop per process for all model traffic ------------------------
