@@ -60,7 +60,8 @@ class Sandbox:
                  scratch_dir: str | os.PathLike | None = None, require_isolation: bool = False,
                  *, use_bwrap: bool | None = None, grace_s: float = 2.0,
                  max_value_bytes: int = 16 * 1024 * 1024, cpu_limit_s: int = 3600,
-                 file_limit_mb: int = 512, start_timeout_s: float = 15.0):
+                 file_limit_mb: int = 512, start_timeout_s: float = 15.0,
+                 import_paths: list[str] | tuple[str, ...] = ()):
         for name, value in (("timeout_s", timeout_s), ("memory_mb", memory_mb),
                             ("output_limit", output_limit), ("grace_s", grace_s)):
             if value <= 0:
@@ -81,6 +82,10 @@ class Sandbox:
                 self, shutil.rmtree, self.scratch_dir, ignore_errors=True)
         self._limits = {"memory_mb": memory_mb, "cpu_s": cpu_limit_s,
                         "file_mb": file_limit_mb, "nofile": 256}
+        self._import_paths = [os.path.realpath(p) for p in import_paths]
+        missing = [p for p in self._import_paths if not os.path.isdir(p)]
+        if missing:
+            raise SandboxError(f"import_paths are not directories: {', '.join(missing)}")
         self._plan = self._launch_plan(use_bwrap)
         self._lock = threading.RLock()
         self._host_values: dict[str, Any] = {}   # set() values: host data, restored on restart
@@ -176,15 +181,16 @@ class Sandbox:
         if isolation.wants_bwrap(use_bwrap):
             usable, why = isolation.bwrap_status()
             if usable:
-                return isolation.bwrap_plan(self.scratch_dir)
+                return isolation.bwrap_plan(self.scratch_dir, self._import_paths)
             self._bwrap_missing = why
-        return isolation.direct_plan(self.scratch_dir)
+        return isolation.direct_plan(self.scratch_dir, self._import_paths)
 
     def _init_message(self, pid: int) -> dict[str, Any]:
         program = seccomp_policy.program(pid)
         return {"op": "init", "host": self._dispatcher.spec_payload(),
                 "limits": self._limits, "read_paths": self._plan.read_paths,
                 "write_paths": self._plan.write_paths, "drop_sys_path": self._plan.lib_paths,
+                "import_paths": self._plan.import_paths,
                 "pdeathsig": not self._plan.bwrap,
                 "seccomp_bpf": program.hex() if program else None}
 

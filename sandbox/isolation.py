@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 BWRAP_ENV_SWITCH = "SANDBOX_BWRAP"        # "0" disables bubblewrap (bench, debugging)
 INSIDE_LIB = "/opt/sandbox/lib"           # where our code appears inside bwrap
 INSIDE_SCRATCH = "/scratch"
+PRIVATE_TMP_BYTES = 64 * 1024 * 1024     # /tmp inside bwrap: tmpfs, counted in host RAM
 SANDBOX_UID = 65534                       # "nobody" inside the user namespace
 TOP_LEVEL_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 READ_ONLY_FILES = ("/etc/ld.so.cache", "/etc/localtime")
@@ -32,6 +33,7 @@ class LaunchPlan:
     env: dict[str, str]
     cwd: str
     lib_paths: list[str]                   # sys.path entries for our own imports (then dropped)
+    import_paths: list[str] = field(default_factory=list)  # read-only dirs model code imports from
     read_paths: list[str] = field(default_factory=list)
     write_paths: list[str] = field(default_factory=list)
     bwrap: bool = False
@@ -100,16 +102,16 @@ def _system_read_paths() -> list[str]:
     return dirs + files
 
 
-def direct_plan(scratch: str) -> LaunchPlan:
+def direct_plan(scratch: str, import_paths: list[str]) -> LaunchPlan:
     """No bwrap: the worker sees the host's filesystem, narrowed by Landlock."""
     return LaunchPlan(argv=_interpreter_args(), env=scrubbed_env(scratch), cwd=scratch,
-                      lib_paths=[os.path.dirname(package_dir())],
-                      read_paths=_system_read_paths(), write_paths=[scratch])
+                      lib_paths=[os.path.dirname(package_dir())], import_paths=import_paths,
+                      read_paths=_system_read_paths() + import_paths, write_paths=[scratch])
 
 
-def bwrap_plan(scratch: str) -> LaunchPlan:
+def bwrap_plan(scratch: str, import_paths: list[str]) -> LaunchPlan:
     """A fresh root built from an allow-list: system dirs and this Python
-    read-only, our package at INSIDE_LIB, scratch the only writable dir."""
+    read-only, our package at INSIDE_LIB; writable: scratch and a small private /tmp."""
     args = [shutil.which("bwrap") or "bwrap",
             "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
             "--cap-drop", "ALL", "--die-with-parent", "--new-session", "--hostname", "sandbox",
@@ -124,13 +126,19 @@ def bwrap_plan(scratch: str) -> LaunchPlan:
             args += ["--ro-bind", prefix, prefix]
     for path in READ_ONLY_FILES:
         args += ["--ro-bind-try", path, path]
+    # A private, size-capped /tmp first, so import paths under the host's /tmp
+    # can still be bound on top of it.
+    args += ["--size", str(PRIVATE_TMP_BYTES), "--tmpfs", "/tmp"]
     args += ["--ro-bind", package_dir(), f"{INSIDE_LIB}/sandbox"]
+    for path in import_paths:
+        args += ["--ro-bind", path, path]
     args += ["--proc", "/proc", "--dev", "/dev",
-             "--bind", scratch, INSIDE_SCRATCH, "--symlink", INSIDE_SCRATCH, "/tmp",
+             "--bind", scratch, INSIDE_SCRATCH,
              "--chdir", INSIDE_SCRATCH, "--clearenv"]
     env = scrubbed_env(INSIDE_SCRATCH)
     for name, value in env.items():
         args += ["--setenv", name, value]
     return LaunchPlan(argv=args + _interpreter_args(), env=env, cwd=scratch,
-                      lib_paths=[INSIDE_LIB], read_paths=_system_read_paths(),
-                      write_paths=[INSIDE_SCRATCH], bwrap=True)
+                      lib_paths=[INSIDE_LIB], import_paths=import_paths,
+                      read_paths=_system_read_paths() + import_paths,
+                      write_paths=[INSIDE_SCRATCH, "/tmp"], bwrap=True)

@@ -338,9 +338,10 @@ def main(cmd_fd: int, reply_fd: int) -> None:
     devnull = os.open(os.devnull, os.O_RDWR)  # before Landlock, which would refuse it later
     ready = _confine(config)
     worker.watchdog.start()  # after confinement: both layers bind only later threads
-    for path in config["drop_sys_path"]:  # our package dirs: model code imports stdlib only
+    for path in config["drop_sys_path"]:  # our package dirs are not the model's to import
         while path in sys.path:
             sys.path.remove(path)
+    sys.path.extend(config["import_paths"])  # stdlib + what the host chose to expose
     signal.signal(TIMER_SIGNAL, lambda signum, frame: None)  # see Watchdog
     protocol.write_all(reply_fd, protocol.encode({"op": "ready", **ready}))
     # Start-up errors went to the host's log file; from now on C-level writes

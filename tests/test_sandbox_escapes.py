@@ -123,6 +123,18 @@ def test_write_outside_scratch(sb, tmp_path):
     still_serving(sb)
 
 
+def test_tmp_is_private_and_capped(sb, mode):
+    """bwrap: /tmp is a 64 MiB tmpfs of its own; without bwrap the host's /tmp
+    is simply not writable. Either way it cannot eat the host's RAM or disk."""
+    sb.run("marker = 42")
+    code = "f = open('/tmp/big', 'wb')\nfor _ in range(100): f.write(b'x' * 2**20)\nf.close()"
+    last = fails_with(sb.run(code), "OSError", "PermissionError")
+    if mode == "bwrap":
+        assert "No space left" in last
+    assert not os.path.exists("/tmp/big")
+    still_serving(sb)
+
+
 def test_socket_to_loopback(sb):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -312,6 +324,21 @@ def test_get_of_unserialisable_and_huge_values(make_sandbox):
         sb.get("nope")
     assert sb.get("marker") == 42
     still_serving(sb)
+
+
+def test_import_paths_are_importable_and_read_only(make_sandbox, tmp_path):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "helper_mod.py").write_text("def triple(x):\n    return 3 * x\n")
+    sb = make_sandbox(import_paths=[str(lib)])
+    assert sb.run("import helper_mod; print(helper_mod.triple(14))").stdout == "42\n"
+    result = sb.run(f"open({str(lib / 'helper_mod.py')!r}, 'a').write('pwned')")
+    fails_with(result, "PermissionError", "OSError")
+    assert "pwned" not in (lib / "helper_mod.py").read_text()
+    # without import_paths nothing outside the standard library is importable
+    plain = make_sandbox()
+    fails_with(plain.run("import helper_mod"), "ModuleNotFoundError")
+    fails_with(plain.run("import rlm_ray"), "ModuleNotFoundError")  # nor the project itself
 
 
 def test_require_isolation(mode):
