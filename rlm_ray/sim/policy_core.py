@@ -129,12 +129,13 @@ def register_family(name: str, pattern: str, *stages: StageFn) -> Family:
     return family
 
 
-def find_family(question: str, families: list[Family]) -> tuple[Family, re.Match] | None:
+def find_family(question: str, families: list[Family]) -> tuple[Family, re.Match]:
     for family in families:
         match = family.pattern.fullmatch(question.strip())
         if match:
             return family, match
-    return None
+    # policies.py registers a catch-all last, so this means a registry bug.
+    raise LookupError(f"no policy family matches {question!r}")
 
 
 def render(code: Code, stage_number: int) -> str:
