@@ -84,11 +84,13 @@ def test_200_questions_all_terminal_and_accuracy_matches_a_recount(
     assert f"{summary.accuracy.normalized}/200" in printed
 
 
-def _alive_rlm_actors() -> list:
-    from ray.util.state import list_actors
+def _alive_rlm_actors() -> list[dict]:
+    """RLMActors alive in this session's cluster (any job), straight from the
+    GCS: the session's Ray runs without a dashboard, so no state API."""
+    from ray._private.state import actors
 
-    return list_actors(filters=[("class_name", "=", "RLMActor"), ("state", "=", "ALIVE")],
-                       limit=1000)
+    return [a for a in actors(actor_state_name="ALIVE").values()
+            if a["ActorClassName"] == "RLMActor"]
 
 
 def _wait_no_actors(timeout: float = 60.0) -> None:
@@ -140,14 +142,23 @@ def test_5xx_faults_and_a_429_storm_lose_no_question(ray_session, sim, stdlib_co
                                                        stdlib_dir, tmp_path):
     queries = _queries(stdlib_dir, tmp_path / "q.jsonl", 30, seed=3)
     server = sim(latency_ms=20, fail_rate=0.1, faults=("500", "503"), seed=5)
-    storm = threading.Timer(2.0, server.storm, kwargs={"seconds": 4, "retry_after_s": 1})
-    storm.start()
+    done = threading.Event()
+
+    def storm_once_busy() -> None:   # a 4 s storm once the batch is really calling
+        while not done.is_set() and server.stats()["requests"] < 15:
+            time.sleep(0.1)
+        if not done.is_set():
+            server.storm(4, retry_after_s=1)
+
+    stormer = threading.Thread(target=storm_once_busy, daemon=True)
+    stormer.start()
     out = tmp_path / "results"
     try:
         summary = run(stdlib_corpus, queries, str(out), rlm=_rlm(server, None), concurrency=6,
                       progress=False)
     finally:
-        storm.cancel()
+        done.set()
+        stormer.join(timeout=10)
     rows = _raw_answers(out)
     assert sorted(r["query_id"] for r in rows) == sorted(f"define-{i:04d}" for i in range(30))
     assert all(r["status"] in STATUSES for r in rows) and summary.all_terminal
@@ -163,7 +174,7 @@ def _kill_actors_while_running(kills: int, stop: threading.Event) -> list[int]:
     killed: list[int] = []
     while len(killed) < kills and not stop.is_set():
         for actor in _alive_rlm_actors():
-            pid = actor.pid
+            pid = actor["Pid"]
             if pid and pid not in killed:
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
