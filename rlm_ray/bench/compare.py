@@ -127,7 +127,9 @@ def rlm_ray_fanout(sim: Simulator, limits: Limits, work: workloads.Workload) -> 
 
     engine = RLM(f"openai/{MODEL}", api_base=sim.base_url, gateway=_gateway(sim, limits),
                  max_iterations=10)
-    warm = workloads.fanout(1, seed=99)   # Ray, actors' imports, gateway actors: not the workload
+    # Cluster singletons (the gateway actors, one per slot of the first batch, the
+    # limiter, worker imports) start once per cluster, not per question: warm them.
+    warm = workloads.fanout(8, seed=99)
     engine.answer(warm.text, warm.tasks[0].question)
     sim.reset()
     task = work.tasks[0]

@@ -30,6 +30,8 @@ def add_compare_parser(bench) -> None:
                    help="in-flight calls of the asyncio+litellm loop (rlms batches 16 at a time)")
     p.add_argument("--rlms-venv", default=".bench/rlms-venv", help="where rlms is installed")
     p.add_argument("--skip-batch", action="store_true", help="fan-out only")
+    p.add_argument("--no-rlms", action="store_true",
+                   help="do not install/run rlms: compare with the asyncio+litellm loop only")
     p.add_argument("--out", default=".bench/compare", help="folder for compare.json / compare.md")
     p.set_defaults(func=compare_command)
 
@@ -80,7 +82,8 @@ def compare_command(args: argparse.Namespace) -> int:
     log(f"workloads: fan-out over {args.chunks} chunks; batch of {args.questions} questions")
     fan = workloads.fanout(args.chunks)
     batch = None if args.skip_batch else workloads.batch(args.questions, args.batch_chunks)
-    python, why = cmp.ensure_rlms(Path(args.rlms_venv), log)
+    python, why = (None, "skipped (--no-rlms)") if args.no_rlms else \
+        cmp.ensure_rlms(Path(args.rlms_venv), log)
     log(f"rlms: {why}")
     phases = []
     ensure_ray()
