@@ -106,6 +106,20 @@ def test_unknown_document_suggests_close_paths(corpus):
         corpus.read("json/decodr.py")
 
 
+@pytest.mark.parametrize("call, message", [
+    (lambda c: c.read("shlex.py", "1"), "integer line indices"),
+    (lambda c: c.grep(""), "non-empty pattern"),
+    (lambda c: c.grep("ok", limit=-1), "non-negative"),
+    (lambda c: c.grep("(unclosed"), "invalid regular expression"),
+    (lambda c: c.grep(r"(?<=look)behind"), "not supported by RE2"),        # valid in Python, not in RE2
+    (lambda c: c.sql("SELEC nonsense"), "syntax error"),
+    (lambda c: c.sql("SELECT no_such_column FROM chunks"), "no_such_column"),
+])
+def test_bad_queries_raise_clear_corpus_errors(corpus, call, message):
+    with pytest.raises(CorpusQueryError, match=message):
+        call(corpus)
+
+
 def test_sql_answers_match_ast(corpus, stdlib_subset):
     # Modules under json/ defining at least one class, computed with ast...
     expected = sorted(

@@ -139,6 +139,8 @@ class Corpus:
         """
         if not isinstance(pattern, str) or not pattern:
             raise CorpusQueryError("grep needs a non-empty pattern")
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise CorpusQueryError(f"grep limit must be a non-negative integer or None, got {limit!r}")
         body = pattern if regex else escape_literal(pattern)
         try:
             line_re = re.compile(body, 0 if case else re.IGNORECASE)
@@ -146,9 +148,13 @@ class Corpus:
             raise CorpusQueryError(f"invalid regular expression {pattern!r}: {exc}") from None
         # (?m): ^/$ at line ends inside a chunk, so every line match is also a chunk match.
         chunk_re = ("(?m)" if case else "(?im)") + body
-        cur = self._internal(
-            "SELECT doc_id, path, start_line, text FROM chunks "
-            "WHERE regexp_matches(text, ?) ORDER BY path, chunk_id", [chunk_re])
+        try:
+            cur = self._internal(
+                "SELECT doc_id, path, start_line, text FROM chunks "
+                "WHERE regexp_matches(text, ?) ORDER BY path, chunk_id", [chunk_re])
+        except CorpusQueryError as exc:
+            raise CorpusQueryError(f"grep pattern {pattern!r} is not supported by RE2 "
+                                   f"(no look-around or back-references): {exc}") from None
         matches: list[dict] = []
         seen: set[tuple[str, int]] = set()
         try:
@@ -174,6 +180,8 @@ class Corpus:
     def read(self, doc: str, start: int = 0, end: int | None = None) -> str:
         """Lines [start, end) of a document (0-based LINE indices, end exclusive),
         by doc_id or path; the whole document by default."""
+        if not isinstance(start, int) or not (end is None or isinstance(end, int)):
+            raise CorpusQueryError(f"read(doc, start, end) takes integer line indices, got {start!r}, {end!r}")
         row = self._doc(doc)
         n_lines = row["n_lines"]
         start = max(0, start + n_lines if start < 0 else start)
