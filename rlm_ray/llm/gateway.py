@@ -127,9 +127,7 @@ async def _call_provider(model: str, messages: list[dict], params: dict,
             api_key=_api_key(model, config), timeout=config.timeout_s,
             num_retries=0, max_retries=0, **params)
         text, prompt, completion = _parse(response)
-    except BaseException as exc:
-        if isinstance(exc, asyncio.CancelledError):
-            raise
+    except Exception as exc:   # (cancellation is a BaseException and passes through)
         failure = classify(exc)
         if limiter and failure.kind == "rate_limit":
             limiter.penalize(failure.retry_after_s)
@@ -169,7 +167,9 @@ def _final_error(model: str, attempt: _Attempt, retries: int, config: GatewayCon
                     retryable=failure.retryable)
 
 
-async def _call_with_retries(model, messages, params, config, prompt_estimate):
+async def _call_with_retries(model: str, messages: list[dict], params: dict, config: GatewayConfig,
+                             prompt_estimate: int) -> tuple[str, int, int, int]:
+    """(text, prompt_tokens, completion_tokens, retries), or LLMError once retrying is over."""
     has_limiter = bool(config.rpm or config.tpm)
     retrying = AsyncRetrying(
         stop=stop_after_attempt(config.max_retries + 1),
