@@ -30,6 +30,9 @@ TIMER_SIGNAL = signal.SIGURG
 # Outermost and innermost frames only: formatting a 10^6-deep recursion in
 # full takes longer than any time limit, and the ends are what the model needs.
 TRACEBACK_FRAMES_KEPT = 30
+# Unwinding a runaway recursion costs ~10 us per frame: at the millions of
+# frames a raised limit allows, the soft timeout would take minutes to land.
+MAX_RECURSION_LIMIT = 50_000
 
 
 class ExecutionTimeout(TimeoutError):
@@ -312,6 +315,16 @@ class Worker:
                                   reply.get("args"))
 
 
+def _cap_recursion_limit() -> None:
+    raw_setter = sys.setrecursionlimit
+
+    def setrecursionlimit(limit: int) -> None:
+        """Set the recursion limit (capped at MAX_RECURSION_LIMIT in this sandbox)."""
+        raw_setter(min(int(limit), MAX_RECURSION_LIMIT))
+
+    sys.setrecursionlimit = setrecursionlimit
+
+
 def _confine(config: dict[str, Any]) -> dict[str, Any]:
     """Apply every requested layer; report which ones took effect."""
     if config["pdeathsig"]:
@@ -342,6 +355,7 @@ def main(cmd_fd: int, reply_fd: int) -> None:
         while path in sys.path:
             sys.path.remove(path)
     sys.path.extend(config["import_paths"])  # stdlib + what the host chose to expose
+    _cap_recursion_limit()
     signal.signal(TIMER_SIGNAL, lambda signum, frame: None)  # see Watchdog
     protocol.write_all(reply_fd, protocol.encode({"op": "ready", **ready}))
     # Start-up errors went to the host's log file; from now on C-level writes
