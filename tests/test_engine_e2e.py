@@ -17,6 +17,8 @@ from rlm_ray.engine import RLM
 NEEDLE_KEY, NEEDLE_VALUE = "ORCHID-7", "4471-XQ"
 NEEDLE_QUESTION = f"What is the secret code for {NEEDLE_KEY}?"
 POLICY = "openai/sim/rlm-policy"
+# The interpreter's own library, not whatever is installed into it.
+STDLIB_EXCLUDE = ["site-packages/", "__pycache__/"]
 
 
 def _needle_dir(root: Path) -> Path:
@@ -34,7 +36,8 @@ def stdlib_needle_corpus(tmp_path_factory, stdlib_dir):
     from rlm_ray.corpus import Corpus, ingest
 
     root = tmp_path_factory.mktemp("stdlib_needle")
-    ingest([str(stdlib_dir), str(_needle_dir(root))], str(root / "corpus"))
+    ingest([str(stdlib_dir), str(_needle_dir(root))], str(root / "corpus"),
+           exclude=STDLIB_EXCLUDE)
     return Corpus.open(str(root / "corpus"))
 
 
