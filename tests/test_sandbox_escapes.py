@@ -213,6 +213,27 @@ def test_memory_bomb(make_sandbox):
     still_serving(sb)
 
 
+def test_file_size_and_open_file_limits(make_sandbox):
+    sb = make_sandbox(file_limit_mb=1)
+    sb.run("marker = 42")
+    last = fails_with(sb.run("open('big.bin', 'wb').write(b'x' * 2 * 1024**2)"), "OSError")
+    assert "File too large" in last
+    last = fails_with(sb.run("handles = [open('f%d' % i, 'w') for i in range(1000)]"), "OSError")
+    assert "Too many open files" in last
+    still_serving(sb)
+
+
+@pytest.mark.timeout(60)
+def test_cpu_time_limit_is_a_last_backstop(make_sandbox):
+    """RLIMIT_CPU bounds the worker's whole life, even if wall-clock limits are generous."""
+    sb = make_sandbox(cpu_limit_s=1, timeout_s=30)
+    result = sb.run("while True:\n    try:\n        while True: sum(range(10**6))\n"
+                    "    except BaseException: pass")
+    assert "killed by SIGXCPU" in result.error or "killed by SIGKILL" in result.error
+    assert LOST_STATE in result.error
+    assert sb.run("print('alive')").stdout.startswith(RESTART_HEAD)
+
+
 @pytest.mark.timeout(60)
 def test_infinite_loop_soft_timeout_keeps_state(make_sandbox):
     sb = make_sandbox(timeout_s=0.5, grace_s=2)
