@@ -3,9 +3,7 @@ archives and document tables, incremental re-ingest, crash safety, bad input."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import os
 import shutil
 import tarfile
 import zipfile

@@ -6,10 +6,10 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import subprocess
 import sys
 import tarfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -39,9 +39,19 @@ def grep_rn(root: Path, pattern: str) -> set[tuple[str, int]]:
     return hits
 
 
-@pytest.fixture
-def s3_corpus(stdlib_subset, s3_bucket) -> str:
-    out = f"s3://{s3_bucket}/x"
+@pytest.fixture(scope="module")
+def corpus_bucket(s3_endpoint) -> str:
+    """One bucket for the module's shared corpus (ingesting once keeps the tests quick)."""
+    import boto3
+
+    name = f"corpus-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="module")
+def s3_corpus(stdlib_subset, corpus_bucket) -> str:
+    out = f"s3://{corpus_bucket}/x"
     run = subprocess.run([*CLI, "ingest", str(stdlib_subset), "--out", out, "--chunk-tokens", "800"],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
@@ -71,7 +81,8 @@ def test_s3_reingest_rewrites_nothing(s3_corpus, stdlib_subset):
 
 
 @pytest.mark.timeout(300)
-def test_s3_sql_is_confined_to_the_corpus_files(s3_corpus, s3_bucket, s3_endpoint):
+def test_s3_sql_is_confined_to_the_corpus_files(s3_corpus, corpus_bucket, s3_endpoint):
+    s3_bucket = corpus_bucket
     import boto3
 
     client = boto3.client("s3", endpoint_url=s3_endpoint)

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import time
-from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -89,7 +88,7 @@ def _previous_docs(out: str, previous: dict | None) -> dict[str, dict]:
     return {row["path"]: row for row in table.to_pylist()}
 
 
-def _check_out(out: str, sources: Sequence[str]) -> None:
+def _check_out(out: str) -> None:
     if storage.is_s3(out):
         fs, path = storage.filesystem(out)
         bucket = path.split("/", 1)[0]
@@ -167,7 +166,7 @@ def ingest(sources: Sequence[str], out: str, *, chunk_tokens: int = 2000,
     if max_file_bytes < 1:
         raise UserError(f"--max-file-bytes must be positive, got {max_file_bytes}")
     out = str(out)
-    _check_out(out, sources)
+    _check_out(out)
 
     opts = ListOptions(max_file_bytes=max_file_bytes, exclude=_exclude_out(out, sources, exclude))
     files = unique_paths([(src, list_source(src, opts)) for src in sources])
