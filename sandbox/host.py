@@ -104,17 +104,21 @@ class Sandbox:
     def isolation(self) -> dict[str, bool]:
         return dict(self._isolation)
 
-    def run(self, code: str) -> RunResult:
+    def run(self, code: str, timeout_s: float | None = None) -> RunResult:
+        """Run one block; `timeout_s` overrides the sandbox's limit for this run."""
         if not isinstance(code, str):
             raise SandboxError(f"code must be a str, got {type(code).__name__}")
+        limit = self.timeout_s if timeout_s is None else timeout_s
+        if limit <= 0:
+            raise SandboxError(f"timeout_s must be positive, got {limit!r}")
         with self._lock:
             self._ensure_worker()
             notice = self._take_notice()
             started = time.perf_counter()
-            request = {"op": "run", "code": code, "timeout_s": self.timeout_s,
+            request = {"op": "run", "code": code, "timeout_s": limit,
                        "output_limit": self.output_limit}
             try:
-                reply = self._exchange(request, expect="done")
+                reply = self._exchange(request, expect="done", timeout_s=limit)
             except _WorkerLost as lost:
                 return RunResult(notice, lost.message, lost.timed_out,
                                  time.perf_counter() - started, False)
@@ -233,14 +237,16 @@ class Sandbox:
         self._worker, self._lost_reason = None, reason
 
     # -- one request, with host calls served until its reply -------------------
-    def _exchange(self, request: dict[str, Any], expect: str) -> dict[str, Any]:
+    def _exchange(self, request: dict[str, Any], expect: str,
+                  timeout_s: float | None = None) -> dict[str, Any]:
         worker = self._worker
         assert worker is not None
         try:
             frame = protocol.encode(request)
         except (TypeError, ValueError) as exc:
             raise SandboxError(f"request cannot be sent to the sandbox: {exc}") from None
-        deadline = time.monotonic() + self.timeout_s + self.grace_s
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s + self.grace_s
         try:
             worker.channel.send(frame, deadline)
             while True:
@@ -254,9 +260,9 @@ class Sandbox:
                 deadline += time.monotonic() - started  # host time is not the code's time
                 worker.channel.send(reply, deadline)
         except protocol.ChannelTimeout:
-            limit = self.timeout_s + self.grace_s
+            limit = timeout_s + self.grace_s
             self._drop_worker(f"killed after {limit:g}s")
-            raise _WorkerLost(f"ExecutionTimeout: the code ran past the {self.timeout_s:g}s limit "
+            raise _WorkerLost(f"ExecutionTimeout: the code ran past the {timeout_s:g}s limit "
                               f"and did not stop when interrupted, so the REPL worker was killed "
                               f"after {limit:g}s. {LOST_STATE}", timed_out=True) from None
         except protocol.ChannelClosed:

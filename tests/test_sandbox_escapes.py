@@ -247,6 +247,9 @@ def test_infinite_loop_soft_timeout_keeps_state(make_sandbox):
     assert result.timed_out and "state is kept" in result.error
     # a blocking sleep is interrupted too
     assert sb.run("import time; time.sleep(30)").timed_out
+    # a per-run limit overrides the sandbox's, both ways
+    assert sb.run("import time; time.sleep(1); print('slept')", timeout_s=10).stdout == "slept\n"
+    assert "longer than 0.2s" in sb.run("while True: pass", timeout_s=0.2).error
     still_serving(sb)
 
 
