@@ -1,4 +1,4 @@
-"""A scheduled pipeline run: `python jobs/pipeline.py SPEC.yaml [--date YYYY-MM-DD]`.
+r"""A scheduled pipeline run: `python jobs/pipeline.py SPEC.yaml [--date YYYY-MM-DD]`.
 
 One YAML spec names the sources, corpus URI, questions, model, limits,
 budget and output URI (see jobs/specs/example.yaml). Each run re-ingests

@@ -258,3 +258,18 @@ def test_dry_run_prints_plan_and_cost_without_calling_a_model(tmp_path, capsys, 
     cost_line = next(line for line in priced.splitlines() if "estimated_cost_usd" in line)
     assert float(cost_line.split()[-1]) > 0
     assert not (tmp_path / "o").exists()         # nothing written, nothing called
+
+
+@pytest.mark.timeout(600)
+def test_bench_batch_prints_its_figures(ray_session, tmp_path, stdlib_dir, capsys):
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(stdlib_dir / "json", src / "json", ignore=shutil.ignore_patterns("__pycache__"))
+    assert cli_main(["bench", "batch", "--questions", "3", "--rpm", "600", "--latency-ms", "0",
+                     "--concurrency", "2", "--source", str(src),
+                     "--workdir", str(tmp_path / "bench")]) == 0
+    out = capsys.readouterr().out
+    for figure in ("questions/min", "rate-limit utilisation", "driver peak RSS", "terminal rows"):
+        assert figure in out
+    assert "terminal rows" in out and " 3\n" in out
