@@ -46,9 +46,8 @@ class RLM:
             from rlm_ray._ray import ensure_ray
 
             ensure_ray()   # before the Budget: it must live in the cluster's budget bank
-        tree = TreeBudget.open(self.limits)
-        spec = RunSpec(model=self.model, sub_model=self.sub_model, gateway=self.gateway,
-                       budget=tree, settings=self.settings, sandbox_opts=self.sandbox_opts)
+        spec = self.plan()
+        tree = spec.budget
         started = time.time()
         try:
             if self.local:
@@ -58,6 +57,12 @@ class RLM:
             return self._on_actor(corpus_or_text, question, query_id, spec, started)
         finally:
             tree.close()
+
+    def plan(self) -> RunSpec:
+        """The RunSpec of one question (opens its tree budget: call once per question)."""
+        return RunSpec(model=self.model, sub_model=self.sub_model, gateway=self.gateway,
+                       budget=TreeBudget.open(self.limits), settings=self.settings,
+                       sandbox_opts=self.sandbox_opts)
 
     def _on_actor(self, context: Any, question: str, query_id: str, spec: RunSpec,
                   started: float) -> Result:
