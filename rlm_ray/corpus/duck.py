@@ -61,6 +61,19 @@ def _s3_secret_sql() -> str:
     return "CREATE OR REPLACE SECRET corpus_s3 (" + ", ".join(f"{k} {v}" for k, v in parts) + ")"
 
 
+def _create_s3_secret(con: duckdb.DuckDBPyConnection) -> None:
+    s3 = storage.S3Settings.from_env()
+    try:
+        con.execute(_s3_secret_sql())
+    except duckdb.Error as exc:
+        # DuckDB echoes the statement in some errors: never let the keys through.
+        message = str(exc).splitlines()[0]
+        for value in (s3.access_key, s3.secret_key, s3.session_token):
+            if value:
+                message = message.replace(value, "***")
+        raise UserError(f"cannot configure S3 access for DuckDB: {message}") from None
+
+
 def connect(root: str, shard_uris: Sequence[str], docs_uri: str) -> duckdb.DuckDBPyConnection:
     """An in-memory database whose only reachable files are the corpus's."""
     con = duckdb.connect(":memory:", config={
@@ -72,7 +85,7 @@ def connect(root: str, shard_uris: Sequence[str], docs_uri: str) -> duckdb.DuckD
     })
     if storage.is_s3(root):
         con.execute("LOAD httpfs")
-        con.execute(_s3_secret_sql())
+        _create_s3_secret(con)
         # Repeated scans of the same shards are served from memory.
         con.execute("SET enable_external_file_cache = true")
         con.execute("SET enable_http_metadata_cache = true")
