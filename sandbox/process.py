@@ -8,6 +8,7 @@ import signal
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 import tempfile
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -18,10 +19,29 @@ from sandbox.isolation import LaunchPlan
 from sandbox.results import SandboxError
 
 STDERR_TAIL_BYTES = 2000
-# Workers (and bwrap) ask the kernel to kill them when their parent dies, and
-# Linux means the parent THREAD. Spawning from one long-lived thread ties them
-# to the host process, not to whichever short-lived thread made the Sandbox.
-_spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-spawner")
+
+
+class _Spawner:
+    """Workers (and bwrap) ask the kernel to kill them when their parent dies,
+    and Linux means the parent THREAD. Spawning from one long-lived thread ties
+    them to the host process, not to whichever short-lived thread made the
+    Sandbox. Re-created after a fork (the child inherits no threads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pid = 0
+
+    def popen(self, *args: Any, **kwargs: Any) -> subprocess.Popen:
+        with self._lock:
+            if self._pool is None or self._pid != os.getpid():
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="sandbox-spawner")
+                self._pid = os.getpid()
+            pool = self._pool
+        return pool.submit(subprocess.Popen, *args, **kwargs).result()
+
+
+_spawner = _Spawner()
 
 
 def _bootstrap(lib_paths: list[str], cmd_fd: int, reply_fd: int) -> str:
@@ -53,10 +73,10 @@ class WorkerProcess:
         self._stderr = tempfile.TemporaryFile(prefix="sandbox-worker-")
         argv = [*plan.argv, "-c", _bootstrap(plan.lib_paths, cmd_read, reply_write)]
         try:
-            self.proc = _spawner.submit(
-                subprocess.Popen, argv, pass_fds=(cmd_read, reply_write),
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
-                env=plan.env, cwd=plan.cwd, start_new_session=True).result()
+            self.proc = _spawner.popen(
+                argv, pass_fds=(cmd_read, reply_write), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=self._stderr, env=plan.env, cwd=plan.cwd,
+                start_new_session=True)
         except OSError as exc:
             for fd in (cmd_read, cmd_write, reply_read, reply_write):
                 os.close(fd)
