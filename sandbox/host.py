@@ -49,9 +49,9 @@ def _warn_once(missing: list[str], why: str) -> None:
 class _WorkerLost(Exception):
     """The worker died or was killed mid-request: its state is gone."""
 
-    def __init__(self, message: str, timed_out: bool = False):
+    def __init__(self, message: str, timed_out: bool = False, stdout: str = ""):
         super().__init__(message)
-        self.message, self.timed_out = message, timed_out
+        self.message, self.timed_out, self.stdout = message, timed_out, stdout
 
 
 class Sandbox:
@@ -120,7 +120,7 @@ class Sandbox:
             try:
                 reply = self._exchange(request, expect="done", timeout_s=limit)
             except _WorkerLost as lost:
-                return RunResult(notice, lost.message, lost.timed_out,
+                return RunResult(notice + _clean(lost.stdout), lost.message, lost.timed_out,
                                  time.perf_counter() - started, False)
             elapsed = time.perf_counter() - started
         stdout, cut, error = reply.get("stdout"), reply.get("cut"), reply.get("error")
@@ -261,22 +261,29 @@ class Sandbox:
                 worker.channel.send(reply, deadline)
         except protocol.ChannelTimeout:
             limit = timeout_s + self.grace_s
-            self._drop_worker(f"killed after {limit:g}s")
-            raise _WorkerLost(f"ExecutionTimeout: the code ran past the {timeout_s:g}s limit "
-                              f"and did not stop when interrupted, so the REPL worker was killed "
-                              f"after {limit:g}s. {LOST_STATE}", timed_out=True) from None
+            raise self._lose(worker, f"killed after {limit:g}s", timed_out=True, message=(
+                f"ExecutionTimeout: the code ran past the {timeout_s:g}s limit and did not "
+                f"stop when interrupted, so the REPL worker was killed after {limit:g}s. "
+                f"{LOST_STATE}")) from None
         except protocol.ChannelClosed:
             what = f"the REPL worker {worker.exit_description()}"
-            self._drop_worker(what)
             during = "running this code" if expect == "done" else f"a {request['op']}() request"
-            raise _WorkerLost(f"SandboxCrash: {what} while {during}. {LOST_STATE}") from None
+            raise self._lose(worker, what, message=(
+                f"SandboxCrash: {what} while {during}. {LOST_STATE}")) from None
         except protocol.ProtocolError as exc:
-            self._drop_worker("it broke the sandbox protocol")
-            raise _WorkerLost(f"SandboxCrash: the REPL worker sent an invalid message ({exc}) "
-                              f"and was killed. {LOST_STATE}") from None
+            raise self._lose(worker, "it broke the sandbox protocol", message=(
+                f"SandboxCrash: the REPL worker sent an invalid message ({exc}) and was "
+                f"killed. {LOST_STATE}")) from None
         except BaseException:  # e.g. KeyboardInterrupt inside a host function
             self._drop_worker("the host interrupted a request")
             raise
+
+    def _lose(self, worker: WorkerProcess, reason: str, message: str,
+              timed_out: bool = False) -> _WorkerLost:
+        """Drop a dead/hung worker, keeping what its last run had printed."""
+        printed = worker.output_so_far(self.output_limit)
+        self._drop_worker(reason)
+        return _WorkerLost(message, timed_out, printed)
 
     def _serve_call(self, message: dict[str, Any]) -> bytes:
         call_id = message.get("id")

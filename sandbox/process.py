@@ -44,9 +44,9 @@ class _Spawner:
 _spawner = _Spawner()
 
 
-def _bootstrap(lib_paths: list[str], cmd_fd: int, reply_fd: int) -> str:
+def _bootstrap(lib_paths: list[str], *fds: int) -> str:
     return (f"import sys; sys.path[:0] = {lib_paths!r}; "
-            f"from sandbox.worker import main; main({cmd_fd}, {reply_fd})")
+            f"from sandbox.worker import main; main{fds!r}")
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -71,10 +71,14 @@ class WorkerProcess:
         # Start-up failures (import errors, a bad bwrap bind) are written here;
         # the worker points fds 1/2 at /dev/null once it is ready.
         self._stderr = tempfile.TemporaryFile(prefix="sandbox-worker-")
-        argv = [*plan.argv, "-c", _bootstrap(plan.lib_paths, cmd_read, reply_write)]
+        # The current run's kept output, written through by the worker: what
+        # we can still show after killing it (sandbox.worker.BoundedOutput).
+        self._output = tempfile.TemporaryFile(prefix="sandbox-output-")
+        output_fd = self._output.fileno()
+        argv = [*plan.argv, "-c", _bootstrap(plan.lib_paths, cmd_read, reply_write, output_fd)]
         try:
             self.proc = _spawner.popen(
-                argv, pass_fds=(cmd_read, reply_write), stdin=subprocess.DEVNULL,
+                argv, pass_fds=(cmd_read, reply_write, output_fd), stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=self._stderr, env=plan.env, cwd=plan.cwd,
                 start_new_session=True)
         except OSError as exc:
@@ -139,6 +143,15 @@ class WorkerProcess:
                 return f"was killed by signal {signum}"
         return f"exited with status {code}"
 
+    def output_so_far(self, limit_chars: int) -> str:
+        """The output the current run had printed (for runs that never finished)."""
+        try:
+            data = os.pread(self._output.fileno(), 4 * limit_chars + 4, 0)
+        except (OSError, ValueError):
+            return ""
+        return data.decode("utf-8", "replace")[:limit_chars]
+
     def close(self) -> None:
         self.kill()
         self._stderr.close()
+        self._output.close()

@@ -112,16 +112,25 @@ class Watchdog:
 
 class BoundedOutput(io.TextIOBase):
     """stdout+stderr of model code: keeps the first `limit` characters and
-    counts the rest, so a print loop cannot fill the worker's memory."""
+    counts the rest, so a print loop cannot fill the worker's memory. What is
+    kept is also written through to `mirror_fd` (a host-owned file), so the
+    output printed before a hard kill or a crash is not lost with the worker."""
 
-    def __init__(self) -> None:
+    def __init__(self, mirror_fd: int) -> None:
         self._lock = threading.Lock()
-        self.reset(0)
+        self._mirror_fd, self._mirror_at = mirror_fd, 0
+        self._parts: list[str] = []
+        self._size, self._cut, self._limit = 0, 0, 0
 
     def reset(self, limit: int) -> None:
         with self._lock:
-            self._parts: list[str] = []
+            self._parts = []
             self._size, self._cut, self._limit = 0, 0, limit
+            self._mirror_at = 0
+            try:
+                os.ftruncate(self._mirror_fd, 0)
+            except OSError:
+                pass
 
     def writable(self) -> bool:
         return True
@@ -134,13 +143,22 @@ class BoundedOutput(io.TextIOBase):
             if kept:
                 self._parts.append(kept)
                 self._size += len(kept)
+                self._mirror(kept)
             self._cut += len(text) - len(kept)
         return len(text)
+
+    def _mirror(self, text: str) -> None:
+        data = text.encode("utf-8", "backslashreplace")
+        try:
+            os.pwrite(self._mirror_fd, data, self._mirror_at)
+            self._mirror_at += len(data)
+        except OSError:
+            pass  # the mirror is a convenience; the reply frame carries the output
 
     def take(self) -> tuple[str, int]:
         with self._lock:
             text, cut = "".join(self._parts), self._cut
-        self.reset(self._limit)
+            self._parts, self._size, self._cut = [], 0, 0
         return text, cut
 
 
@@ -193,14 +211,14 @@ def format_error(exc: BaseException, sources: dict[str, str]) -> str:
 
 
 class Worker:
-    def __init__(self, cmd_fd: int, reply_fd: int, config: dict[str, Any]):
+    def __init__(self, cmd_fd: int, reply_fd: int, output_fd: int, config: dict[str, Any]):
         self.cmd_fd, self.reply_fd = cmd_fd, reply_fd
         # One reader of the command pipe at a time: the main loop between runs,
         # or whichever thread is inside a host call.
         self._io_lock = threading.Lock()
         self._call_ids = iter(range(1, 1 << 62))
         self.watchdog = Watchdog()  # its thread starts after confinement (see main)
-        self.output = BoundedOutput()
+        self.output = BoundedOutput(output_fd)
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
         self.namespace.update(proxy.build_proxies(config["host"], self._host_call))
         self.runs = 0
@@ -342,12 +360,12 @@ def _confine(config: dict[str, Any]) -> dict[str, Any]:
     return {"isolation": report, "notes": notes}
 
 
-def main(cmd_fd: int, reply_fd: int) -> None:
+def main(cmd_fd: int, reply_fd: int, output_fd: int) -> None:
     # Our pid as we see it (inside bwrap's pid namespace): the host compiles the
     # seccomp program's "signals only to yourself" rules for it.
     protocol.write_all(reply_fd, protocol.encode({"op": "hello", "pid": os.getpid()}))
     config = protocol.read_frame(cmd_fd)
-    worker = Worker(cmd_fd, reply_fd, config)
+    worker = Worker(cmd_fd, reply_fd, output_fd, config)
     devnull = os.open(os.devnull, os.O_RDWR)  # before Landlock, which would refuse it later
     ready = _confine(config)
     worker.watchdog.start()  # after confinement: both layers bind only later threads

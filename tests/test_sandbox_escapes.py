@@ -263,9 +263,10 @@ def test_infinite_loop_soft_timeout_keeps_state(make_sandbox):
 def test_hard_backstop_kills_and_restarts(make_sandbox, code):
     sb = make_sandbox(timeout_s=0.5, grace_s=0.5)
     sb.run("marker = 42")
-    result = sb.run(code)
+    result = sb.run("print('before the hang')\n" + code)
     assert result.timed_out
     assert "was killed" in result.error and LOST_STATE in result.error
+    assert result.stdout == "before the hang\n"  # what it printed survives the kill
     after = sb.run("print('alive', globals().get('marker'))")
     assert after.stdout.startswith(RESTART_HEAD) and "alive None" in after.stdout
     still_serving(sb, expect_state=False)
@@ -280,8 +281,9 @@ def test_sys_exit_keeps_state(sb):
 
 def test_os_exit_restarts_with_message(sb):
     sb.run("marker = 42")
-    result = sb.run("import os; os._exit(7)")
+    result = sb.run("print('last words')\nimport os; os._exit(7)")
     assert "SandboxCrash" in result.error and "exited with status 7" in result.error
+    assert result.stdout == "last words\n"
     assert LOST_STATE in result.error
     after = sb.run("print('alive', globals().get('marker'))")
     assert after.stdout.startswith(RESTART_HEAD) and "exited with status 7" in after.stdout
