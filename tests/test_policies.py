@@ -244,6 +244,11 @@ def truth_subclass(trees, base):
                              if isinstance(n, ast.ClassDef) and any(map(named, n.bases))}))
 
 
+@pytest.fixture(scope="module")
+def trees(stdlib_subset) -> dict[str, ast.Module]:
+    return parsed_modules(stdlib_subset)
+
+
 def make_records(seed: int = 7, n: int = 4000) -> list[tuple[str, str, str]]:
     rng = random.Random(seed)
     out = []
@@ -324,8 +329,7 @@ def check_ok(result, expected) -> None:
 
 
 @pytest.mark.timeout(600)
-def test_code_families_match_ast_truth(runs, stdlib_subset):
-    trees = parsed_modules(stdlib_subset)
+def test_code_families_match_ast_truth(runs, trees):
     check_ok(runs["define-function"], truth_define(trees, "function", "dumps"))
     check_ok(runs["define-class"], truth_define(trees, "class", "Message"))
     check_ok(runs["params"], truth_params(trees, "indent"))
@@ -339,8 +343,7 @@ def test_code_families_match_ast_truth(runs, stdlib_subset):
 
 
 @pytest.mark.timeout(600)
-def test_delegate_hands_each_path_to_a_child_rlm(runs, stdlib_subset):
-    trees = parsed_modules(stdlib_subset)
+def test_delegate_hands_each_path_to_a_child_rlm(runs, trees):
     expected = ", ".join(f"{p}={truth_params({p: trees[p]}, 'name')}"
                          for p in ("json/encoder.py", "logging/__init__.py"))
     result = runs["delegate"]
