@@ -111,8 +111,12 @@ def write_trajectory(path: str, question: str, query_id: str, result) -> None:
 def _query(args) -> int:
     import uuid
 
-    from rlm_ray.engine import RLM
+    from rlm_ray.engine import RLM, Limits
 
+    # Bad limits are user errors: report them before anything starts.
+    Limits(max_depth=args.max_depth, max_iterations=args.max_iterations,
+           max_sub_calls=args.max_sub_calls, budget_usd=args.budget_usd,
+           budget_tokens=args.budget_tokens, timeout_s=args.timeout)
     context, question = open_input(args)
     with ExitStack() as stack:
         model, sub_model, api_base = resolve_models(args, stack)
