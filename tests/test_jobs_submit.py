@@ -52,7 +52,7 @@ def ray_head():
     finally:
         head.send_signal(signal.SIGTERM)   # --block: the head shuts its own processes down
         try:
-            head.wait(timeout=60)
+            head.wait(timeout=20)
         except subprocess.TimeoutExpired:
             head.kill()
         # Anything of this head still alive is found by its unique temp dir.
