@@ -86,6 +86,7 @@ class Sandbox:
         missing = [p for p in self._import_paths if not os.path.isdir(p)]
         if missing:
             raise SandboxError(f"import_paths are not directories: {', '.join(missing)}")
+        self._require_isolation, self._use_bwrap = require_isolation, use_bwrap
         self._plan = self._launch_plan(use_bwrap)
         self._lock = threading.RLock()
         self._host_values: dict[str, Any] = {}   # set() values: host data, restored on restart
@@ -94,7 +95,6 @@ class Sandbox:
         self._closed = False
         try:
             self._start_worker()
-            self._check_isolation(require_isolation, use_bwrap)
         except BaseException:
             self.close()
             raise
@@ -203,15 +203,20 @@ class Sandbox:
         report = self._worker.ready.get("isolation") or {}
         self._isolation = {"bwrap": self._plan.bwrap,
                            **{layer: bool(report.get(layer)) for layer in LAYERS[1:]}}
-        for name, value in self._host_values.items():
-            self._exchange({"op": "set", "name": name, "value": value}, expect="value")
+        self._check_isolation()  # on every (re)start: a restart must not lose a layer quietly
+        try:
+            for name, value in self._host_values.items():
+                self._exchange({"op": "set", "name": name, "value": value}, expect="value")
+        except _WorkerLost as lost:
+            raise SandboxError(f"restoring set() values failed: {lost.message}") from None
 
-    def _check_isolation(self, required: bool, use_bwrap: bool | None) -> None:
+    def _check_isolation(self) -> None:
         missing = [layer for layer, active in self._isolation.items() if not active]
-        if required and missing:
+        if self._require_isolation and missing:
+            self._drop_worker("required isolation layers are missing")
             raise SandboxError(f"required isolation layers are missing: {', '.join(missing)}"
                                + (f" ({self._bwrap_missing})" if self._bwrap_missing else ""))
-        unexpected = [m for m in missing if not (m == "bwrap" and use_bwrap is False)]
+        unexpected = [m for m in missing if not (m == "bwrap" and self._use_bwrap is False)]
         if unexpected:
             _warn_once(unexpected, f" ({self._bwrap_missing})" if self._bwrap_missing else "")
 
