@@ -60,3 +60,14 @@ def test_ingest_help_lists_the_options():
     assert result.returncode == 0
     for option in ("--out", "--chunk-tokens", "--max-file-bytes", "--exclude"):
         assert option in result.stdout
+
+
+@pytest.mark.timeout(300)
+def test_bench_corpus_runs_local_and_on_its_own_s3(stdlib_subset, tmp_path):
+    """The benchmark is a command that prints figures; here only that it runs end to end."""
+    result = run("bench", "corpus", "--stdlib", str(stdlib_subset), "--work", str(tmp_path / "b"),
+                 "--repeats", "1")
+    assert result.returncode == 0, result.stderr
+    for row in ("ingest", "regex scan", "grep (limit 100)", "read doc", "count(*)", "S3 warm"):
+        assert row in result.stdout
+    assert "Traceback" not in result.stderr

@@ -245,3 +245,12 @@ def test_bad_arguments_are_user_errors(codebase, tmp_path):
     for kwargs, message in cases:
         with pytest.raises(UserError, match=message):
             ingest(**kwargs)
+
+
+def test_token_counts_are_real_and_treat_special_tokens_as_text():
+    from rlm_ray.tokens import count_tokens_batch, encoder
+
+    texts = ["hello world", "<|endoftext|> is plain text here", "def f(x):\n    return x\n" * 50, ""]
+    assert count_tokens_batch(texts) == [count_tokens(t) for t in texts]
+    assert count_tokens(texts[0]) == 2 and count_tokens("") == 0
+    assert count_tokens(texts[1]) == len(encoder().encode(texts[1], disallowed_special=()))
