@@ -140,7 +140,7 @@ def test_sigkilled_driver_resumes_with_every_question_once_and_nothing_paid_twic
 @pytest.mark.timeout(600)
 def test_5xx_faults_and_a_429_storm_lose_no_question(ray_session, sim, stdlib_corpus,
                                                        stdlib_dir, tmp_path):
-    queries = _queries(stdlib_dir, tmp_path / "q.jsonl", 30, seed=3)
+    queries = _queries(stdlib_dir, tmp_path / "q.jsonl", 16, seed=3)
     server = sim(latency_ms=20, fail_rate=0.1, faults=("500", "503"), seed=5)
     done = threading.Event()
 
@@ -160,12 +160,12 @@ def test_5xx_faults_and_a_429_storm_lose_no_question(ray_session, sim, stdlib_co
         done.set()
         stormer.join(timeout=10)
     rows = _raw_answers(out)
-    assert sorted(r["query_id"] for r in rows) == sorted(f"define-{i:04d}" for i in range(30))
+    assert sorted(r["query_id"] for r in rows) == sorted(f"define-{i:04d}" for i in range(16))
     assert all(r["status"] in STATUSES for r in rows) and summary.all_terminal
     stats = server.stats()
     assert stats["by_status"].get(429, 0) > 0
     assert stats["by_status"].get(500, 0) + stats["by_status"].get(503, 0) > 0
-    assert summary.statuses["ok"] >= 27   # the gateway's retries absorb transient faults
+    assert summary.statuses["ok"] >= 14   # the gateway's retries absorb transient faults
 
 
 def _kill_actors_while_running(kills: int, stop: threading.Event) -> list[int]:
@@ -205,6 +205,14 @@ def test_a_killed_actor_is_retried_then_dead_lettered(ray_session, sim, stdlib_c
     assert row["status"] == expected_status, row["error"]
     if expected_status == "error":
         assert "after 1 attempts" in row["error"] and "died" in row["error"]
+        # A plain rerun keeps the dead letter; --retry-failed answers it, and the
+        # new row supersedes the old one in the table's view.
+        again = run(stdlib_corpus, queries, str(out), rlm=_rlm(server, None), progress=False)
+        assert again.ran == 0 and again.skipped == 1
+        again = run(stdlib_corpus, queries, str(out), rlm=_rlm(server, None), progress=False,
+                    retry_failed=True)
+        assert again.ran == 1 and again.statuses == {"ok": 1}
+        assert read_run(str(out)).answers.column("status").to_pylist() == ["ok"]
     else:
         assert summary.retried_after_failure == 1
 
@@ -222,9 +230,6 @@ def test_results_on_s3_and_a_rerun_pays_nothing(ray_session, sim, stdlib_corpus,
     tables = read_run(out)
     assert tables.answers.num_rows == 4 and set(tables.answers.column("status").to_pylist()) == {"ok"}
     assert cli_main(args) == 0   # everything finished: skipped, no model call
-    assert server.stats()["requests"] == first["requests"]
-    # --retry-failed with nothing failed is also free; the cache lives under RESULTS.
-    assert cli_main(args + ["--retry-failed"]) == 0
     assert server.stats()["requests"] == first["requests"]
     from rlm_ray import storage
 

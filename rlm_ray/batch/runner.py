@@ -208,14 +208,15 @@ def run(corpus_uri: str, queries_path: str, out_uri: str, *, rlm: dict, concurre
     statuses = finished_statuses(out_uri)
     todo = _select(query_file.queries, statuses, retry_failed)
     total = len(query_file.queries)
+    corpus = _open_corpus(corpus_uri)   # reads the manifest only: a wrong URI fails here
     if dry_run:
         from rlm_ray.batch.plan import estimate
 
         plan = estimate(todo, rlm, calls_per_question=calls_per_question,
                         total=total, concurrency=concurrency)
+        plan = {"corpus": corpus_uri, "corpus_tokens": len(corpus), **plan}
         return Summary(out_uri, total, total - len(todo), 0, Counter(statuses.values()), 0, 0,
                        0.0, time.monotonic() - started, None, plan=plan)
-    corpus = _open_corpus(corpus_uri)
     opts = BatchOptions(concurrency=max(1, concurrency), retry_failed=retry_failed,
                         max_attempts=max_attempts, budget_usd=budget_usd, progress=progress,
                         extra_info=extra_info or {})
