@@ -37,10 +37,37 @@ def max_in_window(times: list[float], weights: list[float], window: float) -> fl
     return best
 
 
+def book_one(limiter: RateLimiter, clock: FakeClock, prompt_tokens: int = 10) -> tuple[float, float]:
+    """What a client does: ask, sleep until told, ask again until booked."""
+    while True:
+        booking = limiter.reserve(prompt_tokens)
+        clock.now = max(clock.now, booking.at)
+        if booking.booked:
+            return booking.at, booking.estimated_tokens
+
+
+def book_all(limiter: RateLimiter, clock: FakeClock, n: int) -> list[float]:
+    """n callers asking at the same moment, each re-asking when quoted (heap of wake-ups)."""
+    import heapq
+
+    start, go = clock.now, []
+    wakeups = [(start, i) for i in range(n)]
+    heapq.heapify(wakeups)
+    while wakeups:
+        when, i = heapq.heappop(wakeups)
+        clock.now = max(clock.now, when)
+        booking = limiter.reserve(10)
+        if booking.booked:
+            go.append(booking.at)
+        else:
+            heapq.heappush(wakeups, (booking.at, i))
+    return sorted(go)
+
+
 def test_schedule_never_exceeds_a_sliding_window_and_uses_most_of_it():
     clock = FakeClock()
     limiter = RateLimiter(Limits(rpm=1200, tpm=None, window_s=60), clock=clock)
-    go = [limiter.reserve(10)[0] for _ in range(3000)]   # everyone asks at once
+    go = book_all(limiter, clock, 3000)                 # everyone asks at once
     assert max_in_window(go, [1] * len(go), 60) <= 1200
     achieved = (len(go) - 1) / (go[-1] - go[0]) * 60
     assert achieved / 1200 >= 0.96
@@ -50,9 +77,9 @@ def test_idle_then_burst_stays_under_the_window():
     # A full bucket after idling must not add a second window's worth of burst.
     clock = FakeClock()
     limiter = RateLimiter(Limits(rpm=100, tpm=None, window_s=10), clock=clock)
-    go = [limiter.reserve()[0] for _ in range(150)]
+    go = book_all(limiter, clock, 150)
     clock.now = go[-1] + 5.0                       # idle for half a window
-    go += [limiter.reserve()[0] for _ in range(150)]
+    go += book_all(limiter, clock, 150)
     assert max_in_window(go, [1] * len(go), 10) <= 100
 
 
@@ -61,7 +88,7 @@ def test_token_limit_with_estimates_corrected_by_usage():
     limiter = RateLimiter(Limits(rpm=None, tpm=10_000, window_s=60), clock=clock)
     go, charged = [], []
     for i in range(400):
-        at, estimate, _ = limiter.reserve(prompt_tokens=50)     # no max_tokens: learned output
+        at, estimate = book_one(limiter, clock, prompt_tokens=50)   # no max_tokens: learned output
         actual = 50 + (20 + i % 30)
         limiter.settle(estimate, actual, actual - 50)
         go.append(at)
@@ -74,14 +101,14 @@ def test_token_limit_with_estimates_corrected_by_usage():
 def test_penalty_pauses_everyone_slows_down_then_recovers():
     clock = FakeClock()
     limiter = RateLimiter(Limits(rpm=600, tpm=None, window_s=60), clock=clock)
-    limiter.reserve()
+    book_one(limiter, clock)
     limiter.penalize(3.0)
     limiter.penalize(3.0)          # the same storm: one episode
     assert limiter.factor == pytest.approx(0.8)
     assert limiter.penalties == 1
-    assert limiter.reserve()[0] >= clock.now + 3.0
+    assert limiter.reserve().at >= clock.now + 3.0
     clock.now += 3.0 + 60.0        # a clean window later the rate is back
-    limiter.reserve()
+    book_one(limiter, clock)
     assert limiter.factor == 1.0
 
 
@@ -225,3 +252,33 @@ def test_bench_gateway_rejects_bad_options_as_user_errors(capsys):
 def test_limiter_key_never_carries_url_credentials():
     config = GatewayConfig(api_base="https://user:s3cret@llm.example.com:8443/v1?token=abc")
     assert config.limiter_key("openai/m") == "openai/m@https://llm.example.com:8443/v1"
+
+
+def test_a_burst_with_a_bad_first_estimate_still_fills_the_token_limit():
+    # 600 callers at once, no max_tokens: the first estimate (256 output tokens) is 6x
+    # too high; refunds from the first completions must reach the callers still waiting.
+    import heapq
+
+    clock = FakeClock()
+    tpm = 24_000
+    limiter = RateLimiter(Limits(rpm=None, tpm=tpm, window_s=60), clock=clock)
+    events = [(clock.now, 0, i, 0.0) for i in range(600)]   # (time, kind 0=ask 1=done, id, estimate)
+    heapq.heapify(events)
+    sent, charged = [], []
+    while events:
+        when, kind, i, estimate = heapq.heappop(events)
+        clock.now = max(clock.now, when)
+        if kind == 1:
+            limiter.settle(estimate, 24 + 17, 17)
+            continue
+        booking = limiter.reserve(24)
+        if not booking.booked:
+            heapq.heappush(events, (booking.at, 0, i, 0.0))
+            continue
+        sent.append(booking.at)
+        charged.append(41)
+        heapq.heappush(events, (booking.at + 0.2, 1, i, booking.estimated_tokens))
+    sent.sort()
+    assert max_in_window(sent, charged, 60) <= tpm
+    achieved = sum(charged) / (sent[-1] - sent[0]) * 60
+    assert achieved / tpm >= 0.9

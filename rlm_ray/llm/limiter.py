@@ -16,13 +16,23 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 SLOWDOWN = 0.8          # rate factor applied per 429 episode
 MIN_FACTOR = 0.1
 RECOVERY_PER_WINDOW = 0.5   # factor regained per window of clean traffic
 SCHEDULE_MARGIN = 0.01  # share of the limit left for clock jitter between us and the provider
+JITTER_ALLOWANCE_S = 0.25  # ...but at least this many seconds' worth of traffic
 DEFAULT_OUTPUT_TOKENS = 256  # output estimate until real completions teach us better
+HORIZON_SHARE = 0.1     # book at most this share of a window ahead...
+MAX_HORIZON_S = 5.0     # ...and never more than this many seconds
+
+
+class Booking(NamedTuple):
+    at: float                # booked: when to send; not booked: when to ask again
+    estimated_tokens: float
+    late_tolerance_s: float  # a booked caller waking later than at + this must book again
+    booked: bool
 
 
 @dataclass
@@ -34,12 +44,18 @@ class Bucket:
     burst_share: float
     tat: float = 0.0
     capacity: float = field(init=False)
-    rate: float = field(init=False)  # units per second at factor 1
+    rate: float = field(init=False)     # units per second at factor 1
+    slack_s: float = field(init=False)  # how much send-time jitter the schedule absorbs
 
     def __post_init__(self) -> None:
         self.capacity = max(1.0, self.limit * self.burst_share)
-        usable = max(self.limit - self.capacity, self.limit * 0.5)
-        self.rate = usable * (1.0 - SCHEDULE_MARGIN) / self.window_s
+        # Leave room for requests reaching the provider later than scheduled (a busy
+        # event loop, a slow host): a share of the limit, and never less than
+        # JITTER_ALLOWANCE_S worth of traffic (that matters for small limits).
+        margin = max(SCHEDULE_MARGIN * self.limit, JITTER_ALLOWANCE_S * self.limit / self.window_s)
+        usable = max(self.limit - self.capacity - margin, self.limit * 0.5)
+        self.rate = usable / self.window_s
+        self.slack_s = (self.limit - usable) / self.rate
 
     def start_at(self, now: float, units: float, factor: float) -> float:
         """Earliest time `units` fit: the bucket must hold min(units, capacity).
@@ -96,9 +112,10 @@ class RateLimiter:
                                  self.buckets[name].tat if name in self.buckets else 0.0)
                 buckets[name] = bucket
         self.limits, self.buckets = limits, buckets
-        # Half the smallest bucket's worth of time: lateness beyond it could bunch more
-        # requests into one provider window than the bucket's slack absorbs.
-        self.late_tolerance_s = 0.5 * min(b.capacity / b.rate for b in buckets.values())
+        # Half the slack: lateness beyond it could bunch more requests into one
+        # provider window than the schedule leaves room for.
+        self.late_tolerance_s = 0.5 * min(b.slack_s for b in buckets.values())
+        self.horizon_s = min(HORIZON_SHARE * limits.window_s, MAX_HORIZON_S)
 
     def _current_factor(self, now: float) -> float:
         if now > self.paused_until and self.factor < 1.0:
@@ -110,12 +127,14 @@ class RateLimiter:
     def estimate_tokens(self, prompt_tokens: int, max_output: int | None) -> float:
         return float(prompt_tokens + (max_output if max_output else self._completion_mean))
 
-    def reserve(self, prompt_tokens: int = 0, max_output: int | None = None) -> tuple[float, float, float]:
-        """Book one request; returns (go_at, estimated_tokens, late_tolerance_s). go_at is
-        a wall-clock time (time.time) so callers in other processes on the node agree.
-        A caller that wakes later than go_at + late_tolerance_s (a stalled event loop,
-        a slow import) must book again: requests sent late bunch up into a window
-        they were not scheduled in, and only the bucket's slack absorbs that."""
+    def reserve(self, prompt_tokens: int = 0, max_output: int | None = None) -> Booking:
+        """Book one request if its slot is within the booking horizon.
+
+        Slots further out are only quoted (`booked=False`, `at` = when to ask again):
+        bookings made far ahead would freeze today's token estimate (and a caller
+        that has gone away) into the schedule, while a later ask sees the refunds
+        real usage brought in meanwhile. `at` is wall-clock (time.time) so callers
+        in other processes of the node agree on it."""
         now = self._clock()
         factor = self._current_factor(now)
         tokens = self.estimate_tokens(prompt_tokens, max_output)
@@ -123,13 +142,14 @@ class RateLimiter:
         go_at = max(now, self.paused_until)
         for name, bucket in self.buckets.items():
             go_at = max(go_at, bucket.start_at(now, amounts[name], factor))
+        if go_at > now + self.horizon_s:
+            return Booking(go_at - self.horizon_s / 2, tokens, self.late_tolerance_s, False)
         for name, bucket in self.buckets.items():
             bucket.take(go_at, amounts[name], factor)
         self.reservations += 1
-        return go_at, tokens, self.late_tolerance_s
+        return Booking(go_at, tokens, self.late_tolerance_s, True)
 
-
-    def reserve_many(self, asks: list[tuple[int, int | None]]) -> list[tuple[float, float, float]]:
+    def reserve_many(self, asks: list[tuple[int, int | None]]) -> list[Booking]:
         return [self.reserve(prompt, max_out) for prompt, max_out in asks]
 
     def settle(self, estimated_tokens: float, actual_tokens: float, completion_tokens: int | None = None) -> None:

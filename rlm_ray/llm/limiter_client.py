@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from rlm_ray.llm.config import GatewayConfig
-from rlm_ray.llm.limiter import Limits, RateLimiter
+from rlm_ray.llm.limiter import Booking, Limits, RateLimiter
 
 NAMESPACE = "rlm_ray"
 
@@ -31,24 +31,27 @@ class Limiter(Protocol):
     def penalize(self, retry_after_s: float | None) -> None: ...
 
 
-MAX_REBOOKINGS = 3
+MAX_REBOOKINGS = 10   # then send anyway: a starved host must still make progress
 
 
 class _Client:
-    async def _reserve(self, prompt_tokens: int, max_output: int | None) -> tuple[float, float, float]:
+    async def _reserve(self, prompt_tokens: int, max_output: int | None) -> Booking:
         raise NotImplementedError
 
     async def acquire(self, prompt_tokens: int, max_output: int | None) -> Ticket:
-        for _ in range(MAX_REBOOKINGS):
-            go_at, estimate, tolerance = await self._reserve(prompt_tokens, max_output)
-            delay = go_at - time.time()
+        late = 0
+        while True:
+            booking = await self._reserve(prompt_tokens, max_output)
+            delay = booking.at - time.time()
             if delay > 0:
                 await asyncio.sleep(delay)
+            if not booking.booked:
+                continue          # only quoted: ask again, closer to our turn
             # Woke up too late for our slot: its time has passed, book a fresh one
             # (the missed slot stays spent: under-use is safe, bunching is not).
-            if time.time() - go_at <= tolerance:
-                break
-        return Ticket(estimate)
+            if time.time() - booking.at <= booking.late_tolerance_s or late >= MAX_REBOOKINGS:
+                return Ticket(booking.estimated_tokens)
+            late += 1
 
 
 class LocalLimiter(_Client):
@@ -62,7 +65,7 @@ class LocalLimiter(_Client):
         with self._lock:
             self.core.configure(limits)
 
-    async def _reserve(self, prompt_tokens: int, max_output: int | None) -> tuple[float, float, float]:
+    async def _reserve(self, prompt_tokens: int, max_output: int | None) -> Booking:
         with self._lock:
             return self.core.reserve(prompt_tokens, max_output)
 
@@ -89,7 +92,7 @@ class LimiterActor:
     def configure(self, limits: Limits) -> None:
         self.core.configure(limits)
 
-    def reserve_many(self, asks: list[tuple[int, int | None]]) -> list[tuple[float, float, float]]:
+    def reserve_many(self, asks: list[tuple[int, int | None]]) -> list[Booking]:
         return self.core.reserve_many(asks)
 
     def settle_many(self, items: list[tuple[float, float, int | None]]) -> None:
@@ -111,7 +114,7 @@ class SharedLimiter(_Client):
         self._settles: list[tuple[float, float, int | None]] = []
         self._flusher: asyncio.Task | None = None
 
-    async def _reserve(self, prompt_tokens: int, max_output: int | None) -> tuple[float, float, float]:
+    async def _reserve(self, prompt_tokens: int, max_output: int | None) -> Booking:
         future = asyncio.get_running_loop().create_future()
         self._asks.append(((prompt_tokens, max_output), future))
         self._kick()
