@@ -22,7 +22,7 @@ def test_bad_sizes_are_a_one_line_user_error(tmp_path, capsys):
 def test_quality_sniah_two_sizes_end_to_end(ray_session, tmp_path, capsys):
     out = tmp_path / "results"
     code = main(["bench", "quality", "--suite", "sniah", "--sizes", "8192,16384", "--model", "sim",
-                 "--concurrency", "5", "--out", str(out), "--workdir", str(tmp_path / "work")])
+                 "--concurrency", "2", "--out", str(out), "--workdir", str(tmp_path / "work")])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert [row["size"] for row in summary] == [8192, 16384]
@@ -56,3 +56,15 @@ def test_compare_fanout_against_the_plain_loop(ray_session, tmp_path, capsys):
     assert ours["max_concurrency"] > plain["max_concurrency"] == 4
     assert "skipped (--no-rlms)" in result["header"]
     assert "faster wall time than asyncio+litellm" in capsys.readouterr().out
+
+
+def test_sizes_parse_powers_and_filters():
+    from rlm_ray.bench.commands import choose_sizes, parse_size
+    from rlm_ray.errors import UserError
+
+    assert parse_size("2^13") == 8192 and parse_size("16_384") == 16384
+    assert choose_sizes((8192, 16384, 32768), None, "2^14") == [8192, 16384]
+    assert choose_sizes((8192,), "2^20,8192,8192", None) == [8192, 2 ** 20]
+    for bad in ("12", "2^x", "lots"):
+        with pytest.raises(UserError):
+            parse_size(bad)

@@ -131,3 +131,19 @@ def test_codeqa_answers_rederived_by_a_second_ast_walk():
             pytest.fail(f"question outside the families table: {q.question}")
         checked[q.family] += 1
     assert {"define", "params", "subclass", "delegate"} <= set(checked)
+
+
+def test_compare_fanout_has_exactly_n_pieces_as_the_policy_cuts_them():
+    from rlm_ray.bench import compare_workloads
+    from rlm_ray.sim.policy_repl_lib import pack_texts
+
+    work = compare_workloads.fanout(16, seed=4)
+    lines = work.text.splitlines()
+    pieces = compare_workloads.pack_lines(lines)
+    assert len(pieces) == work.pieces == 16
+    assert pack_texts(lines, compare_workloads.PIECE_CHARS) == pieces
+    label = re.fullmatch(r"How many records are labelled '(\w+)'\?", work.tasks[0].question).group(1)
+    assert work.tasks[0].answer == str(sum(f"| label: {label} |" in line for line in lines))
+    batch = compare_workloads.batch(50, 2, seed=4)
+    assert len(batch.tasks) == 50 and len({t.task_id for t in batch.tasks}) == 50
+    assert "".join(d["text"] for d in batch.documents) == batch.text

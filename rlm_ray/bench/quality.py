@@ -147,6 +147,8 @@ def run_quality(suite: str, sizes: list[int], *, seed: int, out: Path, rlm: dict
         raise UserError(f"unknown suite {suite!r}; choose from {', '.join(SUITES)}")
     results: list[SizeResult] = []
     all_rows: list[dict] = []
+    if out.exists() and any(out.iterdir()) and not ({"summary.json", "runs"} & {p.name for p in out.iterdir()}):
+        raise UserError(f"{out} exists and is not a bench results folder; choose another --out")
     for size in sizes:
         log(f"{suite} size {size:,}: preparing")
         case = prepare(suite, seed, size, workdir, log)
@@ -166,6 +168,17 @@ def run_quality(suite: str, sizes: list[int], *, seed: int, out: Path, rlm: dict
             f"root prompt {result.root_prompt_tokens} tokens, {wall:.1f}s")
         results.append(result)
         all_rows.extend(rows)
-    _write_json(out / "per_query.json", all_rows)
+    # Sizes not run this time keep their latest rows, so one failed size can be rerun alone.
+    def kept(row: dict) -> bool:
+        return row["suite"] == suite and row["size"] not in sizes
+
+    results = sorted([SizeResult(**row) for row in _load(out / "summary.json") if kept(row)] + results,
+                     key=lambda r: r.size)
+    all_rows = [row for row in _load(out / "per_query.json") if kept(row)] + all_rows
+    _write_json(out / "per_query.json", sorted(all_rows, key=lambda row: (row["size"], row["query_id"])))
     _write_json(out / "summary.json", [asdict(r) for r in results])
     return results
+
+
+def _load(path: Path) -> list[dict]:
+    return json.loads(path.read_text()) if path.exists() else []
