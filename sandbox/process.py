@@ -152,6 +152,8 @@ class WorkerProcess:
         return data.decode("utf-8", "replace")[:limit_chars]
 
     def close(self) -> None:
+        # SIGKILL straight away: the worker holds nothing worth flushing, and a
+        # polite exit costs ~0.1 s of interpreter shutdown on a loaded machine.
         self.kill()
         self._stderr.close()
         self._output.close()

@@ -143,7 +143,9 @@ class HostChannel:
 
     def close(self) -> None:
         for fd in (self.read_fd, self.write_fd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.read_fd = self.write_fd = -1  # idempotent: a closed fd number may be reused
