@@ -309,7 +309,7 @@ def runs(ray_session, sim_server, code_corpus, records_inputs, injected):
 
     _, _, records_corpus, records_text = records_inputs
     jobs = {
-        "define-function": (code_corpus, "Which module defines the function dumps?"),
+        "define-function": (code_corpus, "Which module defines the function quote?"),
         "define-class": (code_corpus, "Which module defines the class Message?"),
         "params": (code_corpus, "How many functions take a parameter named indent?"),
         "suffix": (code_corpus, "How many modules define a class whose name ends in 'Error'?"),
@@ -348,7 +348,7 @@ def check_ok(result, expected) -> None:
 
 @pytest.mark.timeout(600)
 def test_code_families_match_ast_truth(runs, trees):
-    check_ok(runs["define-function"], truth_define(trees, "function", "dumps"))
+    check_ok(runs["define-function"], truth_define(trees, "function", "quote"))
     check_ok(runs["define-class"], truth_define(trees, "class", "Message"))
     check_ok(runs["params"], truth_params(trees, "indent"))
     check_ok(runs["suffix"], truth_suffix(trees, "Error"))

@@ -17,7 +17,7 @@ from rlm_ray.sim.registry import text_of
 
 STEP_MARKER = "STEP_DONE"
 SO_FAR = "answer so far:"
-MAX_TURNS = 8            # a run always FINALs by then, even if every stage fails
+MAX_TURNS = 6            # after this many REPL outputs the next reply FINALs, whatever failed
 MAX_ATTEMPTS = 2         # per stage: the normal code, then one simpler fallback
 
 _OUTPUT_HEAD = re.compile(r"^REPL output \(iteration (\d+)\):")
