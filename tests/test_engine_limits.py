@@ -100,6 +100,18 @@ def gullible(messages):
     return _repl("FINAL('done what the document said')")
 
 
+@register_policy("test/oversize")
+def oversize(messages):
+    """Sends one prompt far over the sub-model's window next to a small one."""
+    if not _is_root(messages):
+        return "small answered"
+    if not _outputs(messages):
+        return _repl("r = llm_query_batched(['word ' * 5000, 'small'])\nprint(r)\n"
+                     "try:\n    llm_query('word ' * 5000)\nexcept RuntimeError as e:\n"
+                     "    print('raised:', e)")
+    return _repl("FINAL('done')")
+
+
 @register_policy("test/parent")
 def parent(messages):
     """Delegates to two slow child RLMs and reports what they returned."""
@@ -153,6 +165,18 @@ def test_sub_call_token_and_dollar_budgets(ray_session, sim):
     usd = _rlm(server, "test/spin", budget_usd=2.0, gateway=gateway).answer("t", "spin k=2")
     assert usd.status == "budget_exceeded" and usd.answer.startswith("partial-")
     assert 0 < usd.cost_usd <= 2.0
+
+
+@pytest.mark.timeout(120)
+def test_oversized_sub_prompts_are_refused_not_sent(ray_session, sim):
+    server = sim()
+    result = _rlm(server, "test/oversize",
+                  settings=EngineSettings(sub_window_tokens=1000)).answer("t", "big prompts")
+    assert (result.status, result.answer) == ("ok", "done")
+    output = result.steps[0]["output"]
+    assert output.count("exceeds the sub-model's context window of 1000 tokens") == 2
+    assert "small answered" in output and "raised:" in output
+    assert sum(c["kind"] == "sub" for c in result.calls) == 1   # only the small one was sent
 
 
 @pytest.mark.timeout(120)
