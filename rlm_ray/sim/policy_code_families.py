@@ -58,7 +58,7 @@ def _map(build: TaskBuilder) -> Callable[[Step], Code]:
         limit = 40000 if step.attempt == 0 else 15000
         code = (
             "texts = {p: context.read(p) for p in cands}\n"
-            "sections = [s for p in cands for s in code_sections(p, texts[p])]\n"
+            f"sections = [s for p in cands for s in code_sections(p, texts[p], {limit})]\n"
             f"prompts = pack_prompts({task.instruction!r}, sections, limit={limit})\n"
             "replies = map_prompts(prompts)\n"
             "listing = parse_listing(replies)\n"
