@@ -27,7 +27,7 @@ SIM_BANNER = ("SIMULATOR is answering (no model configured): set RLM_MODEL and t
 DEMO_QUESTIONS = [
     ("Which module defines the function dedent?", 1),
     ("How many modules define a class whose name ends in 'Error'?", 1),
-    ("Which classes inherit from JSONDecodeError?", 1),
+    ("Which classes inherit from StreamHandler?", 1),
     ("For each of the paths json/decoder.py, textwrap.py, shlex.py: how many functions take "
      "a parameter named self?", 2),
 ]
