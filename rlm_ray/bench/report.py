@@ -10,7 +10,7 @@ from pathlib import Path
 from rlm_ray.bench.quality import SizeResult
 
 COLUMNS = ("size (tokens)", "docs", "questions", "accuracy", "exact", "$/query", "calls/query",
-           "wall/query s", "batch wall s", "root prompt tokens", "statuses")
+           "wall/query s", "batch wall s", "root prompt tokens", "ingest s", "statuses")
 
 
 def _money(value: float | None) -> str:
@@ -21,7 +21,7 @@ def table_rows(results: Sequence[SizeResult]) -> list[list[str]]:
     return [[f"{r.tokens:,}", str(r.documents), str(r.questions), f"{r.accuracy:.2f}",
              f"{r.exact_rate:.2f}", _money(r.cost_per_query), f"{r.calls_per_query:.1f}",
              f"{r.wall_per_query_s:.2f}", f"{r.batch_wall_s:.1f}", str(r.root_prompt_tokens),
-             " ".join(f"{k}={v}" for k, v in sorted(r.statuses.items()))]
+             f"{r.ingest_s:.1f}", " ".join(f"{k}={v}" for k, v in sorted(r.statuses.items()))]
             for r in results]
 
 
