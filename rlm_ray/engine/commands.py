@@ -34,13 +34,15 @@ def add_limit_args(parser: argparse.ArgumentParser) -> None:
 def register(commands, bench) -> None:
     query = commands.add_parser(
         "query", help="answer one question over a corpus with an RLM",
+        usage="rlm-ray query CORPUS QUESTION --model M [options]\n"
+              "       rlm-ray query --text FILE QUESTION --model M [options]",
         description="Answer QUESTION over CORPUS (a corpus URI: local path or s3://) or over "
                     "a plain-text file given with --text. The answer goes to stdout, a "
                     "one-line summary to stderr, the trajectory (calls and steps) to a JSON "
                     "file. Exit status: 1 when the run ended with status error, 2 on bad "
                     "input, 0 otherwise (ok, or a limit reached: budget_exceeded / timeout / "
                     "max_iterations, with the best partial answer).")
-    query.add_argument("inputs", nargs="+", metavar="CORPUS QUESTION",
+    query.add_argument("inputs", nargs="+", metavar="ARG",
                        help="CORPUS and QUESTION (just QUESTION with --text)")
     query.add_argument("--text", default=None, metavar="FILE",
                        help="use the content of FILE as a plain string context")

@@ -31,7 +31,7 @@ class Limits:
 
     def __post_init__(self) -> None:
         checks = {
-            "max_depth": (self.max_depth, 0), "max_iterations": (self.max_iterations, 1),
+            "max_depth": (self.max_depth, 1), "max_iterations": (self.max_iterations, 1),
             "max_sub_calls": (self.max_sub_calls, 0), "budget_usd": (self.budget_usd, 0),
             "budget_tokens": (self.budget_tokens, 1), "timeout_s": (self.timeout_s, 0),
         }
