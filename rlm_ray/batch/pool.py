@@ -10,11 +10,10 @@ from rlm_ray.batch.queries import Query
 
 
 class ActorPool:
-    def __init__(self, rlm: dict, size: int) -> None:
+    def __init__(self, size: int) -> None:
         from rlm_ray._ray import ensure_ray
 
         ensure_ray()
-        self.rlm = rlm
         self._idle: list[Any] = [self._new_actor() for _ in range(size)]
         self._busy: set[Any] = set()
         self._trees: dict[Any, Any] = {}

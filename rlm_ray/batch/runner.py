@@ -25,7 +25,7 @@ from rlm_ray.batch.manifest import write_run_info
 from rlm_ray.batch.progress import Progress, Tally
 from rlm_ray.batch.queries import Query, load_queries
 from rlm_ray.batch.scoring import Accuracy, accuracy_of
-from rlm_ray.batch.tables import TableWriter, finished_statuses, read_run
+from rlm_ray.batch.tables import FinishedQuestion, TableWriter, finished_statuses, read_run
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class _Batch:
         self.opts = opts
         self.tally = tally
         self.writer = TableWriter(out_uri, opts.flush_every, opts.flush_s)
-        self.pool = ActorPool(rlm, size=min(opts.concurrency, len(todo)) or 1)
+        self.pool = ActorPool(size=min(opts.concurrency, len(todo)) or 1)
         self.in_flight: dict[Any, _InFlight] = {}
         self.budget_stopped = False
         self.retried = 0
@@ -136,7 +136,7 @@ class _Batch:
             self.in_flight[ref] = _InFlight(query, actor, attempt, rows.utc_now(),
                                             _hard_deadline(spec))
 
-    def _finish(self, finished: rows.FinishedQuestion) -> None:
+    def _finish(self, finished: FinishedQuestion) -> None:
         self.writer.add(finished)
         self.tally.record(finished.answer)
         self.writer.maybe_flush()
