@@ -17,7 +17,7 @@ def user(text: str) -> list[dict]:
 @pytest.mark.timeout(180)
 def test_limiter_keeps_many_workers_under_the_providers_window(ray_session, sim):
     ray = ray_session
-    rpm, window_s = 100, 4.0
+    rpm, window_s = 150, 6.0
     server = sim(rpm=rpm, window_s=window_s, latency_ms=20)
     config = GatewayConfig(api_base=server.base_url, rpm=rpm, window_s=window_s)
 
@@ -48,7 +48,7 @@ def test_limiter_keeps_many_workers_under_the_providers_window(ray_session, sim)
 
 @pytest.mark.timeout(120)
 def test_complete_many_through_gateway_actors(ray_session, sim):
-    server = sim(latency_ms=200, context_window=60)
+    server = sim(latency_ms=500, context_window=60)
     requests = [{"messages": user(f"item {i}")} for i in range(300)]
     requests[11] = {"messages": user("too long " * 100)}
     results = complete_many(requests, model=ECHO, config=GatewayConfig(api_base=server.base_url))
