@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import os
 import statistics
 import sysconfig
 import threading
@@ -109,15 +110,20 @@ def bench_rss(work: Path, copies: int, model: str, api_base: str) -> list[tuple]
     return rows
 
 
-def _direct_gateway(n: int, model: str, api_base: str) -> tuple[float, float]:
+class DirectGateway:
     """The same calls without the engine: complete_many, then sequential complete.
-    Runs in a Ray worker like the RLMActor, not in this process, which also
-    serves the in-process simulator (sharing its GIL would skew the baseline)."""
+    A Ray actor like the RLMActor (one warm process), not this process, which
+    also serves the in-process simulator (sharing its GIL would skew the baseline)."""
+
+    def run(self, n: int, model: str, api_base: str) -> tuple[float, float]:
+        return _direct_gateway(n, model, api_base)
+
+
+def _direct_gateway(n: int, model: str, api_base: str) -> tuple[float, float]:
     from rlm_ray import llm
     from rlm_ray.llm.config import GatewayConfig
 
     gateway = GatewayConfig(api_base=api_base)
-    llm.complete([{"role": "user", "content": "warm"}], model, config=gateway, temperature=0)
     started = time.perf_counter()
     llm.complete_many([{"messages": [{"role": "user", "content": f"item {i}"}]} for i in range(n)],
                       model=model, config=gateway, temperature=0)
@@ -134,15 +140,16 @@ def bench_overhead(n: int, api_base: str) -> dict:
     from rlm_ray.engine import RLM
 
     model = f"openai/{FANOUT_POLICY}"
-    direct = ray.remote(num_cpus=0)(_direct_gateway)
-    ray.get(direct.remote(8, model, api_base))          # warm: litellm import, gateway actors
+    direct = ray.remote(num_cpus=0)(DirectGateway).remote()
+    ray.get(direct.run.remote(8, model, api_base))       # warm: litellm import, gateway actors
     RLM(model, api_base=api_base).answer("x", "fanout 8")   # warm: an RLMActor in the pool
     engine, gateway, statuses = [], [], set()
     for _ in range(REPEATS):   # interleaved, medians: the node is shared and noisy
         result = RLM(model, api_base=api_base).answer("x", f"fanout {n}")
         statuses.add(result.status)
         engine.append((result.steps[0]["elapsed_s"], result.steps[1]["elapsed_s"]))
-        gateway.append(ray.get(direct.remote(n, model, api_base)))
+        gateway.append(ray.get(direct.run.remote(n, model, api_base)))
+    ray.kill(direct)
     return {"n": n, "status": ",".join(sorted(statuses)),
             "batched_engine": statistics.median(e[0] for e in engine),
             "batched_direct": statistics.median(g[0] for g in gateway), "serial_n": n // 4,
@@ -155,7 +162,9 @@ def run_bench(work: str, copies: int, sub_calls: int, skip_rss: bool) -> int:
     from rlm_ray.sim import SimServer
 
     ensure_ray()
-    print("SIMULATOR answering (zero latency); figures are of the engine, not of a model.")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print("SIMULATOR answering (zero latency); figures are of the engine, not of a model. "
+          f"Load average {load} on {os.cpu_count()} CPUs (a shared node makes timings noisy).")
     with SimServer() as server:
         if not skip_rss:
             rows = bench_rss(Path(work), copies, "openai/sim/rlm-policy", server.base_url)
