@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import random
-import time
 from collections import Counter
 from pathlib import Path
 

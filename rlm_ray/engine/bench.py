@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 from rlm_ray.sim import register_policy
-from rlm_ray.sim.registry import last_user_text
 
 STDLIB_EXCLUDE = ["site-packages/", "__pycache__/", "*.pyc"]
 NEEDLE_KEY, NEEDLE_VALUE = "BENCH-KEY", "7781-ZZ"
