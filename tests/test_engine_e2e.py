@@ -183,3 +183,16 @@ def test_policy_recovers_from_its_typo(ray_session, policy_sim):
         "unused", "Recover from a typo: what is 6 times 7?")
     assert (result.status, result.answer) == ("ok", "42")
     assert "NameError" in result.steps[0]["error"]
+
+
+@pytest.mark.timeout(300)
+def test_needle_over_a_corpus_on_s3(ray_session, policy_sim, s3_bucket, tmp_path, stdlib_dir):
+    """The corpus on object storage (moto over HTTP): the actor reads it through
+    DuckDB httpfs; no credential reaches the records."""
+    from rlm_ray.corpus import Corpus, ingest
+
+    uri = f"s3://{s3_bucket}/corpora/needle"
+    ingest([str(stdlib_dir / "json"), str(_needle_dir(tmp_path))], uri)
+    result = RLM(POLICY, api_base=policy_sim.base_url).answer(Corpus.open(uri), NEEDLE_QUESTION)
+    assert (result.status, result.answer) == ("ok", NEEDLE_VALUE)
+    assert "AWS_" not in str(result.steps) and "AWS_" not in str(result.calls)
