@@ -112,6 +112,20 @@ def oversize(messages):
     return _repl("FINAL('done')")
 
 
+@register_policy("test/str-child")
+def str_child(messages):
+    """Root hands a sub-question over a given string to a child RLM; the child
+    (and every sub-call) is answered by the project's own `sim/rlm-policy`."""
+    from rlm_ray.sim.policies import rlm_policy
+
+    if not _is_root(messages) or _question(messages).startswith("What is the secret"):
+        return rlm_policy(messages)
+    if not _outputs(messages):
+        return _repl("notes = 'filler line\\n' * 500 + 'The secret code for K1 is V-981.\\n'\n"
+                     "r = rlm_query('What is the secret code for K1?', context=notes)\nprint(r)")
+    return _repl("FINAL(r)")
+
+
 @register_policy("test/parent")
 def parent(messages):
     """Delegates to two slow child RLMs and reports what they returned."""
@@ -267,3 +281,12 @@ def test_killed_root_fails_only_that_question(ray_session, sim):
     ray.kill(_find_actor("rlm-root-root-kill"), no_restart=True)
     worker.join(timeout=60)
     assert out["r"].status == "error" and "actor died" in out["r"].error
+
+
+@pytest.mark.timeout(120)
+def test_rlm_query_over_a_given_string(ray_session, sim):
+    result = _rlm(sim(), "test/str-child", max_depth=2).answer("unused", "delegate a string")
+    assert (result.status, result.answer) == ("ok", "V-981")
+    child = next(c for c in result.calls if c["kind"] == "rlm")
+    assert child["status"] == "ok" and child["depth"] == 1
+    assert any(c["parent_call_id"] == child["call_id"] for c in result.calls)
