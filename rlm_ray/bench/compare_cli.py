@@ -79,7 +79,8 @@ def compare_command(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     limits = cmp.Limits(args.latency_ms, args.rpm, args.tpm)
-    log(f"workloads: fan-out over {args.chunks} chunks; batch of {args.questions} questions")
+    log(f"workloads: fan-out over {args.chunks} chunks"
+        + ("" if args.skip_batch else f"; batch of {args.questions} questions"))
     fan = workloads.fanout(args.chunks)
     batch = None if args.skip_batch else workloads.batch(args.questions, args.batch_chunks)
     python, why = (None, "skipped (--no-rlms)") if args.no_rlms else \

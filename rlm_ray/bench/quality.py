@@ -96,9 +96,9 @@ def _families(queries: Path) -> dict[str, str]:
     return {r["query_id"]: r["family"] for r in rows}
 
 
-def score_run(run_dir: str, families: dict[str, str]) -> tuple[list[dict], dict]:
-    """Per-question rows (answer, expected, score, cost, calls, wall) and the
-    first root prompt's tokens per question, from the batch's own tables."""
+def score_run(run_dir: str, families: dict[str, str]) -> list[dict]:
+    """Per-question rows (answer, expected, score, cost, calls, wall, first root
+    prompt's tokens), from the batch's own tables."""
     from rlm_ray.batch.tables import read_run
 
     tables = read_run(run_dir)
@@ -115,7 +115,7 @@ def score_run(run_dir: str, families: dict[str, str]) -> tuple[list[dict], dict]
                      "score": s.score, "exact": s.exact, "cost_usd": a["cost_usd"],
                      "llm_calls": a["llm_calls"], "wall_s": a["wall_s"],
                      "root_prompt_tokens": first_root.get(a["query_id"])})
-    return rows, first_root
+    return rows
 
 
 def _mean(values: list[float]) -> float:
@@ -160,7 +160,7 @@ def run_quality(suite: str, sizes: list[int], *, seed: int, out: Path, rlm: dict
         run(str(case.corpus), str(case.queries), str(run_dir), rlm=rlm,
             concurrency=concurrency, progress=progress)
         wall = time.monotonic() - started
-        rows, _ = score_run(str(run_dir), _families(case.queries))
+        rows = score_run(str(run_dir), _families(case.queries))
         for row in rows:
             row.update(suite=suite, size=size)
         result = summarise(case, rows, wall)

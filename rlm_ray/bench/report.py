@@ -67,6 +67,8 @@ def plot(results: Sequence[SizeResult], path: Path, title: str) -> None:
         ax.grid(True, alpha=0.3)
         if ylim:
             ax.set_ylim(*ylim)
+        else:
+            ax.set_ylim(bottom=0)   # small variations must not look like big ones
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     buffer = io.BytesIO()
