@@ -45,7 +45,8 @@ def _ingest_once(out: Path, sources: list[str]) -> str:
     from rlm_ray.corpus import ingest
 
     if not (out / "manifest.json").exists():
-        print(f"ingesting {len(sources)} source(s) into {out} (cached for later runs) ...", flush=True)
+        print(f"ingesting {len(sources)} source(s) into {out} (cached for later runs) ...",
+              flush=True)
         ingest(sources, str(out), exclude=STDLIB_EXCLUDE)
     return str(out)
 
@@ -129,7 +130,8 @@ def _direct_gateway(n: int, model: str, api_base: str) -> tuple[float, float]:
     batched = time.perf_counter() - started
     started = time.perf_counter()
     for i in range(n // 4):
-        llm.complete([{"role": "user", "content": f"one {i}"}], model, config=gateway, temperature=0)
+        llm.complete([{"role": "user", "content": f"one {i}"}], model, config=gateway,
+                     temperature=0)
     return batched, time.perf_counter() - started
 
 

@@ -49,7 +49,8 @@ def register(commands, bench) -> None:
     add_model_args(query)
     add_limit_args(query)
     query.add_argument("--trajectory", default=None, metavar="FILE",
-                       help=f"where to write the trajectory JSON (default {DEFAULT_TRAJECTORY_DIR}/ID.json)")
+                       help="where to write the trajectory JSON "
+                            f"(default {DEFAULT_TRAJECTORY_DIR}/ID.json)")
     query.add_argument("--local", action="store_true",
                        help="run the root loop in this process instead of a Ray actor")
     query.set_defaults(func=_query)

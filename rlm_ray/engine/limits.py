@@ -75,10 +75,19 @@ class TreeBudget:
         both must stay within max_depth, else rlm_query falls back to llm_query."""
         return depth + 2 <= self.max_depth
 
+    @property
+    def gateway_budget(self) -> Budget | None:
+        """What the gateway should charge: None when tokens and dollars are unlimited
+        (saves two budget-bank round trips per call; the records still count usage)."""
+        limits = self.model_budget.limits
+        return None if limits["usd"] is None and limits["tokens"] is None else self.model_budget
+
     def take_sub_calls(self, wanted: int) -> int:
         """Reserve up to `wanted` sub-calls; returns how many were granted (maybe 0)."""
         if wanted <= 0:
             return 0
+        if self.sub_calls.limits["calls"] is None:   # unlimited: no bank round trip
+            return wanted
         try:
             self.sub_calls.reserve(usd=None, tokens=0, calls=wanted)
             return wanted

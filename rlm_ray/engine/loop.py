@@ -85,8 +85,10 @@ class RootLoop:
         except LLMError as exc:
             row.status, row.retries = "error", exc.retries
             self.recorder.add_call(row)
-            raise _Stop("error", f"root model call failed: {redact(str(exc), self.recorder.secrets)}") from None
-        row.prompt_tokens, row.completion_tokens = completion.prompt_tokens, completion.completion_tokens
+            reason = redact(str(exc), self.recorder.secrets)
+            raise _Stop("error", f"root model call failed: {reason}") from None
+        row.prompt_tokens = completion.prompt_tokens
+        row.completion_tokens = completion.completion_tokens
         row.cost_usd, row.latency_s = completion.cost_usd, round(completion.latency_s, 6)
         row.retries, row.cache_hit = completion.retries, completion.cache_hit
         self.recorder.add_call(row)
@@ -116,7 +118,8 @@ class RootLoop:
         outputs: list[str] = []
         for index, code in enumerate(blocks):
             run = self.workspace.run(code, self._block_timeout())
-            self.recorder.add_step(call_id, self.iterations, code, run.output, run.error, run.elapsed_s)
+            self.recorder.add_step(call_id, self.iterations, code, run.output, run.error,
+                                   run.elapsed_s)
             outputs.append(run.output)
             if run.error:
                 skipped = len(blocks) - index - 1

@@ -96,7 +96,8 @@ class ContextView:
                        "or page with LIMIT/OFFSET")
         return _json_safe(rows)
 
-    def grep(self, pattern: str, limit: int = 100, regex: bool = True, case: bool = False) -> list[dict]:
+    def grep(self, pattern: str, limit: int = 100, regex: bool = True,
+             case: bool = False) -> list[dict]:
         limit = max(1, min(int(limit), MAX_GREP_LIMIT))
         hits = self._corpus.grep(str(pattern), limit=limit, regex=bool(regex), case=bool(case))
         if len(hits) >= limit:

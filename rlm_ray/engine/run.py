@@ -88,5 +88,6 @@ def _root_caller(spec: RunSpec):
         from rlm_ray import llm
 
         return llm.complete(messages, spec.model, config=spec.gateway,
-                            budget=spec.budget.model_budget, temperature=spec.settings.temperature)
+                            budget=spec.budget.gateway_budget,
+                            temperature=spec.settings.temperature)
     return call

@@ -119,7 +119,7 @@ class SubCalls:
     def _fan_out(self, prompts: list[str]) -> list[Completion | BaseException]:
         from rlm_ray import llm
 
-        kwargs = dict(config=self.spec.gateway, budget=self.spec.budget.model_budget,
+        kwargs = dict(config=self.spec.gateway, budget=self.spec.budget.gateway_budget,
                       temperature=self.spec.settings.temperature)
         if len(prompts) == 1:   # one call: no fan-out machinery, straight from this thread
             try:
@@ -134,7 +134,8 @@ class SubCalls:
         row = CallRow(self.query_id, new_call_id(), self.current_parent, self.spec.depth + 1,
                       "sub", self.spec.sub_model)
         if isinstance(outcome, Completion):
-            row.prompt_tokens, row.completion_tokens = outcome.prompt_tokens, outcome.completion_tokens
+            row.prompt_tokens = outcome.prompt_tokens
+            row.completion_tokens = outcome.completion_tokens
             row.cost_usd, row.latency_s = outcome.cost_usd, round(outcome.latency_s, 6)
             row.retries, row.cache_hit = outcome.retries, outcome.cache_hit
             self.recorder.add_call(row)
@@ -145,7 +146,8 @@ class SubCalls:
         row.status = "error"
         row.retries = getattr(outcome, "retries", 0)
         self.recorder.add_call(row)
-        message = str(outcome) if isinstance(outcome, LLMError) else f"{type(outcome).__name__}: {outcome}"
+        message = (str(outcome) if isinstance(outcome, LLMError)
+                   else f"{type(outcome).__name__}: {outcome}")
         return _fail(f"sub-call failed: {message}")
 
     # ---- child RLMs --------------------------------------------------------------
@@ -198,7 +200,8 @@ class SubCalls:
             return _fail(f"child RLM failed: {outcome.error}")
         usage = usage_of(result.calls)
         row.prompt_tokens, row.completion_tokens = usage["input_tokens"], usage["output_tokens"]
-        row.cost_usd, row.latency_s, row.status = usage["cost_usd"], round(result.wall_s, 6), result.status
+        row.cost_usd, row.status = usage["cost_usd"], result.status
+        row.latency_s = round(result.wall_s, 6)
         row.cache_hit = bool(usage["llm_calls"]) and usage["cache_hits"] == usage["llm_calls"]
         self.recorder.add_call(row)
         self.recorder.merge(result.calls, result.steps)
