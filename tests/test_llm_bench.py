@@ -16,7 +16,6 @@ def test_bench_gateway_small_run_prints_every_row():
          "--overhead-calls", "40"],
         capture_output=True, text=True, timeout=230)
     assert out.returncode == 0, out.stderr[-2000:]
-    for row in ("(a) gateway in-process", "(b) gateway in-process", "(c) plain litellm",
-                "(c) gateway + RPM/TPM limiter", "(d) plain litellm"):
-        assert row in out.stdout, out.stdout
+    for row in ("(a) gateway", "(b) gateway", "(c) plain", "(c) gateway", "(d) plain"):
+        assert row in out.stdout, out.stdout   # (rich wraps long names inside their cells)
     assert "SIMULATOR" in out.stdout

@@ -45,7 +45,7 @@ def test_429_storm_pauses_everyone_then_all_calls_succeed(sim):
     server = sim(latency_ms=20)
     config = fast(server, rpm=6000, window_s=6)
     complete(user("warm up"), ECHO, config=config)
-    server.storm(1.0, retry_after_s=0.5)
+    server.storm(3.0, retry_after_s=0.5)
     results = gather([acomplete(user(f"q{i}"), ECHO, config=config) for i in range(40)])
     assert all(isinstance(r, Completion) for r in results), results
     assert [r.text for r in results] == [f"q{i}" for i in range(40)]

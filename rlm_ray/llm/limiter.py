@@ -112,9 +112,10 @@ class RateLimiter:
                                  self.buckets[name].tat if name in self.buckets else 0.0)
                 buckets[name] = bucket
         self.limits, self.buckets = limits, buckets
-        # Half the slack: lateness beyond it could bunch more requests into one
-        # provider window than the schedule leaves room for.
-        self.late_tolerance_s = 0.5 * min(b.slack_s for b in buckets.values())
+        # A quarter of the slack: callers sent late (but within this) bunch into later
+        # windows; the rest of the slack is for jitter we cannot see (provider side,
+        # the time between our check and the bytes leaving).
+        self.late_tolerance_s = 0.25 * min(b.slack_s for b in buckets.values())
         self.horizon_s = min(HORIZON_SHARE * limits.window_s, MAX_HORIZON_S)
 
     def _current_factor(self, now: float) -> float:
