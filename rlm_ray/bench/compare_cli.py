@@ -56,10 +56,15 @@ def _ratios(phases) -> list[str]:
             if ours and not ours.completed:
                 out.append(f"{task}: no ratio: the rlm-ray run did not complete ({ours.notes})")
             elif ours and ours.wall_s:
-                out.append(f"{task}: rlm-ray {other.wall_s / ours.wall_s:.1f}x faster wall time "
-                           f"than {other.system} ({other.wall_s:.1f}s vs {ours.wall_s:.1f}s), "
-                           f"{ours.requests_per_min / max(other.requests_per_min, 1e-9):.1f}x the "
-                           "requests/min")
+                line = (f"{task}: rlm-ray {other.wall_s / ours.wall_s:.1f}x faster wall time "
+                        f"than {other.system} ({other.wall_s:.1f}s vs {ours.wall_s:.1f}s), "
+                        f"{ours.requests_per_min / max(other.requests_per_min, 1e-9):.1f}x the "
+                        "requests/min")
+                if other.correct < 1 or other.failed_calls or not other.completed:
+                    # A run that failed is not a like-for-like finish: say so next to the ratio.
+                    line += (f" -- NOT like for like: {other.system} scored {other.correct:.2f} "
+                             f"with {other.failed_calls} failed calls")
+                out.append(line)
     return out
 
 
