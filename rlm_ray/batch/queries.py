@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from rlm_ray import storage
 from rlm_ray.errors import UserError
+from rlm_ray.jsonl import iter_objects
 
 # Per-row overrides of the batch's RLM settings, with the type each must have.
 # Columns not listed here (and not required) are carried along untouched.
@@ -47,17 +48,7 @@ class Query:
 
 
 def _read_jsonl(data: bytes) -> pa.Table:
-    rows = []
-    for lineno, line in enumerate(data.decode("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"queries line {lineno} is not valid JSON: {exc.msg}") from None
-        if not isinstance(row, dict):
-            raise UserError(f"queries line {lineno} is not a JSON object")
-        rows.append(row)
+    rows = [row for _, row in iter_objects(data.decode("utf-8"), "queries")]
     # Columns as lists of Python values: a JSON file mixes ints and strings freely.
     names = list(dict.fromkeys(k for row in rows for k in row))
     return pa.table({n: pa.array([_jsonable(r.get(n)) for r in rows], type=pa.string())

@@ -7,7 +7,6 @@ name, so a new kind is one registry entry, not another branch.
 from __future__ import annotations
 
 import io
-import json
 import os
 import tarfile
 import zipfile
@@ -19,6 +18,7 @@ import pathspec
 
 from rlm_ray import storage
 from rlm_ray.errors import UserError
+from rlm_ray.jsonl import iter_objects
 
 VCS_DIRS = frozenset({".git", ".hg", ".svn"})
 
@@ -140,16 +140,8 @@ def _record(uri: str, line_no: int, record: dict, opts: ListOptions) -> RawFile 
 
 
 def _jsonl(uri: str, opts: ListOptions) -> Iterator[RawFile]:
-    lines = storage.read_bytes(uri).decode("utf-8", "replace").splitlines()
-    for line_no, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{uri}: line {line_no} is not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise UserError(f"{uri}: line {line_no} is not a JSON object")
+    text = storage.read_bytes(uri).decode("utf-8", "replace")
+    for line_no, record in iter_objects(text, uri):
         raw = _record(uri, line_no, record, opts)
         if raw:
             yield raw
