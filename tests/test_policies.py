@@ -15,7 +15,6 @@ import concurrent.futures
 import itertools
 import json
 import random
-import re
 from collections import Counter
 from pathlib import Path
 

@@ -15,12 +15,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from rlm_ray.bench import compare_workloads as workloads
 from rlm_ray.bench.scoring import score
-from rlm_ray.errors import UserError
 
 DRIVER = Path(__file__).with_name("rlms_driver.py")
 MODEL = "sim/rlm-policy"
@@ -242,7 +241,6 @@ def plain_fanout(sim: Simulator, limits: Limits, work: workloads.Workload, concu
     failed = 0
 
     async def main() -> list[str]:
-        nonlocal failed
         gate = asyncio.Semaphore(concurrency)
 
         async def one(piece: str) -> str:

@@ -5,7 +5,6 @@ end with the best partial answer the REPL holds, or one forced answer turn.
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
