@@ -12,7 +12,7 @@ import importlib
 import sys
 
 import rlm_ray  # noqa: F401  (process defaults before anything heavy loads)
-from rlm_ray.errors import UserError
+from rlm_ray.errors import exit_code
 
 COMMAND_MODULES = (
     "rlm_ray.corpus.commands",
@@ -45,14 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except UserError as exc:
-        print(f"rlm-ray: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("rlm-ray: interrupted", file=sys.stderr)
-        return 130
+    return exit_code(lambda: args.func(args), prog="rlm-ray")
 
 
 if __name__ == "__main__":

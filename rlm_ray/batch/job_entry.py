@@ -5,22 +5,14 @@ that `ray job logs` shows."""
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 
-from rlm_ray.errors import UserError
+from rlm_ray.errors import exit_code
 
 
 def _guarded(body: Callable[[], int]) -> int:
-    """A job's exit status: 0 done, 2 bad input (one line, no traceback), 130 interrupted."""
-    try:
-        return body()
-    except UserError as exc:
-        print(f"rlm-ray job: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("rlm-ray job: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+    return exit_code(body, prog="rlm-ray job",
+                     interrupted="interrupted; rerun the same command to resume")
 
 
 def ingest_then_run(argv: list[str] | None, *, prog: str, description: str,
