@@ -102,3 +102,4 @@ def test_context_view_caps_rows_and_says_so(small_corpus):
     assert len(hits) == 5 and hits[0]["path"] == "mod3.py"
     assert view.read("mod3.py", 0, 2).startswith("def f3_0(x):")
     assert view.stats["documents"] == 30 and len(view) == small_corpus.stats["tokens"]
+    assert "source" in small_corpus.stats and "source" not in view.stats  # no host paths in the REPL

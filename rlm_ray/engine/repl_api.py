@@ -50,6 +50,8 @@ def _json_safe(value: Any) -> Any:
     return str(value)
 
 
+HOST_ONLY_STATS = frozenset({"source"})
+
 class ContextView:
     """What `context` is in the REPL when the input is a corpus."""
 
@@ -76,7 +78,9 @@ class ContextView:
     # -- the API ------------------------------------------------------------
     @property
     def stats(self) -> dict:
-        return _json_safe(dict(self._corpus.stats))
+        # `source` names host paths / bucket URIs the corpus was built from:
+        # provenance for operators, not something model code needs to see.
+        return _json_safe({k: v for k, v in self._corpus.stats.items() if k not in HOST_ONLY_STATS})
 
     def __len__(self) -> int:
         return int(len(self._corpus))
