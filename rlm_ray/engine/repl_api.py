@@ -52,6 +52,7 @@ def _json_safe(value: Any) -> Any:
 
 HOST_ONLY_STATS = frozenset({"source"})
 
+
 class ContextView:
     """What `context` is in the REPL when the input is a corpus."""
 
