@@ -7,7 +7,7 @@ import pytest
 from rlm_ray.engine import parsing, prompts
 from rlm_ray.engine.limits import Limits, TreeBudget
 from rlm_ray.engine.records import REDACTED, Recorder, redact, secret_values, usage_of
-from rlm_ray.engine.repl_api import ContextView
+from rlm_ray.engine.context_view import ContextView
 from rlm_ray.errors import UserError
 
 

@@ -11,7 +11,7 @@ from rlm_ray.engine import prompts
 from rlm_ray.engine.limits import DEFAULT_SUB_CONTEXT_TOKENS, StopSignal
 from rlm_ray.engine.loop import Outcome, RootLoop
 from rlm_ray.engine.records import Recorder, redact, secret_values, usage_of
-from rlm_ray.engine.repl_api import ContextView
+from rlm_ray.engine.context_view import ContextView
 from rlm_ray.engine.spec import Result, RunSpec
 from rlm_ray.engine.subcalls import ChildLauncher, SubCalls
 from rlm_ray.engine.workspace import Workspace

@@ -9,7 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from rlm_ray.engine.repl_api import PRELUDE, PRELUDE_MARKER, ContextView
+from rlm_ray.engine.context_view import ContextView
+from rlm_ray.engine.repl_prelude import PRELUDE, PRELUDE_MARKER
 
 RESTART_NOTE = ("SandboxCrash: the REPL could not run this code ({reason}); it was restarted "
                 "with a fresh state: variables from earlier blocks are gone")

@@ -1,6 +1,5 @@
-"""The REPL's view of the input: `ContextView` (a proxy over the Corpus whose
-methods run in the host and return JSON-friendly values with caps) and the
-prelude that defines FINAL / FINAL_VAR / answer inside the sandbox.
+"""The REPL's view of a corpus: `ContextView`, a proxy over the Corpus whose
+methods run in the host and return JSON-friendly values with caps.
 
 Caps keep one careless `context.sql("select * from chunks")` from dragging a
 100M-token corpus through the actor: the query is wrapped in a LIMIT so DuckDB
@@ -12,25 +11,6 @@ import datetime
 import decimal
 import threading
 from typing import Any
-
-PRELUDE_MARKER = "_rlm_prelude_installed"
-PRELUDE = '''
-_rlm_prelude_installed = True
-answer = {"content": None, "ready": False}
-
-def FINAL(value):
-    """Finish: `value` is the answer."""
-    answer["content"] = value if isinstance(value, str) else str(value)
-    answer["ready"] = True
-    return answer["content"]
-
-def FINAL_VAR(name):
-    """Finish with the variable called `name` as the answer."""
-    name = str(name).strip().strip("'\\"")
-    if name not in globals():
-        raise NameError(f"FINAL_VAR: no variable named {name!r}")
-    return FINAL(globals()[name])
-'''
 
 _SELECT_LIKE = ("select", "with", "from", "values", "(")
 MAX_GREP_LIMIT = 10_000
