@@ -341,3 +341,49 @@ def test_system_prompt_on_the_run_cli_and_per_row(ray_session, sim, tmp_path, ca
     got = {a["query_id"]: a["answer"] for a in answers}
     assert got == {"file": "MY PROMPT max=3 kind=corpus code={'kept': {x}}",
                    "row": "ROW PROMPT corpus"}
+
+
+# ---- the prelude in a real sandbox, no model -------------------------------------------------
+def test_prelude_semantics_in_the_sandbox():
+    from rlm_ray.engine.workspace import Workspace
+
+    workspace = Workspace(context=WORDS, view=None, sandbox_opts={"timeout_s": 30},
+                          host_functions={"llm_query": lambda prompt, model=None: "host"})
+    try:
+        def run(code):
+            block = workspace.run(code, 30)
+            return block, workspace.answer()
+
+        block, state = run("context = 'short'\ndel llm_query\nanswer = 3\nx = [1, 2]\n"
+                           "class Weird:\n    def __len__(self):\n        raise RuntimeError\n"
+                           "w = Weird()")
+        assert block.error is None and not state.ready
+        assert sorted(block.restored) == ["answer", "context", "llm_query"]
+        assert "x (list, 2 items)" in state.variables and "w (Weird)" in state.variables
+        block, state = run("print(len(context), llm_query('p'))")
+        assert block.output.split() == [str(len(WORDS)), "host"]
+        block, state = run("FINAL_VAR('nope')")
+        assert "no variable named 'nope'" in block.error and not state.ready
+        block, state = run("answer = {'content': {'a'}, 'ready': True}")   # a whole dict, adopted
+        assert (state.ready, state.content, block.restored) == (True, str({"a"}), [])
+    finally:
+        workspace.close()
+
+
+@pytest.mark.parametrize("code, expected", [
+    ("name = 'Paris'\nFINAL_VAR(name)", "Paris"),               # unquoted: the value
+    ("name = 'Paris'\nFINAL_VAR('name')", "Paris"),             # quoted: the variable
+    ("FINAL_VAR(6 * 7)", "42"),                                  # a value
+    ("FINAL_VAR('two words')", "two words"),                     # not a name: a value
+    ("FINAL({'k': [1, None]})", '{"k": [1, null]}'),             # dicts become JSON
+])
+def test_final_var_forms(code, expected):
+    from rlm_ray.engine.workspace import Workspace
+
+    workspace = Workspace(context="", view=None, host_functions={},
+                          sandbox_opts={"timeout_s": 30})
+    try:
+        assert workspace.run(code, 30).error is None
+        assert (workspace.answer().ready, workspace.answer().content) == (True, expected)
+    finally:
+        workspace.close()
