@@ -227,6 +227,16 @@ def feedback_reader(messages):
     return "FINAL(%s)" % json.dumps(json.dumps(outputs))
 
 
+_scripted("test/d-grounded",
+          "Counting, and I expect %d.\n```repl\nprint('words:', len(context.split()))\n```\n"
+          "FINAL(%d)" % (len(WORDS.split()), len(WORDS.split())))
+
+
+def test_literal_final_next_to_code_stands_when_the_output_shows_it(sim):
+    result = _rlm(sim(), "test/d-grounded").answer(WORDS, "How many words?")
+    assert (result.status, result.answer, result.iterations) == ("ok", str(len(WORDS.split())), 1)
+
+
 def test_feedback_explains_refusals_python_fences_and_lists_variables(sim):
     result = _rlm(sim(), "test/d-feedback").answer(WORDS, "How long is it?")
     assert result.status == "ok" and result.iterations == 3
