@@ -317,6 +317,8 @@ def test_code_blocks_prefer_repl_and_fall_back_to_python():
     only_python = parsing.code_blocks("Plan\n```python\ny = 2\n```\n```py\nz = 3\n```")
     assert (only_python.fence, only_python.blocks) == ("python", ["y = 2", "z = 3"])
     assert parsing.code_blocks("just prose").blocks == []
+    cut_off = parsing.code_blocks("```repl\na = 1\n```\ntext\n```repl\nb = 2\nprint(b)")
+    assert cut_off.blocks == ["a = 1", "b = 2\nprint(b)"]   # a reply cut off inside a block
 
 
 def test_literal_and_variable_forms():
