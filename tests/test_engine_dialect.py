@@ -302,6 +302,9 @@ def test_allow_list_picks_models_and_refuses_others(sim):
     ("FINAL(\n  multi\n  line\n)", ("value", "multi\n  line")),
     ("FINAL(x)\nFINAL_VAR(y)", ("var", "y")),          # FINAL_VAR first, as the official parser
     ("I will call FINAL(x) once I know x.", None),      # not at the start of a line
+    ("```repl\nprint(345)\n```\nFINAL 345", ("value", "345")),    # no parentheses
+    ("FINAL ANSWER: Paris, France", ("value", "Paris, France")),
+    ("FINAL_ANSWER is pending", None),
     ("no final here", None),
 ])
 def test_find_final(reply, expected):
