@@ -14,6 +14,13 @@ from typing import Any
 
 _SELECT_LIKE = ("select", "with", "from", "values", "(")
 MAX_GREP_LIMIT = 10_000
+# The REPL's lazy document sequence (repl_context.py) fetches documents in
+# batches bounded by bytes and count, so neither the actor nor the sandbox
+# ever holds more than a batch. Both caps stay well under the sandbox's
+# per-value limit (16 MiB) and its 64 MiB frame limit, JSON escapes included.
+DOC_BATCH_BYTES = 4 * 1024 * 1024
+DOC_BATCH_MAX = 256
+MAX_DOC_BYTES = 8 * 1024 * 1024     # one document alone, when it exceeds a batch
 
 
 def _json_safe(value: Any) -> Any:
@@ -37,7 +44,8 @@ class ContextView:
     """What `context` is in the REPL when the input is a corpus."""
 
     # The sandbox exposes exactly these (not drain_notes, not the Corpus itself).
-    __sandbox_expose__ = ("sql", "grep", "read", "docs", "stats")
+    __sandbox_expose__ = ("sql", "grep", "read", "docs", "stats",
+                          "sequence_info", "doc_paths", "doc_texts")
 
     def __init__(self, corpus, *, max_rows: int = 5000, max_read_chars: int = 2_000_000) -> None:
         self._corpus = corpus
@@ -45,6 +53,7 @@ class ContextView:
         self._max_read_chars = max_read_chars
         self._notes: list[str] = []
         self._lock = threading.Lock()
+        self._characters: int | None = None
 
     # -- notes for the model (drained by the loop into the REPL output) -----
     def _note(self, text: str) -> None:
@@ -61,7 +70,17 @@ class ContextView:
     def stats(self) -> dict:
         # `source` names host paths / bucket URIs the corpus was built from:
         # provenance for operators, not something model code needs to see.
-        return _json_safe({k: v for k, v in self._corpus.stats.items() if k not in HOST_ONLY_STATS})
+        stats = {k: v for k, v in self._corpus.stats.items() if k not in HOST_ONLY_STATS}
+        return _json_safe(stats | {"characters": self.characters()})
+
+    def characters(self) -> int:
+        """Total characters of all documents (what `sum(len(doc) for doc in context)`
+        gives; the manifest's `bytes` are of the raw files, which differ for
+        documents whose invalid UTF-8 was replaced). One scan, then cached."""
+        if self._characters is None:
+            row = self._corpus.sql("SELECT coalesce(sum(length(text)), 0) AS n FROM chunks")
+            self._characters = int(row.column("n")[0].as_py())
+        return self._characters
 
     def __len__(self) -> int:
         return int(len(self._corpus))
@@ -105,3 +124,66 @@ class ContextView:
             self._note(f"context.docs returned only the first {cap} documents; "
                        "use context.sql on the docs view to filter")
         return _json_safe(list(rows[:cap]))
+
+    # -- the corpus as a sequence of documents (the REPL side: repl_context.py) --
+    # Index i is the i-th document in path order (the order of `docs()` and of
+    # `SELECT ... FROM docs ORDER BY path`). Everything goes through DuckDB: no
+    # list of all documents is ever built in Python.
+    def sequence_info(self) -> dict:
+        """What the REPL's `context` needs up front: counts from the manifest."""
+        stats = self._corpus.stats
+        return {"documents": int(stats["documents"]), "tokens": int(stats["tokens"])}
+
+    def _doc_range(self, start: int, stop: int) -> tuple[int, int]:
+        count = int(self._corpus.stats["documents"])
+        start, stop = int(start), int(stop)
+        if not 0 <= start <= stop <= count:
+            raise IndexError(f"document range [{start}, {stop}) is outside 0..{count}")
+        return start, stop
+
+    def doc_paths(self, start: int, stop: int) -> list[str]:
+        """Paths of documents [start, stop), at most `max_rows` of them."""
+        start, stop = self._doc_range(start, stop)
+        count = min(stop - start, self._max_rows)
+        if count == 0:
+            return []
+        table = self._corpus.sql(
+            f"SELECT path FROM docs ORDER BY path LIMIT {count} OFFSET {start}")
+        return table.column("path").to_pylist()
+
+    def doc_texts(self, start: int, stop: int, max_bytes: int = DOC_BATCH_BYTES) -> list[str]:
+        """Full texts of documents start, start+1, ... (< stop): as many whole
+        documents as fit in `max_bytes` (capped at DOC_BATCH_BYTES), at least one.
+        The caller asks again from where this batch ended."""
+        start, stop = self._doc_range(start, stop)
+        budget = max(1, min(int(max_bytes), DOC_BATCH_BYTES))
+        count = min(stop - start, DOC_BATCH_MAX)
+        if count == 0:
+            return []
+        rows = self._corpus.sql(f"SELECT path, bytes FROM docs ORDER BY path "
+                                f"LIMIT {count} OFFSET {start}").to_pylist()
+        paths, total = [], 0
+        for row in rows:
+            size = int(row["bytes"] or 0)
+            if paths and total + size > budget:
+                break
+            paths.append(row["path"])
+            total += size
+        if total > MAX_DOC_BYTES:
+            raise ValueError(
+                f"document {start} ({paths[0]}) has {total} bytes, more than one REPL value "
+                f"may hold ({MAX_DOC_BYTES}); read it in parts with "
+                f"context.read({paths[0]!r}, start_line, end_line)")
+        # The batch is a contiguous run of paths, so a range filter selects exactly
+        # its chunks (and lets DuckDB skip row groups by their path statistics).
+        table = self._corpus.sql(
+            f"SELECT path, text FROM chunks WHERE path BETWEEN {_sql_literal(paths[0])} "
+            f"AND {_sql_literal(paths[-1])} ORDER BY path, chunk_id")
+        parts: dict[str, list[str]] = {path: [] for path in paths}
+        for path, text in zip(table.column("path").to_pylist(), table.column("text").to_pylist()):
+            parts[path].append(text)
+        return ["".join(parts[path]) for path in paths]
+
+
+def _sql_literal(text: str) -> str:
+    return "'" + str(text).replace("'", "''") + "'"

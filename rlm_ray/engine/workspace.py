@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlm_ray.engine.context_view import ContextView
+from rlm_ray.engine.repl_context import CONTEXT_PRELUDE, HOST_NAME
 from rlm_ray.engine.repl_prelude import PRELUDE, PRELUDE_MARKER
 
 RESTART_NOTE = ("SandboxCrash: the REPL could not run this code ({reason}); it was restarted "
@@ -36,7 +37,7 @@ class Workspace:
         self._view = view
         self._host_functions = dict(host_functions)
         if view is not None:
-            self._host_functions["context"] = view
+            self._host_functions[HOST_NAME] = view   # wrapped as `context` by CONTEXT_PRELUDE
         self._opts = dict(sandbox_opts)
         self._sandbox = None
         self._start()
@@ -50,9 +51,10 @@ class Workspace:
             self._sandbox.set("context", self._context)   # the sandbox restores it on restarts
 
     def _install_prelude(self) -> None:
-        prelude = self._sandbox.run(PRELUDE)
-        if prelude.error:
-            raise RuntimeError(f"sandbox prelude failed: {prelude.error}")
+        for code in (PRELUDE, CONTEXT_PRELUDE) if self._view is not None else (PRELUDE,):
+            prelude = self._sandbox.run(code)
+            if prelude.error:
+                raise RuntimeError(f"sandbox prelude failed: {prelude.error}")
 
     def _ensure_prelude(self) -> None:
         """After a crash or a hard timeout the sandbox restarts its worker with a
