@@ -24,8 +24,8 @@ def _rlm_bind_context(host):
     import operator
     import re
 
-    batch_bytes = 4 * 1024 * 1024
     info = host.sequence_info()
+    batch_bytes = info["batch_bytes"]
     corpus_size = info["documents"]
     api = ("use context.grep(pattern) to find lines in every document, "
            "context.read(path, start, end) for a document's lines, "
