@@ -79,6 +79,8 @@ class ContextView:
         """Total characters of all documents (what `sum(len(doc) for doc in context)`
         gives; the manifest's `bytes` are of the raw files, which differ for
         documents whose invalid UTF-8 was replaced). One scan, then cached."""
+        if self._characters is None and self._corpus.manifest.get("characters") is not None:
+            self._characters = int(self._corpus.manifest["characters"])  # if ingest records it
         if self._characters is None:
             row = self._corpus.sql("SELECT coalesce(sum(length(text)), 0) AS n FROM chunks")
             self._characters = int(row.column("n")[0].as_py())
