@@ -202,3 +202,53 @@ def test_iterating_through_the_real_engine(subset_corpus, expected, sim):
     assert result.status == "ok", result.error
     assert result.answer == f"{len(expected)} {sum(len(t) for _, t in expected)}"
     assert "documents" in result.steps[0]["output"]
+
+
+class CountingView(ContextView):
+    """The real ContextView, counting the document batches the REPL asks for."""
+
+    def __init__(self, corpus) -> None:
+        super().__init__(corpus)
+        self.batches: list[int] = []
+
+    def doc_texts(self, start, stop, max_bytes=context_view.DOC_BATCH_BYTES):
+        texts = super().doc_texts(start, stop, max_bytes)
+        self.batches.append(len(texts))
+        return texts
+
+
+def test_small_batches_stream_through_the_repl(subset_corpus, expected, monkeypatch):
+    # A 40 kB batch cap: iterating and an index loop both cross the bridge many
+    # times, each batch whole documents, and the results are still exact.
+    monkeypatch.setattr(context_view, "DOC_BATCH_BYTES", 40_000)
+    view = CountingView(subset_corpus)
+    workspace = Workspace(context=None, view=view, host_functions={},
+                          sandbox_opts={"timeout_s": 120})
+    try:
+        texts = value(workspace, "out = [doc for doc in context]")
+        assert texts == [t for _, t in expected]
+        iterated = len(view.batches)
+        assert iterated > 5 and sum(view.batches) == len(expected)
+        assert iterated < len(expected) - 10        # several documents per batch
+        view.batches.clear()
+        texts = value(workspace, "out = [context[i] for i in range(len(context))]")
+        assert texts == [t for _, t in expected]
+        # consecutive indices come in batches (one single fetch first), not one
+        # host call per document
+        assert len(view.batches) <= iterated + 1
+    finally:
+        workspace.close()
+
+
+def test_a_document_too_large_for_one_value_points_to_read(subset_corpus, expected, monkeypatch):
+    largest = max(len(t.encode()) for _, t in expected)
+    monkeypatch.setattr(context_view, "MAX_DOC_BYTES", largest - 1)
+    workspace = Workspace(context=None, view=ContextView(subset_corpus), host_functions={},
+                          sandbox_opts={"timeout_s": 120})
+    try:
+        index = next(i for i, (_, t) in enumerate(expected) if len(t.encode()) == largest)
+        message = error_of(workspace, f"context[{index}]")
+        assert message.startswith("ValueError") and "context.read(" in message
+        assert expected[index][0] in message
+    finally:
+        workspace.close()

@@ -12,6 +12,8 @@ import decimal
 import threading
 from typing import Any
 
+from rlm_ray import storage
+
 _SELECT_LIKE = ("select", "with", "from", "values", "(")
 MAX_GREP_LIMIT = 10_000
 # The REPL's lazy document sequence (repl_context.py) fetches documents in
@@ -152,9 +154,7 @@ class ContextView:
         count = min(stop - start, self._max_rows)
         if count == 0:
             return []
-        table = self._corpus.sql(
-            f"SELECT path FROM docs ORDER BY path LIMIT {count} OFFSET {start}")
-        return table.column("path").to_pylist()
+        return self._doc_rows(start, count).column("path").to_pylist()
 
     def doc_texts(self, start: int, stop: int, max_bytes: int = DOC_BATCH_BYTES) -> list[str]:
         """Full texts of documents start, start+1, ... (< stop): as many whole
@@ -165,30 +165,42 @@ class ContextView:
         count = min(stop - start, DOC_BATCH_MAX)
         if count == 0:
             return []
-        rows = self._corpus.sql(f"SELECT path, bytes FROM docs ORDER BY path "
-                                f"LIMIT {count} OFFSET {start}").to_pylist()
-        paths, total = [], 0
-        for row in rows:
+        batch, total = [], 0
+        for row in self._doc_rows(start, count).to_pylist():
             size = int(row["bytes"] or 0)
-            if paths and total + size > budget:
+            if batch and total + size > budget:
                 break
-            paths.append(row["path"])
+            batch.append(row)
             total += size
         if total > MAX_DOC_BYTES:
+            path = batch[0]["path"]
             raise ValueError(
-                f"document {start} ({paths[0]}) has {total} bytes, more than one REPL value "
-                f"may hold ({MAX_DOC_BYTES}); read it in parts with "
-                f"context.read({paths[0]!r}, start_line, end_line)")
-        # The batch is a contiguous run of paths, so a range filter selects exactly
-        # its chunks (and lets DuckDB skip row groups by their path statistics).
-        table = self._corpus.sql(
-            f"SELECT path, text FROM chunks WHERE path BETWEEN {_sql_literal(paths[0])} "
-            f"AND {_sql_literal(paths[-1])} ORDER BY path, chunk_id")
+                f"document {start} ({path}) has {total} bytes, more than one REPL value may "
+                f"hold ({MAX_DOC_BYTES}); read it in parts with "
+                f"context.read({path!r}, start_line, end_line)")
+        # Only the shards holding the batch; the batch is a contiguous run of
+        # paths, so a range filter selects exactly its chunks (and lets DuckDB
+        # skip row groups by their path statistics).
+        shards = sorted({storage.join(self._corpus.uri, row["shard"]) for row in batch})
+        paths = [row["path"] for row in batch]
+        table = self._query("SELECT path, text FROM read_parquet(?) WHERE path BETWEEN ? AND ? "
+                            "ORDER BY path, chunk_id", [shards, paths[0], paths[-1]])
         parts: dict[str, list[str]] = {path: [] for path in paths}
         for path, text in zip(table.column("path").to_pylist(), table.column("text").to_pylist()):
             parts[path].append(text)
         return ["".join(parts[path]) for path in paths]
 
+    def _doc_rows(self, start: int, count: int):
+        """path, bytes, shard of `count` documents from index `start` (path order)."""
+        docs_file = storage.join(self._corpus.uri, self._corpus.manifest["docs_file"])
+        return self._query(f"SELECT path, bytes, shard FROM read_parquet(?) ORDER BY path "
+                           f"LIMIT {int(count)} OFFSET {int(start)}", [docs_file])
 
-def _sql_literal(text: str) -> str:
-    return "'" + str(text).replace("'", "''") + "'"
+    def _query(self, query: str, params: list):
+        # The corpus's parameterised internal path (the one Corpus.read uses):
+        # fixed queries of ours, not model SQL, over the corpus's own files.
+        cursor = self._corpus._internal(query, params)
+        try:
+            return cursor.fetch_arrow_table()
+        finally:
+            cursor.close()

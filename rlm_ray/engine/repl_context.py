@@ -50,7 +50,22 @@ def _rlm_bind_context(host):
                     yield batch.pop()
         else:                       # strided or reversed: one document per fetch
             for i in indices:
-                yield host.doc_texts(i, i + 1, batch_bytes)[0]
+                yield document(i)
+
+    window = {"start": 0, "texts": [], "last": -2}
+
+    def document(index):
+        """One document's text. Consecutive indices (`for i in range(len(context)):
+        context[i]`) are served from one batch, so an index loop costs what
+        iterating does; other accesses fetch just the document."""
+        offset = index - window["start"]
+        if not 0 <= offset < len(window["texts"]):
+            stop = corpus_size if index == window["last"] + 1 else index + 1
+            window["texts"] = []                 # drop the old batch before fetching
+            window["texts"] = host.doc_texts(index, stop, batch_bytes)
+            window["start"], offset = index, 0
+        window["last"] = index
+        return window["texts"][offset]
 
     class Documents:
         """A read-only, lazy sequence of corpus documents (each a str).
@@ -78,7 +93,7 @@ def _rlm_bind_context(host):
             except IndexError:
                 raise IndexError(f"document index {key} out of range: this sequence has "
                                  f"{len(self)} documents") from None
-            return host.doc_texts(index, index + 1, batch_bytes)[0]
+            return document(index)
 
         def __iter__(self):
             return fetch(self._indices)
