@@ -252,3 +252,15 @@ def test_a_document_too_large_for_one_value_points_to_read(subset_corpus, expect
         assert expected[index][0] in message
     finally:
         workspace.close()
+
+
+def test_context_is_back_after_the_worker_crashes(subset_corpus, expected):
+    workspace = Workspace(context=None, view=ContextView(subset_corpus), host_functions={},
+                          sandbox_opts={"timeout_s": 120})
+    try:
+        crashed = workspace.run("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", 120)
+        assert "SandboxCrash" in crashed.error     # a fresh worker: preludes reinstalled
+        assert value(workspace, "out = [len(context), context[-1]]") == [len(expected),
+                                                                          expected[-1][1]]
+    finally:
+        workspace.close()
