@@ -264,3 +264,15 @@ def test_context_is_back_after_the_worker_crashes(subset_corpus, expected):
                                                                           expected[-1][1]]
     finally:
         workspace.close()
+
+
+def test_model_threads_read_the_right_documents(repl, expected):
+    # Model code often fans out with threads; every index must map to its own text.
+    out = value(repl, "from concurrent.futures import ThreadPoolExecutor\n"
+                      "order = [i for k in range(4) for i in range(k, len(context), 4)]\n"
+                      "with ThreadPoolExecutor(8) as pool:\n"
+                      "    texts = list(pool.map(lambda i: context[i], order))\n"
+                      "out = [order, texts]")
+    order, texts = out
+    assert sorted(order) == list(range(len(expected)))
+    assert texts == [expected[i][1] for i in order]

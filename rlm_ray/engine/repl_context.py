@@ -52,20 +52,26 @@ def _rlm_bind_context(host):
             for i in indices:
                 yield document(i)
 
-    window = {"start": 0, "texts": [], "last": -2}
+    # (first index, texts) of the last batch, replaced as one tuple so model
+    # threads reading documents concurrently never see one batch's start with
+    # another's texts.
+    window = [(0, []), -2]
 
     def document(index):
         """One document's text. Consecutive indices (`for i in range(len(context)):
         context[i]`) are served from one batch, so an index loop costs what
         iterating does; other accesses fetch just the document."""
-        offset = index - window["start"]
-        if not 0 <= offset < len(window["texts"]):
-            stop = corpus_size if index == window["last"] + 1 else index + 1
-            window["texts"] = []                 # drop the old batch before fetching
-            window["texts"] = host.doc_texts(index, stop, batch_bytes)
-            window["start"], offset = index, 0
-        window["last"] = index
-        return window["texts"][offset]
+        start, texts = window[0]
+        if 0 <= index - start < len(texts):
+            text = texts[index - start]
+        else:
+            stop = corpus_size if index == window[1] + 1 else index + 1
+            window[0] = (0, [])                  # drop the old batch before fetching
+            texts = host.doc_texts(index, stop, batch_bytes)
+            window[0] = (index, texts)
+            text = texts[0]
+        window[1] = index
+        return text
 
     class Documents:
         """A read-only, lazy sequence of corpus documents (each a str).
