@@ -15,7 +15,6 @@ the bridge's bare "'HostObject' ..." TypeError.
 """
 from __future__ import annotations
 
-CONTEXT_NAME = "context"
 HOST_NAME = "_rlm_corpus"
 
 CONTEXT_PRELUDE = r'''
