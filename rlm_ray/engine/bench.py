@@ -9,6 +9,11 @@
     via `llm_query_batched` inside the REPL (sandbox bridge, budget checks,
     lineage rows) vs the same N calls straight through the gateway; and N
     sequential `llm_query` calls vs N sequential gateway calls.
+(c) `--iterate`: model code walks every document of the stdlib corpus
+    (`for doc in context: total += len(doc)`); the total must equal the
+    corpus's own `characters` stat, and the peak RSS of the root actor and of
+    its sandbox processes must grow by < 100 MB over an idle REPL on the
+    same corpus (documents stream through in bounded batches).
 """
 from __future__ import annotations
 
@@ -24,6 +29,9 @@ from rlm_ray.sim import register_policy
 STDLIB_EXCLUDE = ["site-packages/", "__pycache__/", "*.pyc"]
 NEEDLE_KEY, NEEDLE_VALUE = "BENCH-KEY", "7781-ZZ"
 FANOUT_POLICY = "bench/fanout"
+ITERATE_POLICY = "bench/iterate"
+IDLE_SECONDS = 1.5            # the idle REPL lives this long, so its RSS is sampled
+GROWTH_LIMIT_MB = 100
 REPEATS = 3
 
 
@@ -41,6 +49,19 @@ def _fanout(messages: list[dict]) -> str:
             "```repl\nserial = [llm_query(f'one {i}') for i in range(%d)]\n```" % (n, n // 4))
 
 
+@register_policy(ITERATE_POLICY)
+def _iterate(messages: list[dict]) -> str:
+    """Root, question `idle`: an idle REPL for IDLE_SECONDS, then FINAL. Question
+    `iterate`: one block reading every document, FINAL with the figures."""
+    first = next(m["content"] for m in messages if m["role"] == "user")
+    if first.splitlines()[0].endswith("idle"):
+        return f"```repl\nimport time\ntime.sleep({IDLE_SECONDS})\nFINAL('idle')\n```"
+    return ("```repl\nimport time\nstarted = time.perf_counter()\ntotal = n = 0\n"
+            "for doc in context:\n    total += len(doc)\n    n += 1\n"
+            "seconds = time.perf_counter() - started\nstats = context.stats\n"
+            "FINAL(f\"{n} {total} {stats['documents']} {stats['characters']} {seconds:.3f}\")\n```")
+
+
 def _ingest_once(out: Path, sources: list[str]) -> str:
     from rlm_ray.corpus import ingest
 
@@ -52,12 +73,9 @@ def _ingest_once(out: Path, sources: list[str]) -> str:
 
 
 def _corpora(work: Path, copies: int) -> tuple[str, str]:
+    small = _corpora_1x(work)
     stdlib = sysconfig.get_paths()["stdlib"]
-    needle = work / "needle"
-    needle.mkdir(parents=True, exist_ok=True)
-    (needle / "notes.txt").write_text(f"The secret code for {NEEDLE_KEY} is {NEEDLE_VALUE}.\n")
-    small = _ingest_once(work / "corpus-1x", [stdlib, str(needle)])
-    large = _ingest_once(work / f"corpus-{copies}x", [stdlib] * copies + [str(needle)])
+    large = _ingest_once(work / f"corpus-{copies}x", [stdlib] * copies + [str(work / "needle")])
     return small, large
 
 
@@ -110,6 +128,98 @@ def bench_rss(work: Path, copies: int, model: str, api_base: str) -> list[tuple]
     return rows
 
 
+def _peaks_while(proc, ref) -> tuple[object, float, float]:
+    """(result, actor peak RSS MB, sandbox peak RSS MB) while `ref` runs; the
+    sandbox is every process under the actor (its worker, bwrap if used)."""
+    import psutil
+    import ray
+
+    peaks, done = [0, 0], threading.Event()
+
+    def children_rss() -> int:
+        total = 0
+        for child in proc.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:      # exited between listing and reading
+                pass
+        return total
+
+    def sample() -> None:
+        while not done.is_set():
+            peaks[0] = max(peaks[0], proc.memory_info().rss)
+            peaks[1] = max(peaks[1], children_rss())
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = ray.get(ref)
+    finally:
+        done.set()
+        sampler.join()
+    return result, peaks[0] / 2**20, peaks[1] / 2**20
+
+
+def bench_iterate(work: Path, api_base: str) -> dict:
+    """(c): an idle REPL, then a REPL iterating every document, in one fresh actor."""
+    import psutil
+    import ray
+
+    from rlm_ray.corpus import Corpus
+    from rlm_ray.engine import RLM
+    from rlm_ray.engine.actor import RLMActor
+
+    corpus = Corpus.open(_corpora_1x(work))
+    rlm = RLM(f"openai/{ITERATE_POLICY}", api_base=api_base, max_iterations=2)
+    actor = RLMActor.remote()
+    figures: dict = {"tokens": len(corpus), "documents": corpus.stats["documents"],
+                     "bytes": corpus.stats["bytes"]}
+    try:
+        proc = psutil.Process(ray.get(actor.pid.remote()))
+        for phase in ("idle", "iterate"):
+            spec = rlm.plan()
+            ref = actor.answer.remote(corpus, f"bench {phase}", f"bench-{phase}", spec)
+            result, actor_mb, sandbox_mb = _peaks_while(proc, ref)
+            spec.budget.close()
+            figures[phase] = {"status": result.status, "answer": result.answer,
+                              "actor_mb": actor_mb, "sandbox_mb": sandbox_mb,
+                              "error": result.error}
+    finally:
+        ray.kill(actor)
+    return figures
+
+
+def _corpora_1x(work: Path) -> str:
+    stdlib = sysconfig.get_paths()["stdlib"]
+    needle = work / "needle"
+    needle.mkdir(parents=True, exist_ok=True)
+    (needle / "notes.txt").write_text(f"The secret code for {NEEDLE_KEY} is {NEEDLE_VALUE}.\n")
+    return _ingest_once(work / "corpus-1x", [stdlib, str(needle)])
+
+
+def print_iterate(f: dict) -> None:
+    print(f"\n(c) model code iterating every document of the stdlib corpus "
+          f"({f['documents']:,} documents, {f['tokens']:,} tokens, {f['bytes']:,} bytes)")
+    idle, it = f["idle"], f["iterate"]
+    if it["status"] != "ok" or not it["answer"]:
+        print(f"iterate run ended {it['status']}: {it['error']}")
+        return
+    n, total, documents, characters, seconds = it["answer"].split()
+    equal = (n, total) == (documents, characters)
+    print(f"iterated {int(n):,} documents, {int(total):,} characters in {float(seconds):.1f} s; "
+          f"context.stats: {int(documents):,} documents, {int(characters):,} characters "
+          f"-> {'EQUAL' if equal else 'DIFFERENT'}")
+    print(f"{'peak RSS MB':<22} {'idle REPL':>10} {'iterating':>10} {'growth':>8}")
+    verdicts = []
+    for label, key in (("root RLMActor", "actor_mb"), ("sandbox processes", "sandbox_mb")):
+        growth = it[key] - idle[key]
+        verdicts.append(growth < GROWTH_LIMIT_MB)
+        print(f"{label:<22} {idle[key]:>10.1f} {it[key]:>10.1f} {growth:>+8.1f}")
+    ok = all(verdicts) and equal
+    print(f"growth target < {GROWTH_LIMIT_MB} MB each, totals equal: {'PASS' if ok else 'FAIL'}")
+
+
 class DirectGateway:
     """The same calls without the engine: complete_many, then sequential complete.
     A Ray actor like the RLMActor (one warm process), not this process, which
@@ -158,7 +268,8 @@ def bench_overhead(n: int, api_base: str) -> dict:
             "serial_direct": statistics.median(g[1] for g in gateway)}
 
 
-def run_bench(work: str, copies: int, sub_calls: int, skip_rss: bool) -> int:
+def run_bench(work: str, copies: int, sub_calls: int, skip_rss: bool,
+              iterate: bool = False) -> int:
     from rlm_ray._ray import ensure_ray
     from rlm_ray.sim import SimServer
 
@@ -167,6 +278,9 @@ def run_bench(work: str, copies: int, sub_calls: int, skip_rss: bool) -> int:
     print("SIMULATOR answering (zero latency); figures are of the engine, not of a model. "
           f"Load average {load} on {os.cpu_count()} CPUs (a shared node makes timings noisy).")
     with SimServer() as server:
+        if iterate:
+            print_iterate(bench_iterate(Path(work), server.base_url))
+            return 0
         if not skip_rss:
             rows = bench_rss(Path(work), copies, "openai/sim/rlm-policy", server.base_url)
             print("\n(a) root RLMActor RSS answering a needle question")

@@ -94,6 +94,9 @@ def register(commands, bench) -> None:
     engine.add_argument("--sub-calls", type=int, default=400,
                         help="sub-calls for the overhead figure (default 400)")
     engine.add_argument("--skip-rss", action="store_true", help="only the overhead figure")
+    engine.add_argument("--iterate", action="store_true",
+                        help="only: model code iterates every stdlib document from the REPL; "
+                             "total vs context.stats, root actor and sandbox peak RSS growth")
     engine.set_defaults(func=_bench)
 
 
@@ -180,4 +183,4 @@ def _bench(args) -> int:
     from rlm_ray.engine.bench import run_bench
 
     return run_bench(work=args.work, copies=args.copies, sub_calls=args.sub_calls,
-                     skip_rss=args.skip_rss)
+                     skip_rss=args.skip_rss, iterate=args.iterate)

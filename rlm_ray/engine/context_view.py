@@ -12,8 +12,19 @@ import decimal
 import threading
 from typing import Any
 
+from rlm_ray import storage
+
 _SELECT_LIKE = ("select", "with", "from", "values", "(")
 MAX_GREP_LIMIT = 10_000
+# The REPL's lazy document sequence (repl_context.py) fetches documents in
+# batches bounded by bytes and count, so neither the actor nor the sandbox
+# ever holds more than a batch. Both caps stay well under the sandbox's
+# per-value limit (16 MiB) and its 64 MiB frame limit, JSON escapes included.
+# 2 MiB: the actor's transient peak while iterating the stdlib is ~+40 MB at
+# 2 MiB vs ~+70 MB at 4 MiB (DuckDB scan + Arrow + str + JSON copies).
+DOC_BATCH_BYTES = 2 * 1024 * 1024
+DOC_BATCH_MAX = 256
+MAX_DOC_BYTES = 8 * 1024 * 1024     # one document alone, when it exceeds a batch
 
 
 def _json_safe(value: Any) -> Any:
@@ -37,7 +48,8 @@ class ContextView:
     """What `context` is in the REPL when the input is a corpus."""
 
     # The sandbox exposes exactly these (not drain_notes, not the Corpus itself).
-    __sandbox_expose__ = ("sql", "grep", "read", "docs", "stats")
+    __sandbox_expose__ = ("sql", "grep", "read", "docs", "stats",
+                          "sequence_info", "doc_paths", "doc_texts")
 
     def __init__(self, corpus, *, max_rows: int = 5000, max_read_chars: int = 2_000_000) -> None:
         self._corpus = corpus
@@ -45,6 +57,7 @@ class ContextView:
         self._max_read_chars = max_read_chars
         self._notes: list[str] = []
         self._lock = threading.Lock()
+        self._characters: int | None = None
 
     # -- notes for the model (drained by the loop into the REPL output) -----
     def _note(self, text: str) -> None:
@@ -61,7 +74,19 @@ class ContextView:
     def stats(self) -> dict:
         # `source` names host paths / bucket URIs the corpus was built from:
         # provenance for operators, not something model code needs to see.
-        return _json_safe({k: v for k, v in self._corpus.stats.items() if k not in HOST_ONLY_STATS})
+        stats = {k: v for k, v in self._corpus.stats.items() if k not in HOST_ONLY_STATS}
+        return _json_safe(stats | {"characters": self.characters()})
+
+    def characters(self) -> int:
+        """Total characters of all documents (what `sum(len(doc) for doc in context)`
+        gives; the manifest's `bytes` are of the raw files, which differ for
+        documents whose invalid UTF-8 was replaced). One scan, then cached."""
+        if self._characters is None and self._corpus.manifest.get("characters") is not None:
+            self._characters = int(self._corpus.manifest["characters"])  # if ingest records it
+        if self._characters is None:
+            row = self._corpus.sql("SELECT coalesce(sum(length(text)), 0) AS n FROM chunks")
+            self._characters = int(row.column("n")[0].as_py())
+        return self._characters
 
     def __len__(self) -> int:
         return int(len(self._corpus))
@@ -105,3 +130,77 @@ class ContextView:
             self._note(f"context.docs returned only the first {cap} documents; "
                        "use context.sql on the docs view to filter")
         return _json_safe(list(rows[:cap]))
+
+    # -- the corpus as a sequence of documents (the REPL side: repl_context.py) --
+    # Index i is the i-th document in path order (the order of `docs()` and of
+    # `SELECT ... FROM docs ORDER BY path`). Everything goes through DuckDB: no
+    # list of all documents is ever built in Python.
+    def sequence_info(self) -> dict:
+        """What the REPL's `context` needs up front: counts from the manifest."""
+        stats = self._corpus.stats
+        return {"documents": int(stats["documents"]), "tokens": int(stats["tokens"]),
+                "batch_bytes": DOC_BATCH_BYTES}
+
+    def _doc_range(self, start: int, stop: int) -> tuple[int, int]:
+        count = int(self._corpus.stats["documents"])
+        start, stop = int(start), int(stop)
+        if not 0 <= start <= stop <= count:
+            raise IndexError(f"document range [{start}, {stop}) is outside 0..{count}")
+        return start, stop
+
+    def doc_paths(self, start: int, stop: int) -> list[str]:
+        """Paths of documents [start, stop), at most `max_rows` of them."""
+        start, stop = self._doc_range(start, stop)
+        count = min(stop - start, self._max_rows)
+        if count == 0:
+            return []
+        return self._doc_rows(start, count).column("path").to_pylist()
+
+    def doc_texts(self, start: int, stop: int, max_bytes: int = DOC_BATCH_BYTES) -> list[str]:
+        """Full texts of documents start, start+1, ... (< stop): as many whole
+        documents as fit in `max_bytes` (capped at DOC_BATCH_BYTES), at least one.
+        The caller asks again from where this batch ended."""
+        start, stop = self._doc_range(start, stop)
+        budget = max(1, min(int(max_bytes), DOC_BATCH_BYTES))
+        count = min(stop - start, DOC_BATCH_MAX)
+        if count == 0:
+            return []
+        batch, total = [], 0
+        for row in self._doc_rows(start, count).to_pylist():
+            size = int(row["bytes"] or 0)
+            if batch and total + size > budget:
+                break
+            batch.append(row)
+            total += size
+        if total > MAX_DOC_BYTES:
+            path = batch[0]["path"]
+            raise ValueError(
+                f"document {start} ({path}) has {total} bytes, more than one REPL value may "
+                f"hold ({MAX_DOC_BYTES}); read it in parts with "
+                f"context.read({path!r}, start_line, end_line)")
+        # Only the shards holding the batch; the batch is a contiguous run of
+        # paths, so a range filter selects exactly its chunks (and lets DuckDB
+        # skip row groups by their path statistics).
+        shards = sorted({storage.join(self._corpus.uri, row["shard"]) for row in batch})
+        paths = [row["path"] for row in batch]
+        table = self._query("SELECT path, text FROM read_parquet(?) WHERE path BETWEEN ? AND ? "
+                            "ORDER BY path, chunk_id", [shards, paths[0], paths[-1]])
+        parts: dict[str, list[str]] = {path: [] for path in paths}
+        for path, text in zip(table.column("path").to_pylist(), table.column("text").to_pylist()):
+            parts[path].append(text)
+        return ["".join(parts[path]) for path in paths]
+
+    def _doc_rows(self, start: int, count: int):
+        """path, bytes, shard of `count` documents from index `start` (path order)."""
+        docs_file = storage.join(self._corpus.uri, self._corpus.manifest["docs_file"])
+        return self._query(f"SELECT path, bytes, shard FROM read_parquet(?) ORDER BY path "
+                           f"LIMIT {int(count)} OFFSET {int(start)}", [docs_file])
+
+    def _query(self, query: str, params: list):
+        # The corpus's parameterised internal path (the one Corpus.read uses):
+        # fixed queries of ours, not model SQL, over the corpus's own files.
+        cursor = self._corpus._internal(query, params)
+        try:
+            return cursor.fetch_arrow_table()
+        finally:
+            cursor.close()

@@ -22,8 +22,11 @@ MAX_PATH_CHARS = 120
 _CORPUS_API = """\
 `context` is a handle on a corpus of documents (files of a codebase, or archived documents),
 split into chunks and stored as tables. Nothing is loaded until you ask for it:
-- context.stats -> dict of counts (documents, chunks, tokens, ...)
-- len(context) -> total tokens
+- context is also a read-only, lazy list of the documents' texts: len(context) = number of
+  documents; context[i], context[-1] -> str; context[a:b] and `for doc in context:` fetch them in
+  batches (path order, as context.docs()); context.path(i) -> its path. It is not a str: to
+  search, use grep/sql/read below instead of reading everything.
+- context.stats -> dict of counts (documents, chunks, tokens, characters, ...)
 - context.docs(limit=None) -> list of {doc_id, path, n_lines, n_chunks, n_tokens, sha256}
 - context.sql(query) -> list of row dicts. DuckDB SQL over two read-only views:
     chunks(doc_id, path, chunk_id, start_line, end_line, text, n_tokens, sha256)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlm_ray.engine.context_view import ContextView
+from rlm_ray.engine.repl_context import CONTEXT_PRELUDE, HOST_NAME
 from rlm_ray.engine.repl_prelude import AFTER_BLOCK, PRELUDE, PRELUDE_MARKER, SNAPSHOT, STATE_NAME
 
 RESTART_NOTE = ("SandboxCrash: the REPL could not run this code ({reason}); it was restarted "
@@ -35,14 +36,14 @@ class AnswerState:
 
 class Workspace:
     def __init__(self, *, context: Any, view: ContextView | None,
-                 host_functions: dict[str, Callable], sandbox_opts: dict,
-                 context_code: str | None = None) -> None:
+                 host_functions: dict[str, Callable], sandbox_opts: dict) -> None:
         self._context = context          # a str, or None when `view` is the corpus proxy
-        self._context_code = context_code   # REPL code binding `context` (a corpus sequence)
+        # REPL code binding `context` to the lazy document sequence over the host proxy.
+        self._context_code = CONTEXT_PRELUDE if view is not None else None
         self._view = view
         self._host_functions = dict(host_functions)
         if view is not None:
-            self._host_functions["context"] = view
+            self._host_functions[HOST_NAME] = view   # wrapped as `context` by CONTEXT_PRELUDE
         self._opts = dict(sandbox_opts)
         self._sandbox = None
         self._state: dict | None = None    # `_rlm_state` after the last block
@@ -59,7 +60,7 @@ class Workspace:
     def _install_repl(self) -> None:
         """Prelude, then the context, then the snapshot of reserved names (the
         contract's order): a str context is already bound by `sandbox.set`, a
-        corpus one by `context_code` (REPL code over the host proxy)."""
+        corpus one by CONTEXT_PRELUDE (REPL code over the host proxy)."""
         for step in (PRELUDE, self._context_code, SNAPSHOT):
             if step is None:
                 continue
