@@ -2,18 +2,22 @@
 methods run in the host and return JSON-friendly values with caps.
 
 Caps keep one careless `context.sql("select * from chunks")` from dragging a
-100M-token corpus through the actor: the query is wrapped in a LIMIT so DuckDB
-never materialises more than the cap, and the model is told when it was cut.
+100M-token corpus through the actor: the parsed query is wrapped in a LIMIT so
+DuckDB never materialises more than the cap, and the model is told when it was
+cut. Every call runs under the block's deadline (`set_deadline`): the corpus
+interrupts DuckDB when the block's time is up.
 """
 from __future__ import annotations
 
 import datetime
 import decimal
 import threading
+import time
 from typing import Any
 
-_SELECT_LIKE = ("select", "with", "from", "values", "(")
 MAX_GREP_LIMIT = 10_000
+# Without a block deadline (direct use of the view), a host call still ends.
+DEFAULT_CALL_TIMEOUT_S = 300.0
 
 
 def _json_safe(value: Any) -> Any:
@@ -45,6 +49,16 @@ class ContextView:
         self._max_read_chars = max_read_chars
         self._notes: list[str] = []
         self._lock = threading.Lock()
+        self._deadline: float | None = None
+
+    def set_deadline(self, deadline: float | None) -> None:
+        """The running block's end (time.monotonic()); None: the default per call."""
+        self._deadline = deadline
+
+    def _timeout_s(self) -> float:
+        if self._deadline is None:
+            return DEFAULT_CALL_TIMEOUT_S
+        return self._deadline - time.monotonic()
 
     # -- notes for the model (drained by the loop into the REPL output) -----
     def _note(self, text: str) -> None:
@@ -71,10 +85,7 @@ class ContextView:
         if not query:
             raise ValueError("context.sql: empty query")
         cap = self._max_rows
-        if query.lower().startswith(_SELECT_LIKE):
-            table = self._corpus.sql(f"SELECT * FROM ({query}) AS _capped LIMIT {cap + 1}")
-        else:   # DESCRIBE / SHOW / PRAGMA: small by nature, cannot be wrapped
-            table = self._corpus.sql(query)
+        table = self._corpus.sql(query, limit=cap + 1, timeout_s=self._timeout_s())
         rows = table.slice(0, cap).to_pylist()
         if table.num_rows > cap:
             self._note(f"context.sql returned only the first {cap} rows; aggregate in SQL "
@@ -84,13 +95,15 @@ class ContextView:
     def grep(self, pattern: str, limit: int = 100, regex: bool = True,
              case: bool = False) -> list[dict]:
         limit = max(1, min(int(limit), MAX_GREP_LIMIT))
-        hits = self._corpus.grep(str(pattern), limit=limit, regex=bool(regex), case=bool(case))
+        hits = self._corpus.grep(str(pattern), limit=limit, regex=bool(regex), case=bool(case),
+                                 timeout_s=self._timeout_s())
         if len(hits) >= limit:
             self._note(f"context.grep stopped at limit={limit} hits")
         return _json_safe(list(hits))
 
     def read(self, doc: str, start: int = 0, end: int | None = None) -> str:
-        text = self._corpus.read(doc, start=int(start), end=None if end is None else int(end))
+        text = self._corpus.read(doc, start=int(start), end=None if end is None else int(end),
+                                 timeout_s=self._timeout_s())
         if len(text) > self._max_read_chars:
             self._note(f"context.read returned the first {self._max_read_chars} characters of "
                        f"{len(text)}; read fewer lines at a time")

@@ -72,6 +72,8 @@ class Workspace:
         from sandbox import SandboxError
 
         started = time.perf_counter()
+        if self._view is not None:   # host calls of this block end with it
+            self._view.set_deadline(time.monotonic() + timeout_s)
         try:
             result = _run_with_timeout(self._sandbox, code, timeout_s)
         except SandboxError as exc:
