@@ -83,7 +83,7 @@ ALLOWED_FUNCTIONS = frozenset("""
     unpivot_list upper url_decode url_encode uuid uuid_extract_timestamp uuid_extract_version
     uuidv4 uuidv7 var_pop var_samp variance variant_extract variant_typeof vector_type version
     wavg week weekday weekofyear weighted_avg xor year yearweek | || ~ ~~ ~~* ~~~ row_number
-    rank dense_rank percent_rank cume_dist ntile lag lead first_value last_value nth_value
+    unnest rank dense_rank percent_rank cume_dist ntile lag lead first_value last_value nth_value
 """.split())
 
 # Table functions allowed in FROM: generators over values, never files or catalogs.

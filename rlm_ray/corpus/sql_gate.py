@@ -6,8 +6,11 @@ dialect quirks included) and refuses anything but SELECT. The tree is then
 walked: every query node, table reference and expression must be of a kind
 listed here; tables are only `chunks`, `docs` or a CTE in scope; functions
 come from `sql_functions`. The row cap is a LIMIT node wrapped around the
-validated tree, and that same tree (not the model's text) is what runs, via
-`json_execute_serialized_sql`: nothing the model wrote is parsed twice.
+validated tree; DuckDB prints that tree back as SQL (`json_deserialize_sql`,
+no comments, canonical quoting), and that text is parsed and checked again,
+cap included, before it runs: what executes is exactly what was checked.
+(`json_execute_serialized_sql` would run the tree directly, but in a nested
+connection that `interrupt()` cannot reach.)
 """
 from __future__ import annotations
 
@@ -61,7 +64,35 @@ def check(statement: dict) -> None:
     _Walker().query(statement["node"], frozenset())
 
 
-def capped(statement: dict, max_rows: int) -> str:
+def executable(con: duckdb.DuckDBPyConnection, query: str, max_rows: int | None) -> str:
+    """The SQL text to run for model `query`: checked, capped at `max_rows`, re-checked."""
+    statement = parse(con, query)
+    check(statement)
+    if max_rows is None:
+        tree = json.dumps({"error": False, "statements": [statement]})
+    else:
+        tree = _capped(statement, max_rows)
+    text = con.execute("SELECT json_deserialize_sql(?::JSON)", [tree]).fetchone()[0]
+    again = parse(con, text)
+    check(again)
+    if max_rows is not None and not _is_capped(again["node"], max_rows):
+        raise CorpusQueryError("cannot apply the row cap to this query; simplify it")
+    return text
+
+
+def _is_capped(node: dict, max_rows: int) -> bool:
+    modifiers = node.get("modifiers") or []
+    return (node.get("type") == "SELECT_NODE" and len(modifiers) == 1
+            and modifiers[0].get("type") == "LIMIT_MODIFIER" and modifiers[0].get("offset") is None
+            and (modifiers[0].get("limit") or {}).get("class") == "CONSTANT"
+            and modifiers[0]["limit"]["value"].get("value") == max_rows
+            and (node.get("from_table") or {}).get("type") == "SUBQUERY"
+            and not node.get("where_clause") and not node.get("group_expressions")
+            and not node.get("having") and not node.get("qualify")
+            and not node.get("cte_map", {}).get("map"))
+
+
+def _capped(statement: dict, max_rows: int) -> str:
     """The statement wrapped as `SELECT * FROM (<statement>) LIMIT max_rows`, serialized."""
     node = {
         "type": "SELECT_NODE", "modifiers": [{"type": "LIMIT_MODIFIER", "offset": None, "limit": {

@@ -92,9 +92,9 @@ class ContextView:
                        "or page with LIMIT/OFFSET")
         return _json_safe(rows)
 
-    def grep(self, pattern: str, limit: int = 100, regex: bool = True,
+    def grep(self, pattern: str, limit: int | None = 100, regex: bool = True,
              case: bool = False) -> list[dict]:
-        limit = max(1, min(int(limit), MAX_GREP_LIMIT))
+        limit = MAX_GREP_LIMIT if limit is None else max(1, min(int(limit), MAX_GREP_LIMIT))
         hits = self._corpus.grep(str(pattern), limit=limit, regex=bool(regex), case=bool(case),
                                  timeout_s=self._timeout_s())
         if len(hits) >= limit:
