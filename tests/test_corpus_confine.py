@@ -180,13 +180,27 @@ def test_allow_list_refuses_everything_else(corpus, corpus_dir, query):
     assert corpus.sql("SELECT count(*) AS n FROM docs").to_pylist() == [{"n": len(FILES)}]
 
 
+class RowsSeen:
+    """The real Corpus, recording how many rows DuckDB handed back to the host."""
+
+    def __init__(self, corpus: Corpus) -> None:
+        self.corpus, self.rows = corpus, []
+
+    def sql(self, query, **kwargs):
+        table = self.corpus.sql(query, **kwargs)
+        self.rows.append(table.num_rows)
+        return table
+
+
 @pytest.mark.parametrize("prefix", ["-- c\n", "/* c */ ", "\n\n-- a\n-- b\n"])
 def test_row_cap_is_applied_to_the_parsed_statement(corpus, prefix):
-    """A leading comment skipped the old text wrapper: 900 MB on the host for range(1e8)."""
-    view = ContextView(corpus, max_rows=10)
+    """A leading comment skipped the old text wrapper: range(1e8) put 900 MB on the host."""
+    seen = RowsSeen(corpus)
+    view = ContextView(seen, max_rows=10)
     rows = view.sql(prefix + "SELECT i FROM range(100000) t(i)")
     assert rows == [{"i": i} for i in range(10)]
     assert any("only the first 10 rows" in note for note in view.drain_notes())
+    assert seen.rows == [11]      # DuckDB materialised the cap + 1, not 100,000 rows
 
 
 # -- time --------------------------------------------------------------------------
