@@ -35,6 +35,12 @@ class DuckLimits:
     temp_mb: int = 1024        # spill to disk at most this much (0: never spill)
     threads: int = 2
 
+    @property
+    def max_value_size(self) -> int:
+        """Largest value an amplifying function may build (characters or list items):
+        a full vector (2048 rows) of them stays within a quarter of the memory limit."""
+        return max(4096, self.memory_mb * 2**20 // (4 * 2048))
+
     @classmethod
     def from_env(cls) -> DuckLimits:
         def number(name: str, default: int) -> int:

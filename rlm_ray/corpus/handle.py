@@ -135,7 +135,8 @@ class Corpus:
         cur = self._cursor()
         try:
             with bounded(cur, timeout_s):
-                return cur.execute(sql_gate.executable(cur, str(query), limit)).fetch_arrow_table()
+                text = sql_gate.executable(cur, str(query), limit, self.limits.max_value_size)
+                return cur.execute(text).fetch_arrow_table()
         except duckdb.Error as exc:
             raise self._query_error(exc) from None
         finally:

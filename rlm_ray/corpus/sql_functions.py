@@ -7,7 +7,9 @@ variables, the catalog or the session (current_*, getvariable, duckdb_*,
 pg_*, has_*_privilege, *_description, in_search_path, user/session_user),
 anything that parses, plans or runs SQL from a string (json_serialize_sql,
 json_deserialize_sql, json_serialize_plan), sequences (nextval/currval),
-global state (setseed, write_log) and DuckDB-internal helpers (__internal_*).
+global state (setseed, write_log), DuckDB-internal helpers (__internal_*), and
+the scalar (list-building) forms of range/generate_series, which can ask for
+billions of items in one value (their table forms stay, in FROM).
 A name missing here is refused with a clear error; add it only after checking
 it is a pure function of its arguments.
 """
@@ -36,7 +38,7 @@ ALLOWED_FUNCTIONS = frozenset("""
     epoch_ns epoch_us equi_width_bins era error even exp factorial favg fdiv filter finalize
     first flatten floor fmod format formatReadableDecimalSize formatReadableSize format_bytes
     from_base64 from_binary from_hex from_json from_json_strict fsum gamma gcd gen_random_uuid
-    generate_series generate_subscripts geomean geometric_mean get_bit get_current_time
+     generate_subscripts geomean geometric_mean get_bit get_current_time
     get_current_timestamp grade_up greatest greatest_common_divisor group_concat hamming hash
     hex histogram histogram_exact hour icu_sort_key ilike_escape instr is_histogram_other_bin
     isfinite isinf isnan isodow isoyear jaccard jaro_similarity jaro_winkler_similarity json
@@ -65,7 +67,7 @@ ALLOWED_FUNCTIONS = frozenset("""
     multiply nanosecond nextafter nfc_normalize normalized_interval not_ilike_escape
     not_like_escape now nullif octet_length ord parse_dirname parse_dirpath parse_filename
     parse_path pi position pow power prefix printf product quantile quantile_cont quantile_disc
-    quarter radians random range reduce regexp_escape regexp_extract regexp_extract_all
+    quarter radians random  reduce regexp_escape regexp_extract regexp_extract_all
     regexp_full_match regexp_matches regexp_replace regexp_split_to_array regexp_split_to_table
     regr_avgx regr_avgy regr_count regr_intercept regr_r2 regr_slope regr_sxx regr_sxy regr_syy
     remap_struct repeat replace replace_type reservoir_quantile reverse right right_grapheme

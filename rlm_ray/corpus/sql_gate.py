@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from typing import Any
 
 import duckdb
 
+from rlm_ray.corpus.sql_amplifiers import guard_value_sizes
 from rlm_ray.corpus.sql_functions import ALLOWED_FUNCTIONS, ALLOWED_TABLE_FUNCTIONS
 from rlm_ray.errors import UserError
 
@@ -64,10 +66,13 @@ def check(statement: dict) -> None:
     _Walker().query(statement["node"], frozenset())
 
 
-def executable(con: duckdb.DuckDBPyConnection, query: str, max_rows: int | None) -> str:
-    """The SQL text to run for model `query`: checked, capped at `max_rows`, re-checked."""
+def executable(con: duckdb.DuckDBPyConnection, query: str, max_rows: int | None,
+               max_value_size: int) -> str:
+    """The SQL text to run for model `query`: checked, its amplifying calls size-guarded,
+    capped at `max_rows`, then re-checked."""
     statement = parse(con, query)
     check(statement)
+    statement = {**statement, "node": guard_value_sizes(statement["node"], max_value_size)}
     if max_rows is None:
         tree = json.dumps({"error": False, "statements": [statement]})
     else:
@@ -179,6 +184,12 @@ class _Walker:
             _refuse(f"function {expr.get('schema')}.{name}")
         if name not in allowed:
             _refuse(f"function {name}()")
+        if name in ("printf", "format") and allowed is ALLOWED_FUNCTIONS:
+            # A width in the format string pads to any size: only a literal, modest one.
+            first = (expr.get("children") or [None])[0] or {}
+            literal = first.get("value", {}) if first.get("class") == "CONSTANT" else {}
+            if not isinstance(literal.get("value"), str) or re.search(r"\d{6,}", literal["value"]):
+                _refuse(f"{name}() without a literal format string of modest widths")
 
     def table_ref(self, ref: dict, scope: frozenset[str]) -> None:
         kind = ref.get("type")
