@@ -312,3 +312,16 @@ def test_grep_matches_gnu_grep(corpus, source, pattern):
                 (line.split(":", 2) for line in run.stdout.splitlines())}
     assert expected
     assert {(h["path"], h["line"]) for h in corpus.grep(pattern, limit=None)} == expected
+
+
+def test_grep_counts_a_line_split_across_chunks_once_even_with_a_limit(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    text = "tok " * 3000 + "\n" + "".join(f"tok line {i}\n" for i in range(2, 6))
+    (src / "long.txt").write_text(text)
+    ingest([str(src)], str(tmp_path / "c"), chunk_tokens=100)
+    corpus = Corpus.open(str(tmp_path / "c"))
+    assert corpus.manifest["chunks"] > 3          # the first line really spans chunks
+    expected = sorted(line for _, line in scan_lines({"long.txt": text}, "tok"))
+    assert [h["line"] for h in corpus.grep("tok", limit=3)] == expected[:3]
+    assert [h["line"] for h in corpus.grep("tok", limit=None)] == expected

@@ -26,16 +26,16 @@ from rlm_ray.corpus.layout import read_manifest
 
 EXCERPT_CHARS = 200
 # Candidate chunks (RE2 over the whole chunk), split into lines, matched line
-# by line (RE2 again); a line cut by a chunk boundary counts once, at its
-# first piece. `at` = where the match starts (the lazy prefix's length).
-GREP_SQL = """
-SELECT doc_id, path, start_line + idx - 1 AS line, text, length(regexp_extract(text, $3, 1)) AS at
+# by line (RE2 again). `at` = where the match starts (the lazy prefix's
+# length), needed only to excerpt long lines.
+GREP_SQL = f"""
+SELECT doc_id, path, start_line + idx - 1 AS line, text,
+       CASE WHEN length(text) > {EXCERPT_CHARS} THEN length(regexp_extract(text, $3, 1)) ELSE 0 END AS at
 FROM (
     SELECT doc_id, path, chunk_id, start_line, unnest(lines) AS text, generate_subscripts(lines, 1) AS idx
     FROM (SELECT doc_id, path, chunk_id, start_line, string_split(text, chr(10)) AS lines
           FROM chunks WHERE regexp_matches(text, $1)))
 WHERE regexp_matches(text, $2)
-QUALIFY row_number() OVER (PARTITION BY path, line ORDER BY chunk_id, idx) = 1
 ORDER BY path, chunk_id, idx"""
 # Characters special to both Python `re` and RE2; escaping only these keeps a
 # literal pattern valid in both engines.
@@ -181,16 +181,27 @@ class Corpus:
         flags = "" if case else "(?i)"
         # (?m) on chunks: ^/$ at line ends inside a chunk, so every line match is also a chunk match.
         params = [("(?m)" if case else "(?im)") + body, flags + body, flags + "^(.*?)(?:" + body + ")"]
-        try:
-            rows = self._internal(GREP_SQL + ("" if limit is None else f" LIMIT {int(limit)}"),
-                                  params, timeout_s)
-        except CorpusQueryError as exc:
-            if "time limit" in str(exc) or "memory limit" in str(exc):
-                raise
-            raise CorpusQueryError(f"grep pattern {pattern!r} is not supported by RE2 "
-                                   f"(no look-around or back-references): {exc}") from None
-        return [{"doc_id": doc_id, "path": path, "line": line, "text": _excerpt(text, at)}
-                for doc_id, path, line, text, at in rows]
+        # A line cut by a chunk boundary can match in both pieces: it counts once,
+        # at its first. So a LIMIT may come back short after dropping such
+        # repeats; then ask again for more (rare: only lines longer than a chunk).
+        fetch = limit
+        while True:
+            try:
+                rows = self._internal(GREP_SQL + ("" if fetch is None else f" LIMIT {int(fetch)}"),
+                                      params, timeout_s)
+            except CorpusQueryError as exc:
+                if "time limit" in str(exc) or "memory limit" in str(exc):
+                    raise
+                raise CorpusQueryError(f"grep pattern {pattern!r} is not supported by RE2 "
+                                       f"(no look-around or back-references): {exc}") from None
+            matches, seen = [], set()
+            for doc_id, path, line, text, at in rows:
+                if (path, line) not in seen:
+                    seen.add((path, line))
+                    matches.append({"doc_id": doc_id, "path": path, "line": line, "text": _excerpt(text, at)})
+            if fetch is None or len(rows) < fetch or len(matches) >= limit:
+                return matches[:limit] if limit is not None else matches
+            fetch *= 2
 
     # -- read ------------------------------------------------------------------
     def read(self, doc: str, start: int = 0, end: int | None = None, *,
