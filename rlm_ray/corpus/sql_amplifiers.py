@@ -17,18 +17,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-_NO_LOCATION = 18446744073709551615
+NO_LOCATION = 18446744073709551615   # DuckDB's "no position in the query text"
 
 
 def _function(name: str, children: list[dict], *, operator: bool = False) -> dict:
-    return {"class": "FUNCTION", "type": "FUNCTION", "alias": "", "query_location": _NO_LOCATION,
+    return {"class": "FUNCTION", "type": "FUNCTION", "alias": "", "query_location": NO_LOCATION,
             "function_name": name, "schema": "", "children": children, "filter": None,
             "order_bys": {"type": "ORDER_MODIFIER", "orders": []}, "distinct": False,
             "is_operator": operator, "export_state": False, "catalog": ""}
 
 
 def _constant(kind: str, value: Any) -> dict:
-    return {"class": "CONSTANT", "type": "VALUE_CONSTANT", "alias": "", "query_location": _NO_LOCATION,
+    return {"class": "CONSTANT", "type": "VALUE_CONSTANT", "alias": "", "query_location": NO_LOCATION,
             "value": {"type": {"id": kind, "type_info": None}, "is_null": False, "value": value}}
 
 
@@ -73,10 +73,10 @@ def guard_value_sizes(value: Any, max_size: int) -> Any:
                "build smaller values (the corpus host's memory is bounded)")
     return {
         # An alias inside a call would print as a named argument: only keep one that was there.
-        "class": "CASE", "type": "CASE_EXPR", "alias": walked["alias"], "query_location": _NO_LOCATION,
+        "class": "CASE", "type": "CASE_EXPR", "alias": walked["alias"], "query_location": NO_LOCATION,
         "case_checks": [{
             "when_expr": {"class": "COMPARISON", "type": "COMPARE_GREATERTHAN", "alias": "",
-                          "query_location": _NO_LOCATION, "left": size,
+                          "query_location": NO_LOCATION, "left": size,
                           "right": _constant("BIGINT", int(max_size))},
             "then_expr": _function("error", [_constant("VARCHAR", message)]),
         }],

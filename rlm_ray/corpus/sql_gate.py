@@ -21,6 +21,7 @@ from typing import Any
 
 import duckdb
 
+from rlm_ray.corpus.sql_amplifiers import NO_LOCATION as _NO_LOCATION
 from rlm_ray.corpus.sql_amplifiers import guard_value_sizes
 from rlm_ray.corpus.sql_functions import ALLOWED_FUNCTIONS, ALLOWED_TABLE_FUNCTIONS
 from rlm_ray.errors import UserError
@@ -115,8 +116,6 @@ def _capped(statement: dict, max_rows: int) -> str:
     }
     return json.dumps({"error": False, "statements": [{"node": node, "named_param_map": []}]})
 
-
-_NO_LOCATION = 18446744073709551615
 
 
 def _refuse(what: str) -> None:
