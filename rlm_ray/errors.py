@@ -16,7 +16,9 @@ def exit_code(body: Callable[[], int | None], *, prog: str, interrupted: str = "
     try:
         return int(body() or 0)
     except UserError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        from rlm_ray.textsafe import terminal_safe   # messages can quote document paths
+
+        print(terminal_safe(f"{prog}: error: {exc}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: {interrupted}", file=sys.stderr)

@@ -132,3 +132,37 @@ def test_html_renders_in_headless_chromium(results, tmp_path):
     subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1200,900", page.as_uri()],
                    capture_output=True, timeout=90, check=True)
     assert shot.stat().st_size > 10_000            # a real rendering, not a blank page
+
+
+# Escape sequences a model or a document can put in an answer, a step or an error:
+# clipboard write (OSC 52), window title (OSC 0), cursor/erase (CSI), 8-bit CSI,
+# a bare CR that overwrites the line, and Rich markup that would become an OSC 8 link.
+ANSI_ATTACKS = ["\x1b]52;c;cm0gLXJmIH4=\x07", "\x1b]0;pwned\x07", "\x1b[2J\x1b[H", "\x9b31m",
+                "ok\rOVERWRITTEN"]
+MARKUP_LINK = "[link=https://evil.example]click[/link]"
+EVIL_TERMINAL = "".join(ANSI_ATTACKS) + MARKUP_LINK
+
+
+def test_terminal_output_neutralises_escape_sequences(tmp_path, capsys, monkeypatch):
+    """`rlm-ray show` printed answers and steps raw: OSC 52 reached the terminal."""
+    monkeypatch.setenv("FORCE_COLOR", "1")      # Rich renders as for a real terminal
+    out_dir = tmp_path / "results"
+    writer = TableWriter(str(out_dir))
+    question = _question("q9", "error", EVIL_TERMINAL, EVIL_TERMINAL, False)
+    question.steps[1]["error"] = EVIL_TERMINAL
+    question.steps[0]["code"] = f"print({EVIL_TERMINAL!r})\n# {EVIL_TERMINAL}"
+    question.answer["error"] = EVIL_TERMINAL
+    writer.add(question)
+    writer.flush()
+    write_run_info(str(out_dir), {"corpus_uri": "/c", "queries": "/q.jsonl", "status": "finished"})
+    for argv in (["show", str(out_dir)], ["show", str(out_dir), "--query-id", "q9"]):
+        assert cli_main(argv) == 0
+        out = capsys.readouterr().out
+        for raw in ("\x1b]52;", "\x1b]0;", "\x1b[2J", "\x9b", "\x1b]8;", "\rOVERWRITTEN"):
+            assert raw not in out, (argv, raw)
+        assert "\\x1b]52;" in out                 # shown, not obeyed
+    # The table keeps the exact text.
+    import pyarrow.parquet as pq
+
+    answers = pq.read_table(next((out_dir / "answers").rglob("*.parquet"))).to_pylist()
+    assert answers[0]["answer"] == EVIL_TERMINAL

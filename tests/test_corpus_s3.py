@@ -105,6 +105,29 @@ def test_s3_sql_is_confined_to_the_corpus_files(s3_corpus, corpus_bucket, s3_end
     assert len(corpus.grep("import", limit=3)) == 3
 
 
+def test_s3_secrets_and_view_definitions_never_reach_model_sql(s3_corpus, corpus_bucket, s3_endpoint):
+    """The deny-list let SQL built from a string run: duckdb_secrets() through
+    json_execute_serialized_sql showed the key id, endpoint and bucket, and
+    duckdb_views().sql showed the shard URIs that context.stats hides."""
+    corpus = Corpus.open(s3_corpus)
+    leaks = [os.environ["AWS_ACCESS_KEY_ID"], s3_endpoint.split("//", 1)[1], corpus_bucket, "s3://"]
+    for query in [
+        "SELECT * FROM json_execute_serialized_sql(json_serialize_sql('SELECT * FROM duckdb_secrets()'))",
+        "SELECT * FROM json_execute_serialized_sql(json_serialize_sql("
+        "'SELECT * FROM which_secret(''s3://x/y'', ''s3'')'))",
+        "SELECT sql FROM duckdb_views()",
+        "SELECT view_definition FROM information_schema.views",
+        "SELECT pg_get_viewdef('chunks')",
+        "SELECT current_setting('allowed_paths')",
+        "SELECT * FROM duckdb_secrets()",
+    ]:
+        with pytest.raises(CorpusQueryError) as err:
+            corpus.sql(query)
+        assert "not allowed on the corpus" in str(err.value), (query, str(err.value))
+        assert not any(leak in str(err.value) for leak in leaks[1:]), str(err.value)
+    assert corpus.sql("SELECT count(*) AS n FROM docs").to_pylist()[0]["n"] == corpus.stats["documents"]
+
+
 @pytest.mark.timeout(300)
 def test_s3_prefix_and_s3_archive_sources(stdlib_subset, s3_bucket, tmp_path):
     src = f"s3://{s3_bucket}/src"

@@ -121,11 +121,14 @@ def summary_rows(summary) -> list[tuple[str, str]]:
 def print_summary(summary, stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
+
+    from rlm_ray.textsafe import terminal_safe
 
     table = Table(title="rlm-ray batch summary", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value", justify="right")
-    for label, value in summary_rows(summary):
-        table.add_row(label, value)
+    for label, value in summary_rows(summary):   # the results URI is the user's text
+        table.add_row(escape(terminal_safe(label)), escape(terminal_safe(value)))
     Console(file=stream, width=100).print(table)

@@ -11,6 +11,7 @@ from rlm_ray.batch.manifest import read_run_info
 from rlm_ray.batch.scoring import accuracy_of
 from rlm_ray.batch.tables import RunTables, read_run
 from rlm_ray.errors import UserError
+from rlm_ray.textsafe import terminal_safe
 
 ANSWER_PREVIEW = 60
 
@@ -37,6 +38,14 @@ def table_summary(tables: RunTables, info: dict | None) -> list[tuple[str, str]]
     return rows
 
 
+def _safe(text) -> str:
+    """Model/document text for the terminal: escape sequences shown, not obeyed,
+    and no Rich markup (`[link=...]` would become an OSC 8 hyperlink)."""
+    from rich.markup import escape
+
+    return escape(terminal_safe("" if text is None else text))
+
+
 def _clip(text, n: int = ANSWER_PREVIEW) -> str:
     text = "" if text is None else str(text).replace("\n", " ")
     return text if len(text) <= n else text[: n - 1] + "…"
@@ -47,32 +56,31 @@ def _print_overview(console, tables: RunTables, summary: list[tuple[str, str]]) 
 
     head = Table(show_header=False, title="rlm-ray results")
     for label, value in summary:
-        head.add_row(label, value)
+        head.add_row(_safe(label), _safe(value))
     console.print(head)
     listing = Table("query_id", "status", "answer", "expected", "match", "calls", "cost")
     for a in tables.answers.to_pylist():
         match = "" if a["normalized_match"] is None else ("yes" if a["normalized_match"] else "no")
-        listing.add_row(a["query_id"], a["status"], _clip(a["answer"] or a["error"]),
-                        _clip(a["expected"]), match, str(a["llm_calls"] or 0),
+        listing.add_row(_safe(a["query_id"]), _safe(a["status"]), _safe(_clip(a["answer"] or a["error"])),
+                        _safe(_clip(a["expected"])), match, str(a["llm_calls"] or 0),
                         f"${(a['cost_usd'] or 0):.4f}")
     console.print(listing)
 
 
 def _print_question(console, tables: RunTables, query_id: str) -> None:
-    from rich.markup import escape
     from rich.tree import Tree
 
     answers = [a for a in tables.answers.to_pylist() if a["query_id"] == query_id]
     if not answers:
         raise UserError(f"no answer for query_id {query_id!r} in these results")
     a = answers[0]
-    console.print(f"[bold]{escape(a['question'])}[/bold]  (#{escape(query_id)}, {a['status']})")
-    console.print(f"answer:   {escape(str(a['answer']))}")
+    console.print(f"[bold]{_safe(a['question'])}[/bold]  (#{_safe(query_id)}, {_safe(a['status'])})")
+    console.print(f"answer:   {_safe(str(a['answer']))}")
     if a["expected"] is not None:
-        console.print(f"expected: {escape(str(a['expected']))}  (normalised match: "
+        console.print(f"expected: {_safe(str(a['expected']))}  (normalised match: "
                       f"{a['normalized_match']})")
     if a["error"]:
-        console.print(f"error:    {escape(a['error'])}")
+        console.print(f"error:    {_safe(a['error'])}")
     calls = [c for c in tables.calls.to_pylist() if c["query_id"] == query_id]
     steps: dict[str, list[dict]] = defaultdict(list)
     for s in tables.steps.to_pylist():
@@ -87,16 +95,16 @@ def _print_question(console, tables: RunTables, query_id: str) -> None:
     def grow(node, parent) -> None:
         for c in kids.get(parent, []):
             cost = "n/a" if c["cost_usd"] is None else f"${c['cost_usd']:.5f}"
-            label = (f"[bold]{c['kind']}[/bold] depth {c['depth']} {escape(str(c['model']))} "
+            label = (f"[bold]{_safe(c['kind'])}[/bold] depth {c['depth']} {_safe(str(c['model']))} "
                      f"{c['prompt_tokens']}+{c['completion_tokens']} tok {cost} "
                      f"{(c['latency_s'] or 0):.3f}s retries={c['retries']}"
                      f"{' cache-hit' if c['cache_hit'] else ''}")
             branch = node.add(label)
             for s in sorted(steps.get(c["call_id"], []), key=lambda s: s["iteration"]):
                 step = branch.add(f"iteration {s['iteration']}")
-                step.add(escape(_clip(s["code"], 200)))
+                step.add(_safe(_clip(s["code"], 200)))
                 if s["error"]:
-                    step.add(f"[red]{escape(_clip(s['error'], 200))}[/red]")
+                    step.add(f"[red]{_safe(_clip(s['error'], 200))}[/red]")
             grow(branch, c["call_id"])
 
     grow(tree, None)
@@ -122,5 +130,5 @@ def show(out_uri: str, query_id: str | None = None, html_path: str | None = None
 
         page = render_html(tables, summary, title=out_uri, query_id=query_id)
         storage.write_bytes_atomic(html_path, page.encode("utf-8"))
-        console.print(f"wrote {html_path}")
+        console.print(f"wrote {_safe(html_path)}")
     return 0

@@ -1,12 +1,12 @@
-"""DuckDB connections over a corpus, confined to it.
+"""DuckDB connections over a corpus, confined and bounded.
 
 Model-written SQL runs here, so each connection is locked down before any
 query: views over the exact shard files, `allowed_paths` = those files and
 the docs table only, `enable_external_access=false`, no extension
-auto-install/-load, then `lock_configuration=true` so nothing can be switched
-back. DuckDB would still let COPY write to an allowed path, so `check_sql`
-adds a statement-level gate in front: one read-only SELECT, no secret or
-setting introspection, no SQL evaluated from strings.
+auto-install/-load, an explicit memory limit, thread count and spill cap
+(`DuckLimits`), then `lock_configuration=true` so nothing can be switched
+back. In front of that, `sql_gate` admits only an allow-listed SELECT, and
+`bounded` interrupts any statement at its caller's deadline.
 
 S3 goes through the httpfs build that ships on PyPI for DuckDB 1.4.4
 (`duckdb-ext-httpfs`): DuckDB cannot download extensions offline.
@@ -14,27 +14,45 @@ S3 goes through the httpfs build that ships on PyPI for DuckDB 1.4.4
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import duckdb
 
 from rlm_ray import storage
+from rlm_ray.corpus.sql_gate import CorpusQueryError
 from rlm_ray.errors import UserError
 
 
-class CorpusQueryError(UserError):
-    """A corpus query was refused or failed; the message is DuckDB's or ours."""
+@dataclass(frozen=True)
+class DuckLimits:
+    """Per-database bounds: DuckDB's default memory limit is most of the machine."""
+    memory_mb: int = 1024
+    temp_mb: int = 1024        # spill to disk at most this much (0: never spill)
+    threads: int = 2
 
+    @property
+    def max_value_size(self) -> int:
+        """Largest value an amplifying function may build (characters or list items):
+        a full vector (2048 rows) of them stays within a quarter of the memory limit."""
+        return max(4096, self.memory_mb * 2**20 // (4 * 2048))
 
-# Functions that would reveal secrets/settings or evaluate SQL built at run
-# time (which would bypass the check below). DuckDB still confines the rest.
-DENIED_FUNCTIONS = frozenset({
-    "duckdb_secrets", "which_secret", "duckdb_settings", "current_setting",
-    "getenv", "getvariable", "query", "query_table",
-})
+    @classmethod
+    def from_env(cls) -> DuckLimits:
+        def number(name: str, default: int) -> int:
+            raw = os.environ.get(name, "").strip()
+            if not raw:
+                return default
+            if not raw.isdigit():
+                raise UserError(f"{name} must be a whole number, got {raw!r}")
+            return int(raw)
+        return cls(memory_mb=number("RLM_RAY_DUCKDB_MEMORY_MB", cls.memory_mb),
+                   temp_mb=number("RLM_RAY_DUCKDB_TEMP_MB", cls.temp_mb),
+                   threads=max(1, number("RLM_RAY_DUCKDB_THREADS", min(cls.threads, os.cpu_count() or 1))))
 
 
 def _extension_dir() -> str:
@@ -74,14 +92,21 @@ def _create_s3_secret(con: duckdb.DuckDBPyConnection) -> None:
         raise UserError(f"cannot configure S3 access for DuckDB: {message}") from None
 
 
-def connect(root: str, shard_uris: Sequence[str], docs_uri: str) -> duckdb.DuckDBPyConnection:
+def connect(root: str, shard_uris: Sequence[str], docs_uri: str,
+            limits: DuckLimits | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory database whose only reachable files are the corpus's."""
+    limits = limits or DuckLimits.from_env()
     con = duckdb.connect(":memory:", config={
         "autoinstall_known_extensions": False,
         "autoload_known_extensions": False,
         "extension_directory": _extension_dir(),
-        # Spill files go to a private directory, not a `.tmp` in whatever the cwd is.
-        "temp_directory": os.path.join(tempfile.gettempdir(), f"rlm-ray-duckdb-{os.getpid()}"),
+        "memory_limit": f"{limits.memory_mb}MB",
+        "threads": limits.threads,
+        # Spill files go to a private directory (not a `.tmp` in whatever the
+        # cwd is), capped; with no cap allowed, nothing spills at all.
+        "temp_directory": os.path.join(tempfile.gettempdir(), f"rlm-ray-duckdb-{os.getpid()}")
+        if limits.temp_mb else "",
+        "max_temp_directory_size": f"{limits.temp_mb}MB",
     })
     if storage.is_s3(root):
         con.execute("LOAD httpfs")
@@ -100,32 +125,25 @@ def connect(root: str, shard_uris: Sequence[str], docs_uri: str) -> duckdb.DuckD
     return con
 
 
-def _function_names(node) -> Iterator[str]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in ("function_name", "table_name") and isinstance(value, str):
-                yield value.lower()
-            else:
-                yield from _function_names(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _function_names(item)
-
-
-def check_sql(con: duckdb.DuckDBPyConnection, query: str) -> None:
-    """Refuse anything but one read-only SELECT over the corpus."""
+@contextmanager
+def bounded(cur: duckdb.DuckDBPyConnection, timeout_s: float | None) -> Iterator[None]:
+    """Run the body's statements on `cur` under a deadline: a timer thread
+    interrupts DuckDB at `timeout_s`, and the caller gets a clear error."""
+    if timeout_s is not None and timeout_s <= 0:
+        raise CorpusQueryError("query exceeded its time limit (no time left in this block)")
+    timer = None
+    if timeout_s is not None:
+        timer = threading.Timer(timeout_s, cur.interrupt)
+        timer.daemon = True
+        timer.start()
     try:
-        statements = con.extract_statements(query)
-    except duckdb.Error as exc:
-        raise CorpusQueryError(str(exc).splitlines()[0]) from None
-    if len(statements) != 1:
-        raise CorpusQueryError(f"send exactly one SQL statement, got {len(statements)}")
-    kind = statements[0].type
-    if kind != duckdb.StatementType.SELECT:
-        raise CorpusQueryError(f"only read-only SELECT queries are allowed on the corpus, not {kind.name}")
-    tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchone()[0])
-    if tree.get("error"):
-        raise CorpusQueryError(tree.get("error_message", "cannot parse the query"))
-    denied = sorted(set(_function_names(tree)) & DENIED_FUNCTIONS)
-    if denied:
-        raise CorpusQueryError(f"function not allowed on the corpus: {', '.join(denied)}")
+        yield
+    except duckdb.InterruptException:
+        limit = f" ({timeout_s:.1f}s)" if timeout_s is not None else ""
+        raise CorpusQueryError(f"query exceeded its time limit{limit}") from None
+    except duckdb.OutOfMemoryException:
+        raise CorpusQueryError("query exceeded its memory limit; aggregate in SQL or select "
+                               "fewer or shorter values") from None
+    finally:
+        if timer is not None:
+            timer.cancel()

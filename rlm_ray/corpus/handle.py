@@ -3,6 +3,7 @@
 Opening reads `manifest.json` only. The docs table and a DuckDB database are
 opened lazily, once per process (a pickled handle sent to a Ray actor opens
 its own); each call uses its own cursor, so threads may share a handle.
+`sql`, `grep` and `read` take `timeout_s`: DuckDB is interrupted there.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import io
 import os
 import re
 import threading
+from dataclasses import asdict
 from typing import Any
 
 import duckdb
@@ -18,11 +20,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rlm_ray import storage
-from rlm_ray.corpus.duck import CorpusQueryError, check_sql, connect
+from rlm_ray.corpus import sql_gate
+from rlm_ray.corpus.duck import CorpusQueryError, DuckLimits, bounded, connect
 from rlm_ray.corpus.layout import read_manifest
 
 EXCERPT_CHARS = 200
-GREP_FETCH_ROWS = 64
+# Candidate chunks (RE2 over the whole chunk), split into lines, matched line
+# by line (RE2 again). `at` = where the match starts (the lazy prefix's
+# length), needed only to excerpt long lines.
+GREP_SQL = f"""
+SELECT doc_id, path, start_line + idx - 1 AS line, text,
+       CASE WHEN length(text) > {EXCERPT_CHARS} THEN length(regexp_extract(text, $3, 1)) ELSE 0 END AS at
+FROM (
+    SELECT doc_id, path, chunk_id, start_line, unnest(lines) AS text, generate_subscripts(lines, 1) AS idx
+    FROM (SELECT doc_id, path, chunk_id, start_line, string_split(text, chr(10)) AS lines
+          FROM chunks WHERE regexp_matches(text, $1)))
+WHERE regexp_matches(text, $2)
+ORDER BY path, chunk_id, idx"""
 # Characters special to both Python `re` and RE2; escaping only these keeps a
 # literal pattern valid in both engines.
 _REGEX_SPECIALS = re.compile(r"([\\.^$|?*+()\[\]{}])")
@@ -35,9 +49,10 @@ def escape_literal(text: str) -> str:
 
 
 class Corpus:
-    def __init__(self, uri: str, manifest: dict):
+    def __init__(self, uri: str, manifest: dict, limits: DuckLimits | None = None):
         self.uri = uri.rstrip("/") if storage.is_s3(uri) else os.path.abspath(uri)
         self.manifest = manifest
+        self.limits = limits or DuckLimits.from_env()
         self._reset()
 
     def _reset(self) -> None:
@@ -48,15 +63,16 @@ class Corpus:
         self._by_key: dict[str, dict] | None = None
 
     @classmethod
-    def open(cls, uri: str) -> Corpus:
-        return cls(str(uri), read_manifest(str(uri)))
+    def open(cls, uri: str, limits: DuckLimits | None = None) -> Corpus:
+        return cls(str(uri), read_manifest(str(uri)), limits)
 
-    # -- pickling: a URI and a manifest, never a connection -------------------
+    # -- pickling: a URI, a manifest and limits, never a connection -----------
     def __getstate__(self) -> dict:
-        return {"uri": self.uri, "manifest": self.manifest}
+        return {"uri": self.uri, "manifest": self.manifest, "limits": asdict(self.limits)}
 
     def __setstate__(self, state: dict) -> None:
         self.uri, self.manifest = state["uri"], state["manifest"]
+        self.limits = DuckLimits(**state["limits"]) if "limits" in state else DuckLimits.from_env()
         self._reset()
 
     def __repr__(self) -> str:
@@ -102,7 +118,7 @@ class Corpus:
         with self._lock:
             if self._con is None or self._con_pid != os.getpid():
                 shards = [self._file(s["file"]) for s in self.manifest["shards"]]
-                self._con = connect(self.uri, shards, self._file(self.manifest["docs_file"]))
+                self._con = connect(self.uri, shards, self._file(self.manifest["docs_file"]), self.limits)
                 self._con_pid = os.getpid()
             return self._con.cursor()
 
@@ -112,30 +128,53 @@ class Corpus:
                 self._con.close()
             self._con = None
 
-    def sql(self, query: str) -> pa.Table:
-        """Run one read-only SELECT over the views `chunks` and `docs`."""
+    def sql(self, query: str, *, limit: int | None = None, timeout_s: float | None = None) -> pa.Table:
+        """Run one allow-listed SELECT over the views `chunks` and `docs`; at most
+        `limit` rows (a LIMIT node around the parsed statement), interrupted at
+        `timeout_s`."""
         cur = self._cursor()
         try:
-            check_sql(cur, query)
-            return cur.execute(query).fetch_arrow_table()
+            with bounded(cur, timeout_s):
+                text = sql_gate.executable(cur, str(query), limit, self.limits.max_value_size)
+                return cur.execute(text).fetch_arrow_table()
         except duckdb.Error as exc:
-            raise CorpusQueryError(str(exc).strip()) from None
+            raise self._query_error(exc) from None
         finally:
             cur.close()
 
-    def _internal(self, query: str, params: list[Any]):
+    def _query_error(self, exc: Exception) -> CorpusQueryError:
+        # DuckDB names files in some errors: the corpus's location is not the model's business.
+        message = str(exc).strip()
+        for location in {self.uri, os.path.realpath(self.uri) if not storage.is_s3(self.uri) else self.uri}:
+            message = message.replace(location, "<corpus>")
+        return CorpusQueryError(message)
+
+    def _internal(self, query: str, params: list[Any], timeout_s: float | None) -> list[tuple]:
+        """Host-written SQL (no gate), under the same deadline; all rows."""
+        return self._run_internal(query, params, timeout_s, lambda cur: cur.fetchall())
+
+    def _internal_table(self, query: str, params: list[Any], timeout_s: float | None) -> pa.Table:
+        """`_internal`, as an Arrow table (the REPL's document batches)."""
+        return self._run_internal(query, params, timeout_s, lambda cur: cur.fetch_arrow_table())
+
+    def _run_internal(self, query: str, params: list[Any], timeout_s: float | None, fetch):
         cur = self._cursor()
         try:
-            return cur.execute(query, params)
+            with bounded(cur, timeout_s):
+                return fetch(cur.execute(query, params))
         except duckdb.Error as exc:
+            raise self._query_error(exc) from None
+        finally:
             cur.close()
-            raise CorpusQueryError(str(exc).strip()) from None
 
     # -- grep ------------------------------------------------------------------
-    def grep(self, pattern: str, limit: int = 100, regex: bool = True, case: bool = False) -> list[dict]:
+    def grep(self, pattern: str, limit: int | None = 100, regex: bool = True, case: bool = False,
+             *, timeout_s: float | None = None) -> list[dict]:
         """Lines matching `pattern`, in path order: {doc_id, path, line (1-based), text}.
 
-        DuckDB (RE2) finds the candidate chunks; Python then numbers the lines.
+        Everything runs in DuckDB's RE2 (linear time, interrupted at `timeout_s`):
+        candidate chunks, then their lines; Python's backtracking `re` never
+        matches an untrusted pattern (it only vets the syntax).
         """
         if not isinstance(pattern, str) or not pattern:
             raise CorpusQueryError("grep needs a non-empty pattern")
@@ -143,41 +182,37 @@ class Corpus:
             raise CorpusQueryError(f"grep limit must be a non-negative integer or None, got {limit!r}")
         body = pattern if regex else escape_literal(pattern)
         try:
-            line_re = re.compile(body, 0 if case else re.IGNORECASE)
+            re.compile(body)
         except re.error as exc:
             raise CorpusQueryError(f"invalid regular expression {pattern!r}: {exc}") from None
-        # (?m): ^/$ at line ends inside a chunk, so every line match is also a chunk match.
-        chunk_re = ("(?m)" if case else "(?im)") + body
-        try:
-            cur = self._internal(
-                "SELECT doc_id, path, start_line, text FROM chunks "
-                "WHERE regexp_matches(text, ?) ORDER BY path, chunk_id", [chunk_re])
-        except CorpusQueryError as exc:
-            raise CorpusQueryError(f"grep pattern {pattern!r} is not supported by RE2 "
-                                   f"(no look-around or back-references): {exc}") from None
-        matches: list[dict] = []
-        seen: set[tuple[str, int]] = set()
-        try:
-            while limit is None or len(matches) < limit:
-                rows = cur.fetchmany(GREP_FETCH_ROWS)
-                if not rows:
-                    break
-                for doc_id, path, start_line, text in rows:
-                    for offset, line in enumerate(text.split("\n")):
-                        found = line_re.search(line)
-                        if not found or (path, start_line + offset) in seen:
-                            continue
-                        seen.add((path, start_line + offset))
-                        matches.append({"doc_id": doc_id, "path": path, "line": start_line + offset,
-                                        "text": _excerpt(line, found.start())})
-                        if limit is not None and len(matches) >= limit:
-                            return matches
-        finally:
-            cur.close()
-        return matches
+        flags = "" if case else "(?i)"
+        # (?m) on chunks: ^/$ at line ends inside a chunk, so every line match is also a chunk match.
+        params = [("(?m)" if case else "(?im)") + body, flags + body, flags + "^(.*?)(?:" + body + ")"]
+        # A line cut by a chunk boundary can match in both pieces: it counts once,
+        # at its first. So a LIMIT may come back short after dropping such
+        # repeats; then ask again for more (rare: only lines longer than a chunk).
+        fetch = limit
+        while True:
+            try:
+                rows = self._internal(GREP_SQL + ("" if fetch is None else f" LIMIT {int(fetch)}"),
+                                      params, timeout_s)
+            except CorpusQueryError as exc:
+                if "time limit" in str(exc) or "memory limit" in str(exc):
+                    raise
+                raise CorpusQueryError(f"grep pattern {pattern!r} is not supported by RE2 "
+                                       f"(no look-around or back-references): {exc}") from None
+            matches, seen = [], set()
+            for doc_id, path, line, text, at in rows:
+                if (path, line) not in seen:
+                    seen.add((path, line))
+                    matches.append({"doc_id": doc_id, "path": path, "line": line, "text": _excerpt(text, at)})
+            if fetch is None or len(rows) < fetch or len(matches) >= limit:
+                return matches[:limit] if limit is not None else matches
+            fetch *= 2
 
     # -- read ------------------------------------------------------------------
-    def read(self, doc: str, start: int = 0, end: int | None = None) -> str:
+    def read(self, doc: str, start: int = 0, end: int | None = None, *,
+             timeout_s: float | None = None) -> str:
         """Lines [start, end) of a document (0-based LINE indices, end exclusive),
         by doc_id or path; the whole document by default."""
         if not isinstance(start, int) or not (end is None or isinstance(end, int)):
@@ -189,14 +224,10 @@ class Corpus:
         if start >= end:
             return ""
         # One shard file, pruned to the document's row group(s) by path statistics.
-        cur = self._internal(
+        rows = self._internal(
             "SELECT start_line, text FROM read_parquet(?) WHERE path = ? "
             "AND end_line >= ? AND start_line <= ? ORDER BY chunk_id",
-            [self._file(row["shard"]), row["path"], start + 1, end])
-        try:
-            rows = cur.fetchall()
-        finally:
-            cur.close()
+            [self._file(row["shard"]), row["path"], start + 1, end], timeout_s)
         if not rows:
             return ""
         first_line = rows[0][0]

@@ -155,6 +155,7 @@ def _query(args) -> int:
     import uuid
 
     from rlm_ray.engine import RLM, Limits
+    from rlm_ray.textsafe import terminal_safe
 
     # Bad limits are user errors: report them before anything starts.
     Limits(max_depth=args.max_depth, max_iterations=args.max_iterations,
@@ -173,9 +174,10 @@ def _query(args) -> int:
         result = rlm.answer(context, question, query_id=query_id)
     path = args.trajectory or f"{DEFAULT_TRAJECTORY_DIR}/{query_id}.json"
     write_trajectory(path, question, query_id, result)
-    print(result.answer if result.answer is not None else "")
+    # The terminal gets inert text; the trajectory file keeps the exact answer.
+    print(terminal_safe(result.answer if result.answer is not None else ""))
     error = f" error={result.error!r}" if result.error else ""
-    print(f"rlm-ray: {result.summary()}{error} trajectory={path}", file=sys.stderr)
+    print(terminal_safe(f"rlm-ray: {result.summary()}{error} trajectory={path}"), file=sys.stderr)
     return 1 if result.status == "error" else 0
 
 

@@ -2,20 +2,24 @@
 methods run in the host and return JSON-friendly values with caps.
 
 Caps keep one careless `context.sql("select * from chunks")` from dragging a
-100M-token corpus through the actor: the query is wrapped in a LIMIT so DuckDB
-never materialises more than the cap, and the model is told when it was cut.
+100M-token corpus through the actor: the parsed query is wrapped in a LIMIT so
+DuckDB never materialises more than the cap, and the model is told when it was
+cut. Every call runs under the block's deadline (`set_deadline`): the corpus
+interrupts DuckDB when the block's time is up.
 """
 from __future__ import annotations
 
 import datetime
 import decimal
 import threading
+import time
 from typing import Any
 
 from rlm_ray import storage
 
-_SELECT_LIKE = ("select", "with", "from", "values", "(")
 MAX_GREP_LIMIT = 10_000
+# Without a block deadline (direct use of the view), a host call still ends.
+DEFAULT_CALL_TIMEOUT_S = 300.0
 # The REPL's lazy document sequence (repl_context.py) fetches documents in
 # batches bounded by bytes and count, so neither the actor nor the sandbox
 # ever holds more than a batch. Both caps stay well under the sandbox's
@@ -58,6 +62,16 @@ class ContextView:
         self._notes: list[str] = []
         self._lock = threading.Lock()
         self._characters: int | None = None
+        self._deadline: float | None = None
+
+    def set_deadline(self, deadline: float | None) -> None:
+        """The running block's end (time.monotonic()); None: the default per call."""
+        self._deadline = deadline
+
+    def _timeout_s(self) -> float:
+        if self._deadline is None:
+            return DEFAULT_CALL_TIMEOUT_S
+        return self._deadline - time.monotonic()
 
     # -- notes for the model (drained by the loop into the REPL output) -----
     def _note(self, text: str) -> None:
@@ -84,7 +98,8 @@ class ContextView:
         if self._characters is None and self._corpus.manifest.get("characters") is not None:
             self._characters = int(self._corpus.manifest["characters"])  # if ingest records it
         if self._characters is None:
-            row = self._corpus.sql("SELECT coalesce(sum(length(text)), 0) AS n FROM chunks")
+            row = self._corpus.sql("SELECT coalesce(sum(length(text)), 0) AS n FROM chunks",
+                                   timeout_s=self._timeout_s())
             self._characters = int(row.column("n")[0].as_py())
         return self._characters
 
@@ -96,26 +111,25 @@ class ContextView:
         if not query:
             raise ValueError("context.sql: empty query")
         cap = self._max_rows
-        if query.lower().startswith(_SELECT_LIKE):
-            table = self._corpus.sql(f"SELECT * FROM ({query}) AS _capped LIMIT {cap + 1}")
-        else:   # DESCRIBE / SHOW / PRAGMA: small by nature, cannot be wrapped
-            table = self._corpus.sql(query)
+        table = self._corpus.sql(query, limit=cap + 1, timeout_s=self._timeout_s())
         rows = table.slice(0, cap).to_pylist()
         if table.num_rows > cap:
             self._note(f"context.sql returned only the first {cap} rows; aggregate in SQL "
                        "or page with LIMIT/OFFSET")
         return _json_safe(rows)
 
-    def grep(self, pattern: str, limit: int = 100, regex: bool = True,
+    def grep(self, pattern: str, limit: int | None = 100, regex: bool = True,
              case: bool = False) -> list[dict]:
-        limit = max(1, min(int(limit), MAX_GREP_LIMIT))
-        hits = self._corpus.grep(str(pattern), limit=limit, regex=bool(regex), case=bool(case))
+        limit = MAX_GREP_LIMIT if limit is None else max(1, min(int(limit), MAX_GREP_LIMIT))
+        hits = self._corpus.grep(str(pattern), limit=limit, regex=bool(regex), case=bool(case),
+                                 timeout_s=self._timeout_s())
         if len(hits) >= limit:
             self._note(f"context.grep stopped at limit={limit} hits")
         return _json_safe(list(hits))
 
     def read(self, doc: str, start: int = 0, end: int | None = None) -> str:
-        text = self._corpus.read(doc, start=int(start), end=None if end is None else int(end))
+        text = self._corpus.read(doc, start=int(start), end=None if end is None else int(end),
+                                 timeout_s=self._timeout_s())
         if len(text) > self._max_read_chars:
             self._note(f"context.read returned the first {self._max_read_chars} characters of "
                        f"{len(text)}; read fewer lines at a time")
@@ -198,9 +212,6 @@ class ContextView:
 
     def _query(self, query: str, params: list):
         # The corpus's parameterised internal path (the one Corpus.read uses):
-        # fixed queries of ours, not model SQL, over the corpus's own files.
-        cursor = self._corpus._internal(query, params)
-        try:
-            return cursor.fetch_arrow_table()
-        finally:
-            cursor.close()
+        # fixed queries of ours, not model SQL, over the corpus's own files,
+        # under the running block's deadline.
+        return self._corpus._internal_table(query, params, self._timeout_s())
