@@ -20,7 +20,8 @@ import weakref
 from typing import Any
 
 from sandbox import isolation, protocol, seccomp_policy
-from sandbox.dispatch import HostCallRefused, HostDispatcher, plain_json, to_jsonable
+from sandbox.dispatch import (HostCallRefused, HostDispatcher, deadline_scope, plain_json,
+                              to_jsonable)
 from sandbox.process import WorkerProcess
 from sandbox.results import RunResult, SandboxError
 
@@ -30,6 +31,7 @@ RESTART_NOTICE = ("[sandbox] the REPL worker was restarted ({reason}); variables
 LOST_STATE = ("REPL state (variables, functions, imports) was lost; "
               "the next run starts a fresh REPL.")
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+FRAME_SLACK_BYTES = 1024 * 1024   # the envelope, and error text (capped in the worker)
 TRUNCATION_MARKER = "\n[output truncated: {cut} more characters not shown (limit {limit})]\n"
 
 _warned: set[frozenset[str]] = set()
@@ -68,6 +70,10 @@ class Sandbox:
                 raise SandboxError(f"{name} must be positive, got {value!r}")
         self.timeout_s, self.grace_s, self.output_limit = timeout_s, grace_s, output_limit
         self.max_value_bytes = max_value_bytes
+        # What the host agrees to read from the worker, checked BEFORE decoding:
+        # a value, or a run's output and error text, plus room for the envelope.
+        self.max_frame_bytes = max(max_value_bytes, 8 * output_limit) + FRAME_SLACK_BYTES
+        self.max_frame_items = max(self.max_frame_bytes // 8, 100_000)
         self.start_timeout_s = start_timeout_s
         self._dispatcher = HostDispatcher(host_functions or {})
         self._owns_scratch = scratch_dir is None
@@ -143,10 +149,7 @@ class Sandbox:
             if not reply.get("ok"):
                 hint = f" ({self._lost_reason}: {LOST_STATE})" if self._lost_reason else ""
                 raise SandboxError(f"{reply.get('error')}{hint}")
-            try:
-                return json.loads(str(reply.get("json")))
-            except (ValueError, RecursionError) as exc:
-                raise SandboxError(f"value of {name!r} could not be decoded: {exc}") from None
+            return reply.get("value")
 
     def set(self, name: str, value: Any) -> None:
         """Bind a JSON-safe host value in the REPL namespace (kept across restarts)."""
@@ -195,11 +198,13 @@ class Sandbox:
                 "limits": self._limits, "read_paths": self._plan.read_paths,
                 "write_paths": self._plan.write_paths, "drop_sys_path": self._plan.lib_paths,
                 "import_paths": self._plan.import_paths,
-                "pdeathsig": not self._plan.bwrap,
+                "pdeathsig": not self._plan.bwrap, "max_frame_bytes": self.max_frame_bytes,
+                "max_frame_items": self.max_frame_items,
                 "seccomp_bpf": program.hex() if program else None}
 
     def _start_worker(self) -> None:
-        self._worker = WorkerProcess(self._plan, self._init_message, self.start_timeout_s)
+        self._worker = WorkerProcess(self._plan, self._init_message, self.start_timeout_s,
+                                     self.max_frame_bytes, self.max_frame_items)
         report = self._worker.ready.get("isolation") or {}
         self._isolation = {"bwrap": self._plan.bwrap,
                            **{layer: bool(report.get(layer)) for layer in LAYERS[1:]}}
@@ -260,9 +265,9 @@ class Sandbox:
                     return message
                 if message.get("op") != "call":
                     raise protocol.ProtocolError(f"expected {expect!r}, got {message.get('op')!r}")
-                started = time.monotonic()
-                reply = self._serve_call(message)
-                deadline += time.monotonic() - started  # host time is not the code's time
+                # Host time counts: the host function gets the run's soft deadline
+                # (current_deadline()); the hard one does not move.
+                reply = self._serve_call(message, deadline - self.grace_s)
                 worker.channel.send(reply, deadline)
         except protocol.ChannelTimeout:
             limit = timeout_s + self.grace_s
@@ -290,13 +295,15 @@ class Sandbox:
         self._drop_worker(reason)
         return _WorkerLost(message, timed_out, printed)
 
-    def _serve_call(self, message: dict[str, Any]) -> bytes:
+    def _serve_call(self, message: dict[str, Any], soft_deadline: float) -> bytes:
         call_id = message.get("id")
         args, kwargs = message.get("args") or [], message.get("kwargs") or {}
         try:
             if not isinstance(args, list) or not isinstance(kwargs, dict):
                 raise HostCallRefused("malformed host call")
-            value = self._dispatcher.resolve(message)(*args, **kwargs)
+            function = self._dispatcher.resolve(message)
+            with deadline_scope(soft_deadline):
+                value = function(*args, **kwargs)
         except Exception as exc:  # the host function's failure is the model's to handle
             return _error_reply(call_id, exc)
         try:

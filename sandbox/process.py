@@ -64,7 +64,8 @@ def _kill(proc: subprocess.Popen) -> None:
 
 class WorkerProcess:
     def __init__(self, plan: LaunchPlan, init: Callable[[int], dict[str, Any]],
-                 start_timeout_s: float):
+                 start_timeout_s: float, max_frame_bytes: int = protocol.MAX_FRAME_BYTES,
+                 max_items: int | None = None):
         self.plan = plan
         cmd_read, cmd_write = os.pipe()
         reply_read, reply_write = os.pipe()
@@ -89,7 +90,7 @@ class WorkerProcess:
         os.close(reply_write)
         # A Sandbox dropped without close() must not leave a process behind.
         self._finalizer = weakref.finalize(self, _kill, self.proc)
-        self.channel = protocol.HostChannel(reply_read, cmd_write)
+        self.channel = protocol.HostChannel(reply_read, cmd_write, max_frame_bytes, max_items)
         self.ready = self._handshake(init, start_timeout_s)
 
     def _handshake(self, init: Callable[[int], dict[str, Any]], timeout_s: float) -> dict[str, Any]:
