@@ -12,25 +12,27 @@ import keyword
 import os
 import re
 import shutil
-import tempfile
 import threading
 import time
 import warnings
 import weakref
 from typing import Any
 
-from sandbox import isolation, protocol, seccomp_policy
+from sandbox import cgroup, isolation, protocol, scratch, seccomp_policy
 from sandbox.dispatch import (HostCallRefused, HostDispatcher, deadline_scope, plain_json,
                               to_jsonable)
 from sandbox.process import WorkerProcess
 from sandbox.results import RunResult, SandboxError
 
-LAYERS = ("bwrap", "seccomp", "landlock", "rlimits")
+LAYERS = ("bwrap", "seccomp", "landlock", "rlimits")          # the first four, as before
+WORKER_LAYERS = ("seccomp", "landlock", "landlock_scope", "rlimits")  # reported by the worker
+LANDLOCK_ABI_ENV = "SANDBOX_LANDLOCK_MAX_ABI"  # pretend an older kernel (tests, comparisons)
 RESTART_NOTICE = ("[sandbox] the REPL worker was restarted ({reason}); variables, functions "
                   "and imports from earlier runs are gone.\n")
 LOST_STATE = ("REPL state (variables, functions, imports) was lost; "
               "the next run starts a fresh REPL.")
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+CGROUP_SLACK_MB = 32   # kernel memory (pipes, page tables) beyond the address-space limit
 FRAME_SLACK_BYTES = 1024 * 1024   # the envelope, and error text (capped in the worker)
 TRUNCATION_MARKER = "\n[output truncated: {cut} more characters not shown (limit {limit})]\n"
 
@@ -63,9 +65,11 @@ class Sandbox:
                  *, use_bwrap: bool | None = None, grace_s: float = 2.0,
                  max_value_bytes: int = 16 * 1024 * 1024, cpu_limit_s: int = 3600,
                  file_limit_mb: int = 512, start_timeout_s: float = 15.0,
-                 import_paths: list[str] | tuple[str, ...] = ()):
+                 import_paths: list[str] | tuple[str, ...] = (), scratch_mb: int = 256,
+                 max_tasks: int = 256):
         for name, value in (("timeout_s", timeout_s), ("memory_mb", memory_mb),
-                            ("output_limit", output_limit), ("grace_s", grace_s)):
+                            ("output_limit", output_limit), ("grace_s", grace_s),
+                            ("scratch_mb", scratch_mb), ("max_tasks", max_tasks)):
             if value <= 0:
                 raise SandboxError(f"{name} must be positive, got {value!r}")
         self.timeout_s, self.grace_s, self.output_limit = timeout_s, grace_s, output_limit
@@ -76,24 +80,39 @@ class Sandbox:
         self.max_frame_items = max(self.max_frame_bytes // 8, 100_000)
         self.start_timeout_s = start_timeout_s
         self._dispatcher = HostDispatcher(host_functions or {})
+        self._require_isolation, self._use_bwrap = require_isolation, use_bwrap
+        self._bwrap_missing, bwrap = "", isolation.wants_bwrap(use_bwrap)
+        if bwrap:
+            bwrap, self._bwrap_missing = isolation.bwrap_status()
+        # Under bwrap the sandbox's own scratch is a private tmpfs (size capped by
+        # the kernel, nothing left on the host); otherwise a host folder.
         self._owns_scratch = scratch_dir is None
-        self.scratch_dir = os.path.realpath(tempfile.mkdtemp(prefix="sandbox-scratch-")
-                                            if scratch_dir is None else scratch_dir)
-        try:
-            os.makedirs(self.scratch_dir, exist_ok=True)
-        except OSError as exc:
-            raise SandboxError(f"cannot use scratch_dir {self.scratch_dir!r}: {exc}") from None
-        if self._owns_scratch:  # also when dropped without close()
+        self._scratch_in_tmpfs = self._owns_scratch and bwrap
+        self.scratch_mb = scratch_mb
+        self.scratch_dir: str | None = None
+        if not self._scratch_in_tmpfs:
+            self.scratch_dir = (scratch.make_owned() if scratch_dir is None
+                                else os.path.realpath(scratch_dir))
+            try:
+                os.makedirs(self.scratch_dir, exist_ok=True)
+            except OSError as exc:
+                raise SandboxError(f"cannot use scratch_dir {self.scratch_dir!r}: {exc}") from None
+        self._scratch_cleanup: weakref.finalize | None = None
+        if self._owns_scratch and self.scratch_dir is not None:  # also when dropped unclosed
             self._scratch_cleanup = weakref.finalize(
                 self, shutil.rmtree, self.scratch_dir, ignore_errors=True)
+        # The cgroup's memory limit covers what the worker holds in tmpfs too.
+        tmpfs_mb = (scratch_mb if self._scratch_in_tmpfs else 0) + (
+            isolation.PRIVATE_TMP_BYTES >> 20 if bwrap else 0)
+        self._cgroup_bytes = (memory_mb + tmpfs_mb + CGROUP_SLACK_MB) * 1024 * 1024
+        self.max_tasks = max_tasks
         self._limits = {"memory_mb": memory_mb, "cpu_s": cpu_limit_s,
                         "file_mb": file_limit_mb, "nofile": 256}
         self._import_paths = [os.path.realpath(p) for p in import_paths]
         missing = [p for p in self._import_paths if not os.path.isdir(p)]
         if missing:
             raise SandboxError(f"import_paths are not directories: {', '.join(missing)}")
-        self._require_isolation, self._use_bwrap = require_isolation, use_bwrap
-        self._plan = self._launch_plan(use_bwrap)
+        self._plan = self._launch_plan(bwrap)
         self._lock = threading.RLock()
         self._host_values: dict[str, Any] = {}   # set() values: host data, restored on restart
         self._worker: WorkerProcess | None = None
@@ -123,6 +142,8 @@ class Sandbox:
             started = time.perf_counter()
             request = {"op": "run", "code": code, "timeout_s": limit,
                        "output_limit": self.output_limit}
+            assert self._worker is not None
+            self._worker.reset_output()
             try:
                 reply = self._exchange(request, expect="done", timeout_s=limit)
             except _WorkerLost as lost:
@@ -173,7 +194,7 @@ class Sandbox:
             if self._worker is not None:
                 self._worker.close()
                 self._worker = None
-            if self._owns_scratch:
+            if self._scratch_cleanup is not None:
                 self._scratch_cleanup()
 
     def __enter__(self) -> Sandbox:
@@ -183,31 +204,35 @@ class Sandbox:
         self.close()
 
     # -- worker lifecycle ------------------------------------------------------
-    def _launch_plan(self, use_bwrap: bool | None) -> isolation.LaunchPlan:
-        self._bwrap_missing = ""
-        if isolation.wants_bwrap(use_bwrap):
-            usable, why = isolation.bwrap_status()
-            if usable:
-                return isolation.bwrap_plan(self.scratch_dir, self._import_paths)
-            self._bwrap_missing = why
+    def _launch_plan(self, bwrap: bool) -> isolation.LaunchPlan:
+        if bwrap:
+            return isolation.bwrap_plan(self.scratch_dir, self._import_paths, self.scratch_mb)
+        assert self.scratch_dir is not None
         return isolation.direct_plan(self.scratch_dir, self._import_paths)
 
     def _init_message(self, pid: int) -> dict[str, Any]:
-        program = seccomp_policy.program(pid)
+        # memfd_create is refused outright only where no memory cgroup charges it.
+        group = self._group
+        program = seccomp_policy.program(pid, deny_memfd=not group.active["memory_cgroup"])
+        max_abi = os.environ.get(LANDLOCK_ABI_ENV, "")
         return {"op": "init", "host": self._dispatcher.spec_payload(),
                 "limits": self._limits, "read_paths": self._plan.read_paths,
                 "write_paths": self._plan.write_paths, "drop_sys_path": self._plan.lib_paths,
                 "import_paths": self._plan.import_paths,
                 "pdeathsig": not self._plan.bwrap, "max_frame_bytes": self.max_frame_bytes,
                 "max_frame_items": self.max_frame_items,
+                "landlock_max_abi": int(max_abi) if max_abi.isdigit() else None,
                 "seccomp_bpf": program.hex() if program else None}
 
     def _start_worker(self) -> None:
+        self._group = cgroup.create(self._cgroup_bytes, self.max_tasks)
         self._worker = WorkerProcess(self._plan, self._init_message, self.start_timeout_s,
-                                     self.max_frame_bytes, self.max_frame_items)
+                                     self.max_frame_bytes, self.max_frame_items,
+                                     self.output_limit, self._group)
         report = self._worker.ready.get("isolation") or {}
         self._isolation = {"bwrap": self._plan.bwrap,
-                           **{layer: bool(report.get(layer)) for layer in LAYERS[1:]}}
+                           **{layer: bool(report.get(layer)) for layer in WORKER_LAYERS},
+                           **self._group.active, "scratch_cap": self._scratch_in_tmpfs}
         self._check_isolation()  # on every (re)start: a restart must not lose a layer quietly
         try:
             for name, value in self._host_values.items():
@@ -221,7 +246,12 @@ class Sandbox:
             self._drop_worker("required isolation layers are missing")
             raise SandboxError(f"required isolation layers are missing: {', '.join(missing)}"
                                + (f" ({self._bwrap_missing})" if self._bwrap_missing else ""))
-        unexpected = [m for m in missing if not (m == "bwrap" and self._use_bwrap is False)]
+        chosen = set()  # layers the caller turned off on purpose: no warning
+        if self._use_bwrap is False:
+            chosen |= {"bwrap", "scratch_cap"}
+        if not self._owns_scratch:
+            chosen.add("scratch_cap")
+        unexpected = [m for m in missing if m not in chosen]
         if unexpected:
             _warn_once(unexpected, f" ({self._bwrap_missing})" if self._bwrap_missing else "")
 

@@ -35,6 +35,7 @@ TRACEBACK_FRAMES_KEPT = 30
 # frames a raised limit allows, the soft timeout would take minutes to land.
 MAX_RECURSION_LIMIT = 50_000
 MAX_ERROR_CHARS = 100_000
+MIRROR_HEADER_BYTES = 8   # see sandbox.process.output_mirror
 
 
 class ExecutionTimeout(TimeoutError):
@@ -113,10 +114,7 @@ class BoundedOutput(io.TextIOBase):
             self._parts = []
             self._size, self._cut, self._limit = 0, 0, limit
             self._mirror_at = 0
-            try:
-                os.ftruncate(self._mirror_fd, 0)
-            except OSError:
-                pass
+            self._mirror_length()
 
     def writable(self) -> bool:
         return True
@@ -136,10 +134,17 @@ class BoundedOutput(io.TextIOBase):
     def _mirror(self, text: str) -> None:
         data = text.encode("utf-8", "backslashreplace")
         try:
-            os.pwrite(self._mirror_fd, data, self._mirror_at)
+            os.pwrite(self._mirror_fd, data, MIRROR_HEADER_BYTES + self._mirror_at)
             self._mirror_at += len(data)
+            self._mirror_length()
         except OSError:
             pass  # the mirror is a convenience; the reply frame carries the output
+
+    def _mirror_length(self) -> None:
+        try:
+            os.pwrite(self._mirror_fd, self._mirror_at.to_bytes(MIRROR_HEADER_BYTES, "little"), 0)
+        except OSError:
+            pass
 
     def take(self) -> tuple[str, int]:
         with self._lock:
@@ -373,8 +378,10 @@ def _confine(config: dict[str, Any]) -> dict[str, Any]:
     if not confine.drop_capabilities():
         notes.append("could not drop capabilities")
     no_new_privs = confine.set_no_new_privs()
-    report["landlock"] = no_new_privs and confine.apply_landlock(
-        config["read_paths"], config["write_paths"])
+    landlock, scoped = confine.apply_landlock(
+        config["read_paths"], config["write_paths"], config.get("landlock_max_abi"))
+    report["landlock"] = no_new_privs and landlock
+    report["landlock_scope"] = no_new_privs and scoped
     program = bytes.fromhex(config["seccomp_bpf"]) if config.get("seccomp_bpf") else None
     report["seccomp"] = no_new_privs and confine.install_seccomp(program)
     return {"isolation": report, "notes": notes}
