@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from sandbox import cgroup, protocol
+from sandbox import cgroup, protocol, scratch
 from sandbox.isolation import LaunchPlan
 from sandbox.results import SandboxError
 
@@ -58,17 +58,13 @@ class _Spawner:
 _spawner = _Spawner()
 
 
-SESSION_TAG_ENV = "SANDBOX_SESSION_TAG"
-
-
 def _bootstrap(lib_paths: list[str], *fds: int) -> str:
     # The trailing comment marks the command line (bwrap's and the worker's)
     # with the host's pid and an optional session tag, so a supervisor such
     # as the test suite can find exactly the workers it started.
     marker = f"sandbox-host={os.getpid()}"
-    tag = os.environ.get(SESSION_TAG_ENV, "")
-    if tag.isidentifier():
-        marker += f" sandbox-session={tag}"
+    if scratch.session_tag():
+        marker += f" sandbox-session={scratch.session_tag()}"
     return (f"import sys; sys.path[:0] = {lib_paths!r}; "
             f"from sandbox.worker import main; main{fds!r}  # {marker}")
 

@@ -13,19 +13,30 @@ import shutil
 import tempfile
 
 PREFIX = "sandbox-scratch-"
-OWNED_NAME = re.compile(rf"^{PREFIX}(\d+)-[A-Za-z0-9_]+$")   # sandbox-scratch-<host pid>-<random>
+# sandbox-scratch-<host pid>-[<session tag>-]<random>
+OWNED_NAME = re.compile(rf"^{PREFIX}(\d+)-[A-Za-z0-9_-]+$")
+SESSION_TAG_ENV = "SANDBOX_SESSION_TAG"   # also marks worker command lines (sandbox.process)
 _swept = False
+
+
+def session_tag() -> str:
+    """An optional label (an identifier) a supervisor sets to find what it started."""
+    tag = os.environ.get(SESSION_TAG_ENV, "")
+    return tag if tag.isidentifier() else ""
 
 
 def make_owned() -> str:
     sweep_stale()
-    return os.path.realpath(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
+    tag = session_tag()
+    prefix = f"{PREFIX}{os.getpid()}-" + (f"{tag}-" if tag else "")
+    return os.path.realpath(tempfile.mkdtemp(prefix=prefix))
 
 
-def sweep_stale() -> None:
-    """Once per process: remove scratch folders whose host process is gone."""
+def sweep_stale(force: bool = False) -> None:
+    """Once per process (or when forced): remove scratch folders whose host
+    process is gone."""
     global _swept
-    if _swept:
+    if _swept and not force:
         return
     _swept = True
     root = tempfile.gettempdir()
