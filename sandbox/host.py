@@ -26,6 +26,7 @@ from sandbox.results import RunResult, SandboxError
 
 LAYERS = ("bwrap", "seccomp", "landlock", "rlimits")          # the first four, as before
 WORKER_LAYERS = ("seccomp", "landlock", "landlock_scope", "rlimits")  # reported by the worker
+REDUCED_ENV = "SANDBOX_ALLOW_REDUCED_ISOLATION"
 LANDLOCK_ABI_ENV = "SANDBOX_LANDLOCK_MAX_ABI"  # pretend an older kernel (tests, comparisons)
 RESTART_NOTICE = ("[sandbox] the REPL worker was restarted ({reason}); variables, functions "
                   "and imports from earlier runs are gone.\n")
@@ -66,7 +67,7 @@ class Sandbox:
                  max_value_bytes: int = 16 * 1024 * 1024, cpu_limit_s: int = 3600,
                  file_limit_mb: int = 512, start_timeout_s: float = 15.0,
                  import_paths: list[str] | tuple[str, ...] = (), scratch_mb: int = 256,
-                 max_tasks: int = 256):
+                 max_tasks: int = 256, allow_reduced_isolation: bool = False):
         for name, value in (("timeout_s", timeout_s), ("memory_mb", memory_mb),
                             ("output_limit", output_limit), ("grace_s", grace_s),
                             ("scratch_mb", scratch_mb), ("max_tasks", max_tasks)):
@@ -81,6 +82,7 @@ class Sandbox:
         self.start_timeout_s = start_timeout_s
         self._dispatcher = HostDispatcher(host_functions or {})
         self._require_isolation, self._use_bwrap = require_isolation, use_bwrap
+        self._allow_reduced = allow_reduced_isolation or os.environ.get(REDUCED_ENV) == "1"
         self._bwrap_missing, bwrap = "", isolation.wants_bwrap(use_bwrap)
         if bwrap:
             bwrap, self._bwrap_missing = isolation.bwrap_status()
@@ -246,6 +248,15 @@ class Sandbox:
             self._drop_worker("required isolation layers are missing")
             raise SandboxError(f"required isolation layers are missing: {', '.join(missing)}"
                                + (f" ({self._bwrap_missing})" if self._bwrap_missing else ""))
+        # Without bwrap, Landlock alone keeps host files unreadable and seccomp
+        # alone keeps their metadata (chmod, xattrs, inotify...) untouched.
+        unsafe = [m for m in ("landlock", "seccomp") if m in missing] if not self._plan.bwrap else []
+        if unsafe and not self._allow_reduced:
+            self._drop_worker("direct mode without its safety layers")
+            raise SandboxError(
+                f"refusing to run without bubblewrap and without {', '.join(unsafe)}: model code "
+                f"could read or alter host files; pass allow_reduced_isolation=True (or set "
+                f"{REDUCED_ENV}=1) to run anyway")
         chosen = set()  # layers the caller turned off on purpose: no warning
         if self._use_bwrap is False:
             chosen |= {"bwrap", "scratch_cap"}

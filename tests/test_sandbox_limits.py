@@ -461,3 +461,22 @@ def test_a_killed_host_leaves_no_worker_scratch_or_cgroup(mode):
         assert not os.path.exists(scratch)
     leftovers = [str(p) for p in Path("/sys/fs/cgroup").glob(f"**/sandbox-{host.pid}-*")]
     assert leftovers == []
+
+
+def test_direct_mode_without_landlock_is_refused_unless_opted_in(monkeypatch):
+    """Without bwrap, Landlock is what keeps host files unreadable: a kernel
+    without it (emulated: ABI 0) makes direct mode refuse to start."""
+    from sandbox import SandboxError
+    from sandbox import host as host_module
+
+    monkeypatch.setenv("SANDBOX_LANDLOCK_MAX_ABI", "0")
+    monkeypatch.setattr(host_module, "_warned", set())
+    with pytest.raises(SandboxError, match="refusing to run without bubblewrap and without "
+                                           "landlock.*allow_reduced_isolation"):
+        Sandbox(use_bwrap=False)
+    with pytest.warns(RuntimeWarning, match="landlock"):
+        with Sandbox(use_bwrap=False, allow_reduced_isolation=True) as sb:
+            assert sb.isolation["landlock"] is False and sb.isolation["seccomp"] is True
+            assert sb.run("print(6 * 7)").stdout == "42\n"
+    with Sandbox(use_bwrap=True) as sb:  # bwrap's own root still confines the filesystem
+        assert sb.isolation["bwrap"] is True and sb.isolation["landlock"] is False
