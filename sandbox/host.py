@@ -33,6 +33,7 @@ RESTART_NOTICE = ("[sandbox] the REPL worker was restarted ({reason}); variables
 LOST_STATE = ("REPL state (variables, functions, imports) was lost; "
               "the next run starts a fresh REPL.")
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+HOST_OVERRUN_GRACE_S = 1.0  # after a host function overran the hard limit (see _exchange)
 CGROUP_SLACK_MB = 32   # kernel memory (pipes, page tables) beyond the address-space limit
 FRAME_SLACK_BYTES = 1024 * 1024   # the envelope, and error text (capped in the worker)
 TRUNCATION_MARKER = "\n[output truncated: {cut} more characters not shown (limit {limit})]\n"
@@ -298,6 +299,7 @@ class Sandbox:
             raise SandboxError(f"request cannot be sent to the sandbox: {exc}") from None
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s + self.grace_s
+        overran = ""
         try:
             worker.channel.send(frame, deadline)
             while True:
@@ -307,11 +309,21 @@ class Sandbox:
                 if message.get("op") != "call":
                     raise protocol.ProtocolError(f"expected {expect!r}, got {message.get('op')!r}")
                 # Host time counts: the host function gets the run's soft deadline
-                # (current_deadline()); the hard one does not move.
+                # (current_deadline()); the hard one does not move, except that a
+                # worker is not blamed for a host function's overrun: it gets a
+                # moment to take the reply and end the run with its state kept.
                 reply = self._serve_call(message, deadline - self.grace_s)
+                if time.monotonic() > deadline:
+                    overran = f"{message.get('target')}" + (
+                        f".{message['member']}" if message.get("member") else "")
+                    deadline = time.monotonic() + HOST_OVERRUN_GRACE_S
                 worker.channel.send(reply, deadline)
         except protocol.ChannelTimeout:
             limit = timeout_s + self.grace_s
+            if overran:
+                raise self._lose(worker, "a host function overran", timed_out=True, message=(
+                    f"ExecutionTimeout: the host function {overran} ran past the "
+                    f"{timeout_s:g}s limit, so the REPL worker was stopped. {LOST_STATE}")) from None
             raise self._lose(worker, f"killed after {limit:g}s", timed_out=True, message=(
                 f"ExecutionTimeout: the code ran past the {timeout_s:g}s limit and did not "
                 f"stop when interrupted, so the REPL worker was killed after {limit:g}s. "

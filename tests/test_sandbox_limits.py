@@ -480,3 +480,19 @@ def test_direct_mode_without_landlock_is_refused_unless_opted_in(monkeypatch):
             assert sb.run("print(6 * 7)").stdout == "42\n"
     with Sandbox(use_bwrap=True) as sb:  # bwrap's own root still confines the filesystem
         assert sb.isolation["bwrap"] is True and sb.isolation["landlock"] is False
+
+
+@pytest.mark.timeout(120)
+def test_a_host_function_overrunning_the_limit_does_not_cost_the_repl_its_state(make_sandbox):
+    """The model waited for a host function that ignored its deadline: the run
+    ends as a timeout as soon as the host returns, and REPL state is kept."""
+    def stubborn() -> int:
+        time.sleep(BLOCK_LIMIT_S + GRACE_S + 1)
+        return 1
+
+    sb = make_sandbox({"stubborn": stubborn})
+    sb.run("marker = 42")
+    result = sb.run("stubborn()")
+    assert result.timed_out and "ExecutionTimeout" in result.error
+    assert "state is kept" in result.error, result.error
+    assert sb.run("print(marker)").stdout == "42\n"
