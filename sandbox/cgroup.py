@@ -46,6 +46,8 @@ class Cgroup:
         """Move processes (all their threads) in; a failure clears the layer."""
         for controller in self.controllers:
             key = LAYER_BY_CONTROLLER[controller.name]
+            if not self.active[key]:
+                continue  # its limits could not be written: joining it would bound nothing
             try:
                 for pid in pids:
                     _write(os.path.join(controller.path, "cgroup.procs"), str(pid))
