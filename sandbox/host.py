@@ -24,7 +24,7 @@ from sandbox.dispatch import (HostCallRefused, HostDispatcher, deadline_scope, p
 from sandbox.process import WorkerProcess
 from sandbox.results import RunResult, SandboxError
 
-LAYERS = ("bwrap", "seccomp", "landlock", "rlimits")          # the first four, as before
+# sb.isolation keys: "bwrap", these, the cgroup's (sandbox.cgroup) and "scratch_cap"
 WORKER_LAYERS = ("seccomp", "landlock", "landlock_scope", "rlimits")  # reported by the worker
 REDUCED_ENV = "SANDBOX_ALLOW_REDUCED_ISOLATION"
 LANDLOCK_ABI_ENV = "SANDBOX_LANDLOCK_MAX_ABI"  # pretend an older kernel (tests, comparisons)
@@ -314,8 +314,8 @@ class Sandbox:
                 # moment to take the reply and end the run with its state kept.
                 reply = self._serve_call(message, deadline - self.grace_s)
                 if time.monotonic() > deadline:
-                    overran = f"{message.get('target')}" + (
-                        f".{message['member']}" if message.get("member") else "")
+                    overran = (f"{message.get('target')}" + (
+                        f".{message['member']}" if message.get("member") else ""))[:100]
                     deadline = time.monotonic() + HOST_OVERRUN_GRACE_S
                 worker.channel.send(reply, deadline)
         except protocol.ChannelTimeout:
