@@ -206,6 +206,10 @@ class Worker:
         if len(data) > message["max_bytes"]:
             return {"op": "value", "ok": False, "error":
                     f"value of {name!r} too large: {len(data)} bytes > limit {message['max_bytes']}"}
+        try:  # the host would refuse (and kill us for) a frame with more values
+            protocol.check_items(data, self.max_frame_items)
+        except ValueError as exc:
+            return {"op": "value", "ok": False, "error": f"value of {name!r}: {exc}"}
         # The value inline (not as a JSON string inside the frame, which escaping
         # could make up to 6x larger than the limit the host reads frames with).
         payload = b'{"op":"value","ok":true,"value":' + data + b"}"

@@ -496,3 +496,16 @@ def test_a_host_function_overrunning_the_limit_does_not_cost_the_repl_its_state(
     assert result.timed_out and "ExecutionTimeout" in result.error
     assert "state is kept" in result.error, result.error
     assert sb.run("print(marker)").stdout == "42\n"
+
+
+def test_get_of_a_value_with_too_many_items_is_refused_not_fatal(make_sandbox):
+    """The host's value-count bound is also applied by the worker, so an
+    honest get() of a huge list is a clear error, not a killed REPL."""
+    from sandbox import SandboxError
+
+    sb = make_sandbox(timeout_s=30)
+    sb.run(f"big = [0] * {ITEMS}\nsmall = list(range(1000))\nmarker = 42")
+    with pytest.raises(SandboxError, match="too many values"):
+        sb.get("big")
+    assert sb.get("small") == list(range(1000))
+    assert sb.run("print(marker)").stdout == "42\n"
