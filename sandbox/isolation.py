@@ -74,10 +74,10 @@ def bwrap_status() -> tuple[bool, str]:
     if exe is None:
         return False, "bubblewrap (bwrap) is not installed"
     probe = [exe, "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid",
-             str(SANDBOX_UID), "--cap-drop", "ALL", "--ro-bind", "/", "/", "--proc", "/proc",
-             python_executable(), "-I", "-S", "-c", "pass"]
-    try:
-        done = subprocess.run(probe, capture_output=True, timeout=10)
+             str(SANDBOX_UID), "--cap-drop", "ALL", "--die-with-parent", "--ro-bind", "/", "/",
+             "--proc", "/proc", python_executable(), "-I", "-S", "-c", "pass"]
+    try:  # generous: on a loaded machine a slow probe must not mean "no bwrap"
+        done = subprocess.run(probe, capture_output=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return False, f"bwrap could not start: {exc}"
     if done.returncode != 0:
