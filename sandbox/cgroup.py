@@ -87,14 +87,19 @@ def create(memory_bytes: int, max_tasks: int) -> Cgroup:
     inactive (never claimed). Nothing is inside until `add`."""
     name = f"{GROUP_PREFIX}{os.getpid()}-{next(_counter)}"
     group = Cgroup(active={key: False for key in LAYER_BY_CONTROLLER.values()})
+    made: set[str] = set()   # v2: memory and pids share one directory
     for controller_name, parent, v2 in _parents():
         limits = _limits(controller_name, v2, memory_bytes, max_tasks)
         _sweep(parent)
         controller = Controller(controller_name, os.path.join(parent, name), limits)
-        try:
-            os.mkdir(controller.path)
-        except OSError:
-            continue
+        if controller.path not in made:
+            if v2:  # works where the host's group may have children with controllers
+                _try_write(os.path.join(parent, "cgroup.subtree_control"), "+memory +pids")
+            try:
+                os.mkdir(controller.path)
+            except OSError:
+                continue
+            made.add(controller.path)
         group.controllers.append(controller)
         try:
             for file, value in limits:
@@ -214,6 +219,13 @@ def _write(path: str, value: str) -> None:
         os.write(fd, value.encode())
     finally:
         os.close(fd)
+
+
+def _try_write(path: str, value: str) -> None:
+    try:
+        _write(path, value)
+    except OSError:
+        pass
 
 
 def _read(path: str) -> str:
