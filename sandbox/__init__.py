@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 _EXPORTS = {"Sandbox": "sandbox.host", "SandboxError": "sandbox.results",
-            "RunResult": "sandbox.results"}
+            "RunResult": "sandbox.results", "current_deadline": "sandbox.dispatch"}
 __all__ = list(_EXPORTS)
 
 

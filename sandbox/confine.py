@@ -99,12 +99,15 @@ def _fs_rights(abi: int) -> int:
     return max(rights for version, rights in FS_RIGHTS_BY_ABI.items() if version <= abi)
 
 
-def apply_landlock(read_paths: list[str], write_paths: list[str]) -> bool:
+def apply_landlock(read_paths: list[str], write_paths: list[str],
+                   max_abi: int | None = None) -> tuple[bool, bool]:
     """Reads only under `read_paths`, writes only under `write_paths`, no TCP,
-    no signals or abstract sockets leaving the sandbox (as far as the ABI allows)."""
-    abi = landlock_abi()
+    no signals or abstract sockets leaving the sandbox (as far as the ABI allows).
+    Returns (filesystem rules applied, signal/abstract-socket scoping applied):
+    scoping needs ABI 6 (Linux 6.12), and is never claimed below it."""
+    abi = landlock_abi() if max_abi is None else min(landlock_abi(), max_abi)
     if abi < 1:
-        return False
+        return False, False
     fs_all = _fs_rights(abi)
     attr = _RulesetAttr(fs_all, NET_ALL if abi >= 4 else 0, SCOPE_ALL if abi >= 6 else 0)
     size = ctypes.sizeof(attr) if abi >= 6 else (16 if abi >= 4 else 8)
@@ -116,7 +119,8 @@ def apply_landlock(read_paths: list[str], write_paths: list[str]) -> bool:
         for paths, rights in ((read_paths, read_rights), (write_paths, fs_all)):
             for path in paths:
                 _add_path_rule(ruleset_fd, path, rights)
-        return _libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset_fd, 0) == 0
+        applied = _libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset_fd, 0) == 0
+        return applied, applied and abi >= 6
     finally:
         os.close(ruleset_fd)
 

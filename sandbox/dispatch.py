@@ -14,9 +14,14 @@ import datetime
 import decimal
 import functools
 import inspect
+import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, is_dataclass
 from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any
+
+_calling = threading.local()
 
 
 @dataclass
@@ -45,6 +50,23 @@ def describe(target: Any) -> HostSpec:
 
 def _public_names(target: Any) -> list[str]:
     return [name for name in dir(target) if not name.startswith("_")]
+
+
+def current_deadline() -> float | None:
+    """Inside a host function called from the sandbox: the `time.monotonic()`
+    by which the calling run must end (None outside a host call). Host time
+    counts against the run's limit, so long host work should stop by then."""
+    return getattr(_calling, "deadline", None)
+
+
+@contextmanager
+def deadline_scope(deadline: float) -> Iterator[None]:
+    previous = getattr(_calling, "deadline", None)
+    _calling.deadline = deadline
+    try:
+        yield
+    finally:
+        _calling.deadline = previous
 
 
 class HostCallRefused(Exception):

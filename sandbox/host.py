@@ -12,24 +12,30 @@ import keyword
 import os
 import re
 import shutil
-import tempfile
 import threading
 import time
 import warnings
 import weakref
 from typing import Any
 
-from sandbox import isolation, protocol, seccomp_policy
-from sandbox.dispatch import HostCallRefused, HostDispatcher, plain_json, to_jsonable
+from sandbox import cgroup, isolation, protocol, scratch, seccomp_policy
+from sandbox.dispatch import (HostCallRefused, HostDispatcher, deadline_scope, plain_json,
+                              to_jsonable)
 from sandbox.process import WorkerProcess
 from sandbox.results import RunResult, SandboxError
 
-LAYERS = ("bwrap", "seccomp", "landlock", "rlimits")
+# sb.isolation keys: "bwrap", these, the cgroup's (sandbox.cgroup) and "scratch_cap"
+WORKER_LAYERS = ("seccomp", "landlock", "landlock_scope", "rlimits")  # reported by the worker
+REDUCED_ENV = "SANDBOX_ALLOW_REDUCED_ISOLATION"
+LANDLOCK_ABI_ENV = "SANDBOX_LANDLOCK_MAX_ABI"  # pretend an older kernel (tests, comparisons)
 RESTART_NOTICE = ("[sandbox] the REPL worker was restarted ({reason}); variables, functions "
                   "and imports from earlier runs are gone.\n")
 LOST_STATE = ("REPL state (variables, functions, imports) was lost; "
               "the next run starts a fresh REPL.")
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+HOST_OVERRUN_GRACE_S = 1.0  # after a host function overran the hard limit (see _exchange)
+CGROUP_SLACK_MB = 32   # kernel memory (pipes, page tables) beyond the address-space limit
+FRAME_SLACK_BYTES = 1024 * 1024   # the envelope, and error text (capped in the worker)
 TRUNCATION_MARKER = "\n[output truncated: {cut} more characters not shown (limit {limit})]\n"
 
 _warned: set[frozenset[str]] = set()
@@ -61,33 +67,55 @@ class Sandbox:
                  *, use_bwrap: bool | None = None, grace_s: float = 2.0,
                  max_value_bytes: int = 16 * 1024 * 1024, cpu_limit_s: int = 3600,
                  file_limit_mb: int = 512, start_timeout_s: float = 15.0,
-                 import_paths: list[str] | tuple[str, ...] = ()):
+                 import_paths: list[str] | tuple[str, ...] = (), scratch_mb: int = 256,
+                 max_tasks: int = 256, allow_reduced_isolation: bool = False):
         for name, value in (("timeout_s", timeout_s), ("memory_mb", memory_mb),
-                            ("output_limit", output_limit), ("grace_s", grace_s)):
+                            ("output_limit", output_limit), ("grace_s", grace_s),
+                            ("scratch_mb", scratch_mb), ("max_tasks", max_tasks)):
             if value <= 0:
                 raise SandboxError(f"{name} must be positive, got {value!r}")
         self.timeout_s, self.grace_s, self.output_limit = timeout_s, grace_s, output_limit
         self.max_value_bytes = max_value_bytes
+        # What the host agrees to read from the worker, checked BEFORE decoding:
+        # a value, or a run's output and error text, plus room for the envelope.
+        self.max_frame_bytes = max(max_value_bytes, 8 * output_limit) + FRAME_SLACK_BYTES
+        self.max_frame_items = max(self.max_frame_bytes // 8, 100_000)
         self.start_timeout_s = start_timeout_s
         self._dispatcher = HostDispatcher(host_functions or {})
+        self._require_isolation, self._use_bwrap = require_isolation, use_bwrap
+        self._allow_reduced = allow_reduced_isolation or os.environ.get(REDUCED_ENV) == "1"
+        self._bwrap_missing, bwrap = "", isolation.wants_bwrap(use_bwrap)
+        if bwrap:
+            bwrap, self._bwrap_missing = isolation.bwrap_status()
+        # Under bwrap the sandbox's own scratch is a private tmpfs (size capped by
+        # the kernel, nothing left on the host); otherwise a host folder.
         self._owns_scratch = scratch_dir is None
-        self.scratch_dir = os.path.realpath(tempfile.mkdtemp(prefix="sandbox-scratch-")
-                                            if scratch_dir is None else scratch_dir)
-        try:
-            os.makedirs(self.scratch_dir, exist_ok=True)
-        except OSError as exc:
-            raise SandboxError(f"cannot use scratch_dir {self.scratch_dir!r}: {exc}") from None
-        if self._owns_scratch:  # also when dropped without close()
+        self._scratch_in_tmpfs = self._owns_scratch and bwrap
+        self.scratch_mb = scratch_mb
+        self.scratch_dir: str | None = None
+        if not self._scratch_in_tmpfs:
+            self.scratch_dir = (scratch.make_owned() if scratch_dir is None
+                                else os.path.realpath(scratch_dir))
+            try:
+                os.makedirs(self.scratch_dir, exist_ok=True)
+            except OSError as exc:
+                raise SandboxError(f"cannot use scratch_dir {self.scratch_dir!r}: {exc}") from None
+        self._scratch_cleanup: weakref.finalize | None = None
+        if self._owns_scratch and self.scratch_dir is not None:  # also when dropped unclosed
             self._scratch_cleanup = weakref.finalize(
                 self, shutil.rmtree, self.scratch_dir, ignore_errors=True)
+        # The cgroup's memory limit covers what the worker holds in tmpfs too.
+        tmpfs_mb = (scratch_mb if self._scratch_in_tmpfs else 0) + (
+            isolation.PRIVATE_TMP_BYTES >> 20 if bwrap else 0)
+        self._cgroup_bytes = (memory_mb + tmpfs_mb + CGROUP_SLACK_MB) * 1024 * 1024
+        self.max_tasks = max_tasks
         self._limits = {"memory_mb": memory_mb, "cpu_s": cpu_limit_s,
                         "file_mb": file_limit_mb, "nofile": 256}
         self._import_paths = [os.path.realpath(p) for p in import_paths]
         missing = [p for p in self._import_paths if not os.path.isdir(p)]
         if missing:
             raise SandboxError(f"import_paths are not directories: {', '.join(missing)}")
-        self._require_isolation, self._use_bwrap = require_isolation, use_bwrap
-        self._plan = self._launch_plan(use_bwrap)
+        self._plan = self._launch_plan(bwrap)
         self._lock = threading.RLock()
         self._host_values: dict[str, Any] = {}   # set() values: host data, restored on restart
         self._worker: WorkerProcess | None = None
@@ -117,6 +145,8 @@ class Sandbox:
             started = time.perf_counter()
             request = {"op": "run", "code": code, "timeout_s": limit,
                        "output_limit": self.output_limit}
+            assert self._worker is not None
+            self._worker.reset_output()
             try:
                 reply = self._exchange(request, expect="done", timeout_s=limit)
             except _WorkerLost as lost:
@@ -143,10 +173,7 @@ class Sandbox:
             if not reply.get("ok"):
                 hint = f" ({self._lost_reason}: {LOST_STATE})" if self._lost_reason else ""
                 raise SandboxError(f"{reply.get('error')}{hint}")
-            try:
-                return json.loads(str(reply.get("json")))
-            except (ValueError, RecursionError) as exc:
-                raise SandboxError(f"value of {name!r} could not be decoded: {exc}") from None
+            return reply.get("value")
 
     def set(self, name: str, value: Any) -> None:
         """Bind a JSON-safe host value in the REPL namespace (kept across restarts)."""
@@ -170,7 +197,7 @@ class Sandbox:
             if self._worker is not None:
                 self._worker.close()
                 self._worker = None
-            if self._owns_scratch:
+            if self._scratch_cleanup is not None:
                 self._scratch_cleanup()
 
     def __enter__(self) -> Sandbox:
@@ -180,29 +207,35 @@ class Sandbox:
         self.close()
 
     # -- worker lifecycle ------------------------------------------------------
-    def _launch_plan(self, use_bwrap: bool | None) -> isolation.LaunchPlan:
-        self._bwrap_missing = ""
-        if isolation.wants_bwrap(use_bwrap):
-            usable, why = isolation.bwrap_status()
-            if usable:
-                return isolation.bwrap_plan(self.scratch_dir, self._import_paths)
-            self._bwrap_missing = why
+    def _launch_plan(self, bwrap: bool) -> isolation.LaunchPlan:
+        if bwrap:
+            return isolation.bwrap_plan(self.scratch_dir, self._import_paths, self.scratch_mb)
+        assert self.scratch_dir is not None
         return isolation.direct_plan(self.scratch_dir, self._import_paths)
 
     def _init_message(self, pid: int) -> dict[str, Any]:
-        program = seccomp_policy.program(pid)
+        # memfd_create is refused outright only where no memory cgroup charges it.
+        group = self._group
+        program = seccomp_policy.program(pid, deny_memfd=not group.active["memory_cgroup"])
+        max_abi = os.environ.get(LANDLOCK_ABI_ENV, "")
         return {"op": "init", "host": self._dispatcher.spec_payload(),
                 "limits": self._limits, "read_paths": self._plan.read_paths,
                 "write_paths": self._plan.write_paths, "drop_sys_path": self._plan.lib_paths,
                 "import_paths": self._plan.import_paths,
-                "pdeathsig": not self._plan.bwrap,
+                "pdeathsig": not self._plan.bwrap, "max_frame_bytes": self.max_frame_bytes,
+                "max_frame_items": self.max_frame_items,
+                "landlock_max_abi": int(max_abi) if max_abi.isdigit() else None,
                 "seccomp_bpf": program.hex() if program else None}
 
     def _start_worker(self) -> None:
-        self._worker = WorkerProcess(self._plan, self._init_message, self.start_timeout_s)
+        self._group = cgroup.create(self._cgroup_bytes, self.max_tasks)
+        self._worker = WorkerProcess(self._plan, self._init_message, self.start_timeout_s,
+                                     self.max_frame_bytes, self.max_frame_items,
+                                     self.output_limit, self._group)
         report = self._worker.ready.get("isolation") or {}
         self._isolation = {"bwrap": self._plan.bwrap,
-                           **{layer: bool(report.get(layer)) for layer in LAYERS[1:]}}
+                           **{layer: bool(report.get(layer)) for layer in WORKER_LAYERS},
+                           **self._group.active, "scratch_cap": self._scratch_in_tmpfs}
         self._check_isolation()  # on every (re)start: a restart must not lose a layer quietly
         try:
             for name, value in self._host_values.items():
@@ -216,7 +249,21 @@ class Sandbox:
             self._drop_worker("required isolation layers are missing")
             raise SandboxError(f"required isolation layers are missing: {', '.join(missing)}"
                                + (f" ({self._bwrap_missing})" if self._bwrap_missing else ""))
-        unexpected = [m for m in missing if not (m == "bwrap" and self._use_bwrap is False)]
+        # Without bwrap, Landlock alone keeps host files unreadable and seccomp
+        # alone keeps their metadata (chmod, xattrs, inotify...) untouched.
+        unsafe = [m for m in ("landlock", "seccomp") if m in missing] if not self._plan.bwrap else []
+        if unsafe and not self._allow_reduced:
+            self._drop_worker("direct mode without its safety layers")
+            raise SandboxError(
+                f"refusing to run without bubblewrap and without {', '.join(unsafe)}: model code "
+                f"could read or alter host files; pass allow_reduced_isolation=True (or set "
+                f"{REDUCED_ENV}=1) to run anyway")
+        chosen = set()  # layers the caller turned off on purpose: no warning
+        if self._use_bwrap is False:
+            chosen |= {"bwrap", "scratch_cap"}
+        if not self._owns_scratch:
+            chosen.add("scratch_cap")
+        unexpected = [m for m in missing if m not in chosen]
         if unexpected:
             _warn_once(unexpected, f" ({self._bwrap_missing})" if self._bwrap_missing else "")
 
@@ -252,6 +299,7 @@ class Sandbox:
             raise SandboxError(f"request cannot be sent to the sandbox: {exc}") from None
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s + self.grace_s
+        overran = ""
         try:
             worker.channel.send(frame, deadline)
             while True:
@@ -260,12 +308,22 @@ class Sandbox:
                     return message
                 if message.get("op") != "call":
                     raise protocol.ProtocolError(f"expected {expect!r}, got {message.get('op')!r}")
-                started = time.monotonic()
-                reply = self._serve_call(message)
-                deadline += time.monotonic() - started  # host time is not the code's time
+                # Host time counts: the host function gets the run's soft deadline
+                # (current_deadline()); the hard one does not move, except that a
+                # worker is not blamed for a host function's overrun: it gets a
+                # moment to take the reply and end the run with its state kept.
+                reply = self._serve_call(message, deadline - self.grace_s)
+                if time.monotonic() > deadline:
+                    overran = (f"{message.get('target')}" + (
+                        f".{message['member']}" if message.get("member") else ""))[:100]
+                    deadline = time.monotonic() + HOST_OVERRUN_GRACE_S
                 worker.channel.send(reply, deadline)
         except protocol.ChannelTimeout:
             limit = timeout_s + self.grace_s
+            if overran:
+                raise self._lose(worker, "a host function overran", timed_out=True, message=(
+                    f"ExecutionTimeout: the host function {overran} ran past the "
+                    f"{timeout_s:g}s limit, so the REPL worker was stopped. {LOST_STATE}")) from None
             raise self._lose(worker, f"killed after {limit:g}s", timed_out=True, message=(
                 f"ExecutionTimeout: the code ran past the {timeout_s:g}s limit and did not "
                 f"stop when interrupted, so the REPL worker was killed after {limit:g}s. "
@@ -290,13 +348,15 @@ class Sandbox:
         self._drop_worker(reason)
         return _WorkerLost(message, timed_out, printed)
 
-    def _serve_call(self, message: dict[str, Any]) -> bytes:
+    def _serve_call(self, message: dict[str, Any], soft_deadline: float) -> bytes:
         call_id = message.get("id")
         args, kwargs = message.get("args") or [], message.get("kwargs") or {}
         try:
             if not isinstance(args, list) or not isinstance(kwargs, dict):
                 raise HostCallRefused("malformed host call")
-            value = self._dispatcher.resolve(message)(*args, **kwargs)
+            function = self._dispatcher.resolve(message)
+            with deadline_scope(soft_deadline):
+                value = function(*args, **kwargs)
         except Exception as exc:  # the host function's failure is the model's to handle
             return _error_reply(call_id, exc)
         try:

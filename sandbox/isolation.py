@@ -74,10 +74,10 @@ def bwrap_status() -> tuple[bool, str]:
     if exe is None:
         return False, "bubblewrap (bwrap) is not installed"
     probe = [exe, "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid",
-             str(SANDBOX_UID), "--cap-drop", "ALL", "--ro-bind", "/", "/", "--proc", "/proc",
-             python_executable(), "-I", "-S", "-c", "pass"]
-    try:
-        done = subprocess.run(probe, capture_output=True, timeout=10)
+             str(SANDBOX_UID), "--cap-drop", "ALL", "--die-with-parent", "--ro-bind", "/", "/",
+             "--proc", "/proc", python_executable(), "-I", "-S", "-c", "pass"]
+    try:  # generous: on a loaded machine a slow probe must not mean "no bwrap"
+        done = subprocess.run(probe, capture_output=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return False, f"bwrap could not start: {exc}"
     if done.returncode != 0:
@@ -109,9 +109,11 @@ def direct_plan(scratch: str, import_paths: list[str]) -> LaunchPlan:
                       read_paths=_system_read_paths() + import_paths, write_paths=[scratch])
 
 
-def bwrap_plan(scratch: str, import_paths: list[str]) -> LaunchPlan:
+def bwrap_plan(scratch: str | None, import_paths: list[str], scratch_mb: int = 0) -> LaunchPlan:
     """A fresh root built from an allow-list: system dirs and this Python
-    read-only, our package at INSIDE_LIB; writable: scratch and a small private /tmp."""
+    read-only, our package at INSIDE_LIB; writable: scratch and a small private /tmp.
+    `scratch` None: scratch is a private tmpfs of `scratch_mb` (a total size
+    the kernel enforces, charged to the sandbox's memory cgroup, gone with it)."""
     args = [shutil.which("bwrap") or "bwrap",
             "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
             "--cap-drop", "ALL", "--die-with-parent", "--new-session", "--hostname", "sandbox",
@@ -132,13 +134,16 @@ def bwrap_plan(scratch: str, import_paths: list[str]) -> LaunchPlan:
     args += ["--ro-bind", package_dir(), f"{INSIDE_LIB}/sandbox"]
     for path in import_paths:
         args += ["--ro-bind", path, path]
-    args += ["--proc", "/proc", "--dev", "/dev",
-             "--bind", scratch, INSIDE_SCRATCH,
-             "--chdir", INSIDE_SCRATCH, "--clearenv"]
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    if scratch is None:
+        args += ["--size", str(scratch_mb * 1024 * 1024), "--tmpfs", INSIDE_SCRATCH]
+    else:
+        args += ["--bind", scratch, INSIDE_SCRATCH]
+    args += ["--chdir", INSIDE_SCRATCH, "--clearenv"]
     env = scrubbed_env(INSIDE_SCRATCH)
     for name, value in env.items():
         args += ["--setenv", name, value]
-    return LaunchPlan(argv=args + _interpreter_args(), env=env, cwd=scratch,
+    return LaunchPlan(argv=args + _interpreter_args(), env=env, cwd=scratch or "/",
                       lib_paths=[INSIDE_LIB], import_paths=import_paths,
                       read_paths=_system_read_paths() + import_paths,
                       write_paths=[INSIDE_SCRATCH, "/tmp"], bwrap=True)

@@ -14,11 +14,25 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from sandbox import protocol
+from sandbox import cgroup, protocol, scratch
 from sandbox.isolation import LaunchPlan
 from sandbox.results import SandboxError
 
 STDERR_TAIL_BYTES = 2000
+# The output mirror: an 8-byte little-endian length the worker keeps current,
+# then the kept output. A sealed memfd of fixed size, so the worker (which
+# must be able to write it) cannot grow it: the kernel refuses, not our code.
+MIRROR_HEADER_BYTES = 8
+F_ADD_SEALS, F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW = 1033, 1, 2, 4
+
+
+def output_mirror(limit_chars: int) -> int:
+    """A fixed-size memfd for `limit_chars` of output (UTF-8: up to 4 bytes each)."""
+    fd = os.memfd_create("sandbox-output", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, MIRROR_HEADER_BYTES + 4 * limit_chars + 4)
+    import fcntl
+    fcntl.fcntl(fd, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL)
+    return fd
 
 
 class _Spawner:
@@ -45,12 +59,19 @@ _spawner = _Spawner()
 
 
 def _bootstrap(lib_paths: list[str], *fds: int) -> str:
+    # The trailing comment marks the command line (bwrap's and the worker's)
+    # with the host's pid and an optional session tag, so a supervisor such
+    # as the test suite can find exactly the workers it started.
+    marker = f"sandbox-host={os.getpid()}"
+    if scratch.session_tag():
+        marker += f" sandbox-session={scratch.session_tag()}"
     return (f"import sys; sys.path[:0] = {lib_paths!r}; "
-            f"from sandbox.worker import main; main{fds!r}")
+            f"from sandbox.worker import main; main{fds!r}  # {marker}")
 
 
-def _kill(proc: subprocess.Popen) -> None:
-    """SIGKILL the worker (or bwrap: its pid namespace dies with it) and reap it."""
+def _kill(proc: subprocess.Popen, group: cgroup.Cgroup | None = None) -> None:
+    """SIGKILL the worker (or bwrap: its pid namespace dies with it), reap it,
+    and kill whatever else is left in its cgroup."""
     if proc.poll() is None:
         try:
             proc.kill()
@@ -60,12 +81,17 @@ def _kill(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         pass
+    if group is not None:
+        group.destroy()
 
 
 class WorkerProcess:
     def __init__(self, plan: LaunchPlan, init: Callable[[int], dict[str, Any]],
-                 start_timeout_s: float):
+                 start_timeout_s: float, max_frame_bytes: int = protocol.MAX_FRAME_BYTES,
+                 max_items: int | None = None, output_limit: int = 20_000,
+                 group: cgroup.Cgroup | None = None):
         self.plan = plan
+        self.group = group
         cmd_read, cmd_write = os.pipe()
         reply_read, reply_write = os.pipe()
         # Start-up failures (import errors, a bad bwrap bind) are written here;
@@ -73,8 +99,8 @@ class WorkerProcess:
         self._stderr = tempfile.TemporaryFile(prefix="sandbox-worker-")
         # The current run's kept output, written through by the worker: what
         # we can still show after killing it (sandbox.worker.BoundedOutput).
-        self._output = tempfile.TemporaryFile(prefix="sandbox-output-")
-        output_fd = self._output.fileno()
+        self._output_fd = output_fd = output_mirror(output_limit)
+        self._output_size = os.fstat(output_fd).st_size
         argv = [*plan.argv, "-c", _bootstrap(plan.lib_paths, cmd_read, reply_write, output_fd)]
         try:
             self.proc = _spawner.popen(
@@ -82,14 +108,16 @@ class WorkerProcess:
                 stdout=subprocess.DEVNULL, stderr=self._stderr, env=plan.env, cwd=plan.cwd,
                 start_new_session=True)
         except OSError as exc:
-            for fd in (cmd_read, cmd_write, reply_read, reply_write):
+            for fd in (cmd_read, cmd_write, reply_read, reply_write, output_fd):
                 os.close(fd)
+            if group is not None:
+                group.destroy()
             raise SandboxError(f"cannot start the sandbox worker: {exc}") from None
         os.close(cmd_read)  # the child's ends: keeping them would hide its exit from us
         os.close(reply_write)
         # A Sandbox dropped without close() must not leave a process behind.
-        self._finalizer = weakref.finalize(self, _kill, self.proc)
-        self.channel = protocol.HostChannel(reply_read, cmd_write)
+        self._finalizer = weakref.finalize(self, _kill, self.proc, group)
+        self.channel = protocol.HostChannel(reply_read, cmd_write, max_frame_bytes, max_items)
         self.ready = self._handshake(init, start_timeout_s)
 
     def _handshake(self, init: Callable[[int], dict[str, Any]], timeout_s: float) -> dict[str, Any]:
@@ -99,6 +127,8 @@ class WorkerProcess:
             hello = self.channel.receive(deadline)
             if hello.get("op") != "hello" or not isinstance(hello.get("pid"), int):
                 raise protocol.ProtocolError("expected hello")
+            if self.group is not None:  # no model code has run yet: move the whole tree in
+                self.group.add(cgroup.process_tree(self.proc.pid))
             self.channel.send(protocol.encode(init(hello["pid"])), deadline)
             ready = self.channel.receive(deadline)
         except (protocol.ChannelClosed, protocol.ChannelTimeout, protocol.ProtocolError) as exc:
@@ -115,7 +145,7 @@ class WorkerProcess:
         return self.proc.poll() is None
 
     def kill(self) -> None:
-        _kill(self.proc)
+        _kill(self.proc, self.group)
         self.channel.close()
         self._finalizer.detach()
 
@@ -143,11 +173,23 @@ class WorkerProcess:
                 return f"was killed by signal {signum}"
         return f"exited with status {code}"
 
+    def reset_output(self) -> None:
+        """Before each run, by the host: a run the worker never starts (it is
+        stuck) must not show the previous run's output as its own."""
+        try:
+            used = int.from_bytes(os.pread(self._output_fd, MIRROR_HEADER_BYTES, 0), "little")
+            size = MIRROR_HEADER_BYTES + min(used, self._output_size - MIRROR_HEADER_BYTES)
+            os.pwrite(self._output_fd, bytes(size), 0)
+        except OSError:
+            pass
+
     def output_so_far(self, limit_chars: int) -> str:
         """The output the current run had printed (for runs that never finished)."""
         try:
-            data = os.pread(self._output.fileno(), 4 * limit_chars + 4, 0)
-        except (OSError, ValueError):
+            used = int.from_bytes(os.pread(self._output_fd, MIRROR_HEADER_BYTES, 0), "little")
+            used = min(used, self._output_size - MIRROR_HEADER_BYTES)
+            data = os.pread(self._output_fd, used, MIRROR_HEADER_BYTES)
+        except OSError:
             return ""
         return data.decode("utf-8", "replace")[:limit_chars]
 
@@ -156,4 +198,6 @@ class WorkerProcess:
         # polite exit costs ~0.1 s of interpreter shutdown on a loaded machine.
         self.kill()
         self._stderr.close()
-        self._output.close()
+        if self._output_fd >= 0:
+            os.close(self._output_fd)
+            self._output_fd = -1

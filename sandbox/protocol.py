@@ -35,18 +35,26 @@ class ChannelTimeout(Exception):
     """No complete frame arrived before the deadline."""
 
 
-def encode(message: dict[str, Any], default: Callable[[Any], Any] | None = None) -> bytes:
-    """One frame; raises TypeError/ValueError if `message` is not JSON-safe."""
+def encode(message: dict[str, Any], default: Callable[[Any], Any] | None = None,
+           max_bytes: int = MAX_FRAME_BYTES) -> bytes:
+    """One frame; raises TypeError/ValueError if `message` is not JSON-safe or too large."""
     # backslashreplace: a lone surrogate (model code can print one) becomes the
     # JSON escape \udXXX inside its string instead of failing the whole frame.
     payload = json.dumps(message, default=default, ensure_ascii=False,
                          separators=(",", ":")).encode("utf-8", "backslashreplace")
-    if len(payload) > MAX_FRAME_BYTES:
-        raise ValueError(f"message too large: {len(payload)} bytes > {MAX_FRAME_BYTES}")
+    if len(payload) > max_bytes:
+        raise ValueError(f"message too large: {len(payload)} bytes > {max_bytes}")
     return HEADER.pack(len(payload)) + payload
 
 
-def decode(payload: bytes) -> dict[str, Any]:
+def decode(payload: bytes, max_items: int | None = None) -> dict[str, Any]:
+    """`max_items` (the host's side) bounds what decoding may build: JSON like
+    `[{},{},...]` turns 3 bytes into ~70 bytes of objects, so a frame is
+    refused by a cheap count of its separators before `json.loads` runs."""
+    try:
+        check_items(payload, max_items)
+    except ValueError as exc:
+        raise ProtocolError(str(exc)) from None
     try:
         message = json.loads(payload)
     except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, absurd nesting
@@ -54,6 +62,16 @@ def decode(payload: bytes) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise ProtocolError("frame is not a JSON object")
     return message
+
+
+def check_items(payload: bytes, max_items: int | None) -> None:
+    """ValueError if `payload` may hold more than `max_items` JSON values
+    (an upper bound: separators inside strings count too)."""
+    if max_items is None:
+        return
+    items = payload.count(b",") + payload.count(b"[") + payload.count(b"{")
+    if items > max_items:
+        raise ValueError(f"too many values in one message (~{items} > {max_items})")
 
 
 # -- blocking side (the worker: one reader, plain blocking pipes) -------------
@@ -86,9 +104,10 @@ class HostChannel:
     """The host's ends of the two pipes, non-blocking, every wait bounded by a
     deadline so a stuck or hostile worker can never hang the host thread."""
 
-    def __init__(self, read_fd: int, write_fd: int, max_frame_bytes: int = MAX_FRAME_BYTES):
+    def __init__(self, read_fd: int, write_fd: int, max_frame_bytes: int = MAX_FRAME_BYTES,
+                 max_items: int | None = None):
         self.read_fd, self.write_fd = read_fd, write_fd
-        self.max_frame_bytes = max_frame_bytes
+        self.max_frame_bytes, self.max_items = max_frame_bytes, max_items
         os.set_blocking(read_fd, False)
         os.set_blocking(write_fd, False)
         self._buffer = bytearray()
@@ -108,10 +127,10 @@ class HostChannel:
         while True:
             frame = self._take_frame()
             if frame is not None:
-                return decode(frame)
+                return decode(frame, self.max_items)
             self._wait(self.read_fd, select.POLLIN, deadline)
-            try:
-                chunk = os.read(self.read_fd, 1 << 20)
+            try:  # never more than the frame being read can still need
+                chunk = os.read(self.read_fd, self._wanted())
             except BlockingIOError:
                 continue
             if not chunk:
@@ -130,6 +149,12 @@ class HostChannel:
         frame = bytes(self._buffer[HEADER.size:end])
         del self._buffer[:end]
         return frame
+
+    def _wanted(self) -> int:
+        if len(self._buffer) < HEADER.size:
+            return 1 << 16
+        (size,) = HEADER.unpack_from(self._buffer)
+        return max(min(HEADER.size + size - len(self._buffer), 1 << 20), 1 << 16)
 
     @staticmethod
     def _wait(fd: int, event: int, deadline: float) -> None:

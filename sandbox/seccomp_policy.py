@@ -31,7 +31,28 @@ DENIED_SYSCALLS = (
     "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
     # real-time scheduling of a busy loop would starve the host's own threads
     "sched_setscheduler", "sched_setattr", "sched_setparam",
+    # Metadata of files the sandbox can see but does not own the contents of
+    # (without bwrap: the host's own files, as the same uid). Landlock has no
+    # right for these, so they are refused here in every mode.
+    "chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat",
+    "utime", "utimes", "futimesat", "utimensat",
+    "setxattr", "lsetxattr", "fsetxattr", "removexattr", "lremovexattr", "fremovexattr",
+    "setxattrat", "removexattrat",
+    # watching host folders shows live host file names
+    "inotify_init", "inotify_init1", "inotify_add_watch",
+    # System V IPC objects outlive the worker (and without bwrap are the host's)
+    "shmget", "msgget", "semget",
+    "memfd_secret",
 )
+# fcntl commands that make the kernel signal another process (F_SETOWN +
+# F_SETSIG + O_ASYNC can SIGKILL the host where Landlock cannot scope signals)
+# or report events on other files (leases, dnotify).
+F_SETOWN, F_SETSIG, F_SETOWN_EX, F_SETLEASE, F_NOTIFY = 8, 10, 15, 1024, 1026
+DENIED_FCNTL = (F_SETOWN, F_SETSIG, F_SETOWN_EX, F_SETLEASE, F_NOTIFY)
+FIOSETOWN, SIOCSPGRP = 0x8901, 0x8902    # the ioctl spellings of F_SETOWN
+# Syscalls newer than some libseccomp releases know by name. Numbers from 424
+# on are the same on every architecture, so they can be given as numbers.
+NEW_SYSCALL_NUMBERS = {"setxattrat": 463, "removexattrat": 466, "file_setattr": 469}
 # Signals only to itself (the watchdog's wake-up); never to the host or others.
 SELF_ONLY_SIGNALS = ("kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo")
 
@@ -50,18 +71,21 @@ def _library():
 
 
 @functools.lru_cache(maxsize=64)
-def program(pid: int) -> bytes | None:
-    """The BPF program for a worker whose own pid is `pid` (None: no libseccomp)."""
+def program(pid: int, deny_memfd: bool = True) -> bytes | None:
+    """The BPF program for a worker whose own pid is `pid` (None: no libseccomp).
+    `deny_memfd`: refuse memfd_create (where no memory cgroup would charge it)."""
     sc = _library()
     if sc is None:
         return None
     deny = sc.ERRNO(errno.EPERM)
     f = sc.SyscallFilter(sc.ALLOW)
-    for name in DENIED_SYSCALLS:
+    for name in (*DENIED_SYSCALLS, "file_setattr"):
         try:
             f.add_rule(deny, name)
-        except (OSError, ValueError):
-            continue  # a syscall this architecture does not have
+        except (OSError, ValueError, RuntimeError):
+            if name in NEW_SYSCALL_NUMBERS:  # the kernel may have it though libseccomp does not
+                f.add_rule(deny, NEW_SYSCALL_NUMBERS[name])
+            # else: a syscall this architecture does not have
     # Threads stay allowed: only clone() without CLONE_THREAD makes a process.
     f.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_THREAD, 0))
     # glibc tries clone3 first and falls back to clone on ENOSYS; clone3's flags
@@ -70,7 +94,12 @@ def program(pid: int) -> bytes | None:
     for name in SELF_ONLY_SIGNALS:
         f.add_rule(deny, name, sc.Arg(0, sc.NE, pid))
     f.add_rule(deny, "prlimit64", sc.Arg(2, sc.NE, 0))  # getrlimit passes new_limit=NULL
-    f.add_rule(deny, "ioctl", sc.Arg(1, sc.EQ, TIOCSTI))  # no typing into a terminal
+    for command in (TIOCSTI, FIOSETOWN, SIOCSPGRP):  # TIOCSTI: no typing into a terminal
+        f.add_rule(deny, "ioctl", sc.Arg(1, sc.EQ, command))
+    for command in DENIED_FCNTL:
+        f.add_rule(deny, "fcntl", sc.Arg(1, sc.EQ, command))
+    if deny_memfd:
+        f.add_rule(deny, "memfd_create")
     with tempfile.TemporaryFile() as out:
         f.export_bpf(out)
         out.seek(0)

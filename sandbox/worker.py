@@ -10,26 +10,23 @@ from __future__ import annotations
 
 import builtins
 import ctypes
-import io
 import os
 import signal
 import sys
 import threading
 import time
+from _queue import SimpleQueue  # the C queue: `queue` would import more at start-up
 
 from sandbox import confine, protocol, proxy
+from sandbox.output import BoundedOutput, format_error
 
 TYPE_CHECKING = False  # `typing` would cost start-up time in every worker
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 # SIGURG's default action is "ignore", so model code resetting it kills nothing.
 TIMER_SIGNAL = signal.SIGURG
-# Outermost and innermost frames only: formatting a 10^6-deep recursion in
-# full takes longer than any time limit, and the ends are what the model needs.
-TRACEBACK_FRAMES_KEPT = 30
 # Unwinding a runaway recursion costs ~10 us per frame: at the millions of
 # frames a raised limit allows, the soft timeout would take minutes to land.
 MAX_RECURSION_LIMIT = 50_000
@@ -55,7 +52,9 @@ class Watchdog:
     (and again every REFIRE_S if model code swallows it). Async exceptions do
     not depend on signal handlers model code can replace; the extra signal only
     wakes a blocking syscall (sleep, read) so the exception gets delivered.
-    Pure-C loops (a catastrophic regex) are beyond it: the host's kill is."""
+    Pure-C loops (a catastrophic regex) are beyond it: the host's kill is.
+    It cannot be paused: time inside host calls counts too (the host bounds
+    its own work by the same deadline), so no model thread can hold it off."""
 
     REFIRE_S = 0.2
 
@@ -63,43 +62,25 @@ class Watchdog:
         self._cond = threading.Condition()
         self._main = threading.main_thread().ident or 0
         self._deadline: float | None = None
-        self._paused_at: float | None = None
 
     def start(self) -> None:
         threading.Thread(target=self._loop, name="sandbox-watchdog", daemon=True).start()
 
     def arm(self, seconds: float) -> None:
         with self._cond:
-            self._deadline, self._paused_at = time.monotonic() + seconds, None
+            self._deadline = time.monotonic() + seconds
             self._cond.notify()
 
     def disarm(self) -> None:
         with self._cond:
-            self._deadline = self._paused_at = None
+            self._deadline = None
         _set_async_exc(self._main, None)  # drop an interrupt raised but not yet delivered
-
-    def pause(self) -> None:
-        """Time spent in host functions is the host's to bound, not ours."""
-        with self._cond:
-            if self._deadline is not None and self._paused_at is None:
-                self._paused_at = time.monotonic()
-
-    def resume(self) -> None:
-        # No notify: waking the watchdog on every host call would cost a thread
-        # switch each; it re-checks the moved deadline when its wait runs out.
-        with self._cond:
-            if self._paused_at is not None and self._deadline is not None:
-                self._deadline += time.monotonic() - self._paused_at
-            self._paused_at = None
 
     def _loop(self) -> None:
         with self._cond:
             while True:
                 if self._deadline is None:
                     self._cond.wait()
-                    continue
-                if self._paused_at is not None:
-                    self._cond.wait(self.REFIRE_S)
                     continue
                 remaining = self._deadline - time.monotonic()
                 if remaining > 0:
@@ -110,113 +91,19 @@ class Watchdog:
                 self._deadline = time.monotonic() + self.REFIRE_S
 
 
-class BoundedOutput(io.TextIOBase):
-    """stdout+stderr of model code: keeps the first `limit` characters and
-    counts the rest, so a print loop cannot fill the worker's memory. What is
-    kept is also written through to `mirror_fd` (a host-owned file), so the
-    output printed before a hard kill or a crash is not lost with the worker."""
-
-    def __init__(self, mirror_fd: int) -> None:
-        self._lock = threading.Lock()
-        self._mirror_fd, self._mirror_at = mirror_fd, 0
-        self._parts: list[str] = []
-        self._size, self._cut, self._limit = 0, 0, 0
-
-    def reset(self, limit: int) -> None:
-        with self._lock:
-            self._parts = []
-            self._size, self._cut, self._limit = 0, 0, limit
-            self._mirror_at = 0
-            try:
-                os.ftruncate(self._mirror_fd, 0)
-            except OSError:
-                pass
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        if not isinstance(text, str):
-            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        with self._lock:
-            kept = text[: max(self._limit - self._size, 0)]
-            if kept:
-                self._parts.append(kept)
-                self._size += len(kept)
-                self._mirror(kept)
-            self._cut += len(text) - len(kept)
-        return len(text)
-
-    def _mirror(self, text: str) -> None:
-        data = text.encode("utf-8", "backslashreplace")
-        try:
-            os.pwrite(self._mirror_fd, data, self._mirror_at)
-            self._mirror_at += len(data)
-        except OSError:
-            pass  # the mirror is a convenience; the reply frame carries the output
-
-    def take(self) -> tuple[str, int]:
-        with self._lock:
-            text, cut = "".join(self._parts), self._cut
-            self._parts, self._size, self._cut = [], 0, 0
-        return text, cut
-
-
-def _shorten_tracebacks(exc: BaseException) -> int:
-    """Splice out the middle of very long tracebacks (of exc and its chain)."""
-    omitted, seen, pending = 0, set(), [exc]
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        entries, tb = [], current.__traceback__
-        while tb is not None:
-            entries.append(tb)
-            tb = tb.tb_next
-        if len(entries) > 2 * TRACEBACK_FRAMES_KEPT:
-            entries[TRACEBACK_FRAMES_KEPT - 1].tb_next = entries[-TRACEBACK_FRAMES_KEPT]
-            omitted += len(entries) - 2 * TRACEBACK_FRAMES_KEPT
-        pending += [current.__cause__, current.__context__]
-    return omitted
-
-
-def format_error(exc: BaseException, sources: dict[str, str]) -> str:
-    """The traceback as model code should see it: its own `<repl-N>` frames and
-    library frames, none of the worker's. `sources` holds each run's code so
-    the traceback can quote it."""
-    # Imported on first error, not at start-up (they pull in tokenize and re);
-    # the standard library stays readable after confinement.
-    import linecache
-    import traceback
-    for filename, code in sources.items():
-        linecache.cache.setdefault(filename, (len(code), None, code.splitlines(True), filename))
-    omitted = _shorten_tracebacks(exc)
-    report = traceback.TracebackException(type(exc), exc, exc.__traceback__, compact=True)
-    pending, seen = [report], set()
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        current.stack = traceback.StackSummary.from_list(
-            [frame for frame in current.stack if not frame.filename.startswith(PACKAGE_DIR)])
-        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-    text = "".join(report.format())
-    if omitted:
-        text += f"[traceback shortened: {omitted} intermediate frames omitted]\n"
-    if isinstance(exc, SystemExit):
-        text += "(sys.exit() does not end the REPL; its state is kept)\n"
-    return text
-
-
 class Worker:
     def __init__(self, cmd_fd: int, reply_fd: int, output_fd: int, config: dict[str, Any]):
         self.cmd_fd, self.reply_fd = cmd_fd, reply_fd
-        # One reader of the command pipe at a time: the main loop between runs,
-        # or whichever thread is inside a host call.
-        self._io_lock = threading.Lock()
+        # ONE reader of the command pipe (the reader thread): it routes replies
+        # to the host call waiting for them and everything else to the main
+        # loop, so no model thread can swallow a frame meant for someone else,
+        # and no interrupt can land in the middle of reading a frame.
+        self._write_lock = threading.Lock()       # frames from several threads never interleave
+        self._commands: SimpleQueue = SimpleQueue()
+        self._waiters: dict[int, list[Any]] = {}  # call id -> [lock released on reply, reply]
         self._call_ids = iter(range(1, 1 << 62))
+        self.max_frame_bytes = int(config.get("max_frame_bytes") or protocol.MAX_FRAME_BYTES)
+        self.max_frame_items = config.get("max_frame_items")
         self.watchdog = Watchdog()  # its thread starts after confinement (see main)
         self.output = BoundedOutput(output_fd)
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
@@ -228,16 +115,33 @@ class Worker:
         }
 
     # -- serving ---------------------------------------------------------------
+    def start_reader(self) -> None:
+        threading.Thread(target=self._read_loop, name="sandbox-reader", daemon=True).start()
+
+    def _read_loop(self) -> None:
+        while True:
+            try:
+                message = protocol.read_frame(self.cmd_fd)
+            except (protocol.ChannelClosed, protocol.ProtocolError, OSError):
+                os._exit(0)  # the host is gone or closed us: nothing left to serve
+            if message.get("op") != "reply":
+                self._commands.put(message)
+                continue
+            slot = self._waiters.pop(message.get("id"), None)  # type: ignore[arg-type]
+            if slot is not None:  # else: a late reply to a call model code abandoned
+                slot[1] = message
+                slot[0].release()
+
+    def send(self, frame: bytes) -> None:
+        with self._write_lock:
+            protocol.write_all(self.reply_fd, frame)
+
     def serve(self) -> None:
         while True:
-            with self._io_lock:
-                try:
-                    message = protocol.read_frame(self.cmd_fd)
-                except protocol.ChannelClosed:
-                    return  # the host is gone or closed us: nothing left to serve
+            message = self._commands.get()
             handler = self.handlers.get(message.get("op"))
             if handler is None:
-                continue  # a late reply to a host call that model code abandoned
+                continue
             try:
                 reply = handler(message)
             except ExecutionTimeout:  # landed in our own code after model code ended
@@ -246,7 +150,7 @@ class Worker:
                          "error": format_error(ExecutionTimeout(), self.sources)}
             except Exception as exc:  # a bug of ours must not take the REPL state down
                 reply = self._internal_error(message, exc)
-            protocol.write_all(self.reply_fd, protocol.encode(reply))
+            self.send(reply if isinstance(reply, bytes) else protocol.encode(reply))
 
     @staticmethod
     def _internal_error(message: dict[str, Any], exc: Exception) -> dict[str, Any]:
@@ -285,7 +189,7 @@ class Worker:
         stdout, cut = self.output.take()
         return {"op": "done", "stdout": stdout, "cut": cut, "error": error, "timed_out": timed_out}
 
-    def _get(self, message: dict[str, Any]) -> dict[str, Any]:
+    def _get(self, message: dict[str, Any]) -> dict[str, Any] | bytes:
         name = message["name"]
         if name not in self.namespace:
             return {"op": "value", "ok": False,
@@ -298,15 +202,22 @@ class Worker:
         except MemoryError:
             return {"op": "value", "ok": False,
                     "error": f"value of {name!r} is too large to encode"}
-        size = len(text.encode("utf-8", "backslashreplace"))
-        if size > message["max_bytes"]:
+        data = text.encode("utf-8", "backslashreplace")
+        if len(data) > message["max_bytes"]:
             return {"op": "value", "ok": False, "error":
-                    f"value of {name!r} too large: {size} bytes > limit {message['max_bytes']}"}
-        return {"op": "value", "ok": True, "json": text}
+                    f"value of {name!r} too large: {len(data)} bytes > limit {message['max_bytes']}"}
+        try:  # the host would refuse (and kill us for) a frame with more values
+            protocol.check_items(data, self.max_frame_items)
+        except ValueError as exc:
+            return {"op": "value", "ok": False, "error": f"value of {name!r}: {exc}"}
+        # The value inline (not as a JSON string inside the frame, which escaping
+        # could make up to 6x larger than the limit the host reads frames with).
+        payload = b'{"op":"value","ok":true,"value":' + data + b"}"
+        return protocol.HEADER.pack(len(payload)) + payload
 
     def _set(self, message: dict[str, Any]) -> dict[str, Any]:
         self.namespace[message["name"]] = message["value"]
-        return {"op": "value", "ok": True, "json": "null"}
+        return {"op": "value", "ok": True, "value": None}
 
     # -- host calls (from any model thread) -----------------------------------
     def _host_call(self, target: str, kind: str, member: str | None,
@@ -315,18 +226,22 @@ class Worker:
         request = {"op": "call", "id": call_id, "target": target, "kind": kind,
                    "member": member, "args": list(args), "kwargs": kwargs}
         try:
-            frame = protocol.encode(request)
+            frame = protocol.encode(request, max_bytes=self.max_frame_bytes)
+            protocol.check_items(frame, self.max_frame_items)  # the host would refuse it
         except (TypeError, ValueError) as exc:
             raise TypeError(f"arguments to {target} must be JSON-serialisable: {exc}") from None
-        self.watchdog.pause()
+        # Time spent waiting here counts against the run's limit: the watchdog
+        # keeps running, and the host bounds its own work by the same deadline.
+        waiter = threading.Lock()
+        waiter.acquire()
+        slot: list[Any] = [waiter, None]
+        self._waiters[call_id] = slot
         try:
-            with self._io_lock:
-                protocol.write_all(self.reply_fd, frame)
-                reply = protocol.read_frame(self.cmd_fd)
-                while reply.get("op") != "reply" or reply.get("id") != call_id:
-                    reply = protocol.read_frame(self.cmd_fd)  # skip replies to abandoned calls
+            self.send(frame)
+            waiter.acquire()
         finally:
-            self.watchdog.resume()
+            self._waiters.pop(call_id, None)
+        reply = slot[1]
         if reply.get("ok"):
             return reply.get("value")
         raise proxy.rebuild_error(str(reply.get("error_type")), str(reply.get("error")),
@@ -353,8 +268,10 @@ def _confine(config: dict[str, Any]) -> dict[str, Any]:
     if not confine.drop_capabilities():
         notes.append("could not drop capabilities")
     no_new_privs = confine.set_no_new_privs()
-    report["landlock"] = no_new_privs and confine.apply_landlock(
-        config["read_paths"], config["write_paths"])
+    landlock, scoped = confine.apply_landlock(
+        config["read_paths"], config["write_paths"], config.get("landlock_max_abi"))
+    report["landlock"] = no_new_privs and landlock
+    report["landlock_scope"] = no_new_privs and scoped
     program = bytes.fromhex(config["seccomp_bpf"]) if config.get("seccomp_bpf") else None
     report["seccomp"] = no_new_privs and confine.install_seccomp(program)
     return {"isolation": report, "notes": notes}
@@ -369,6 +286,7 @@ def main(cmd_fd: int, reply_fd: int, output_fd: int) -> None:
     devnull = os.open(os.devnull, os.O_RDWR)  # before Landlock, which would refuse it later
     ready = _confine(config)
     worker.watchdog.start()  # after confinement: both layers bind only later threads
+    worker.start_reader()
     for path in config["drop_sys_path"]:  # our package dirs are not the model's to import
         while path in sys.path:
             sys.path.remove(path)

@@ -17,6 +17,12 @@ import pytest
 
 import rlm_ray  # noqa: F401  (process defaults: offline litellm/tiktoken, RAY_AUTH_MODE)
 
+# Marks every sandbox worker, bwrap and scratch folder this session starts (and
+# those of Ray workers it starts, which inherit the environment): the
+# session-end check below looks for exactly these, not other runs' on this machine.
+SANDBOX_SESSION_TAG = f"pytest{os.getpid()}_{uuid.uuid4().hex[:8]}"
+os.environ["SANDBOX_SESSION_TAG"] = SANDBOX_SESSION_TAG
+
 # Nothing in the suite may use real credentials, even by accident.
 for _var in list(os.environ):
     if _var.startswith("AWS_") or _var.endswith("_API_KEY"):
@@ -126,3 +132,42 @@ def sim_server():
 
     with SimServer() as server:
         yield server
+
+
+# -- session end: the suite leaves no sandbox worker, bwrap or scratch folder --
+
+def _sandbox_leftovers() -> list[str]:
+    import re
+    import tempfile
+
+    marker = re.compile(rb"sandbox-session=%s[\s\x00]" % SANDBOX_SESSION_TAG.encode())
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and marker.search(Path(f"/proc/{entry}/cmdline").read_bytes()):
+                found.append(f"process {entry}")
+        except OSError:
+            continue
+    tmp = Path(tempfile.gettempdir())
+    found += [f"folder {p}" for p in tmp.glob(f"sandbox-scratch-*-{SANDBOX_SESSION_TAG}-*")]
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Processes get a moment to exit (Ray workers are torn down just before);
+    folders of hosts that died are what the next host sweeps, so sweep first."""
+    from sandbox import scratch
+
+    deadline = time.monotonic() + 20
+    while True:
+        scratch.sweep_stale(force=True)
+        leftovers = _sandbox_leftovers()
+        if not leftovers or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if leftovers:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("sandbox leftovers after the session: " + ", ".join(leftovers),
+                                red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -1,0 +1,236 @@
+"""A cgroup per sandbox: the kernel's machine-wide limits on what one worker
+may hold, whatever syscalls it finds (memfd, shared memory, tmpfs files,
+kernel memory, raw `clone` threads).
+
+Rlimits are per process and miss memory that is not mapped (a memfd filled
+with write()) and tasks made by raw clone(). A memory cgroup charges every
+page the worker touches, and a pids cgroup counts every task. The host makes
+the group as a child of its OWN cgroup (the delegation pattern: no
+privileges beyond writing where the host already lives), moves the worker's
+process tree in before any model code runs, and at the end kills whatever
+is still inside and removes the group.
+
+Works with cgroup v1 (a hierarchy per controller) and v2 (one hierarchy);
+where neither is writable the layer is simply reported missing.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import signal
+import time
+from dataclasses import dataclass, field
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+GROUP_PREFIX = "sandbox-"
+GROUP_NAME = re.compile(rf"^{GROUP_PREFIX}(\d+)-\d+$")   # sandbox-<host pid>-<n>
+_counter = itertools.count(1)
+_swept: set[str] = set()
+
+
+@dataclass
+class Controller:
+    """One controller's group: where its files live and which limits to write."""
+    name: str                       # "memory" | "pids"
+    path: str                       # the group's directory
+    limits: list[tuple[str, str]]   # (file, value), written in order
+
+
+@dataclass
+class Cgroup:
+    controllers: list[Controller] = field(default_factory=list)
+    active: dict[str, bool] = field(default_factory=dict)   # isolation key -> enforced
+
+    def add(self, pids: list[int]) -> None:
+        """Move processes (all their threads) in; a failure clears the layer."""
+        for controller in self.controllers:
+            key = LAYER_BY_CONTROLLER[controller.name]
+            if not self.active[key]:
+                continue  # its limits could not be written: joining it would bound nothing
+            try:
+                for pid in pids:
+                    _write(os.path.join(controller.path, "cgroup.procs"), str(pid))
+            except OSError:
+                self.active[key] = False
+
+    def pids(self) -> set[int]:
+        found: set[int] = set()
+        for controller in self.controllers:
+            try:
+                with open(os.path.join(controller.path, "cgroup.procs")) as f:
+                    found.update(int(line) for line in f if line.strip())
+            except (OSError, ValueError):
+                continue
+        return found
+
+    def destroy(self, wait_s: float = 2.0) -> None:
+        """SIGKILL everything still inside (nothing outlives its sandbox), then remove."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            remaining = self.pids()
+            for pid in remaining:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            if _remove_dirs(self.controllers) or time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
+
+
+LAYER_BY_CONTROLLER = {"memory": "memory_cgroup", "pids": "pids_cgroup"}
+
+
+def create(memory_bytes: int, max_tasks: int) -> Cgroup:
+    """A fresh group with the limits written; layers that failed are reported
+    inactive (never claimed). Nothing is inside until `add`."""
+    name = f"{GROUP_PREFIX}{os.getpid()}-{next(_counter)}"
+    group = Cgroup(active={key: False for key in LAYER_BY_CONTROLLER.values()})
+    made: set[str] = set()   # v2: memory and pids share one directory
+    for controller_name, parent, v2 in _parents():
+        limits = _limits(controller_name, v2, memory_bytes, max_tasks)
+        _sweep(parent)
+        controller = Controller(controller_name, os.path.join(parent, name), limits)
+        if controller.path not in made:
+            if v2:  # works where the host's group may have children with controllers
+                _try_write(os.path.join(parent, "cgroup.subtree_control"), "+memory +pids")
+            try:
+                os.mkdir(controller.path)
+            except OSError:
+                continue
+            made.add(controller.path)
+        group.controllers.append(controller)
+        try:
+            for file, value in limits:
+                _write_limit(os.path.join(controller.path, file), value)
+        except OSError:
+            continue
+        group.active[LAYER_BY_CONTROLLER[controller_name]] = True
+    return group
+
+
+def _limits(controller: str, v2: bool, memory_bytes: int, max_tasks: int) -> list[tuple[str, str]]:
+    if controller == "pids":
+        return [("pids.max", str(max_tasks))]
+    if v2:
+        return [("memory.max", str(memory_bytes)), ("memory.swap.max", "0")]
+    # memsw (memory + swap) only exists with swap accounting: no swapping out of the limit
+    return [("memory.limit_in_bytes", str(memory_bytes)),
+            ("memory.memsw.limit_in_bytes", str(memory_bytes))]
+
+
+OPTIONAL_FILES = ("memory.swap.max", "memory.memsw.limit_in_bytes")  # absent without swap
+
+
+def _write_limit(path: str, value: str) -> None:
+    try:
+        _write(path, value)
+    except FileNotFoundError:
+        if os.path.basename(path) not in OPTIONAL_FILES:
+            raise
+
+
+def _parents() -> list[tuple[str, str, bool]]:
+    """(controller, the host's own group dir, is v2) for memory and pids."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    found: dict[str, tuple[str, str, bool]] = {}
+    unified = None
+    for line in lines:
+        hierarchy, controllers, path = line.split(":", 2)
+        if hierarchy == "0":
+            unified = path
+            continue
+        for controller in controllers.split(","):
+            if controller in LAYER_BY_CONTROLLER:
+                found[controller] = (controller,
+                                     os.path.join(CGROUP_ROOT, controller, path.lstrip("/")),
+                                     False)
+    if unified is not None:
+        root = CGROUP_ROOT if os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")) \
+            else os.path.join(CGROUP_ROOT, "unified")
+        here = os.path.join(root, unified.lstrip("/"))
+        available = _read(os.path.join(here, "cgroup.controllers")).split()
+        for controller in LAYER_BY_CONTROLLER:
+            if controller not in found and controller in available:
+                found[controller] = (controller, here, True)
+    return [found[c] for c in LAYER_BY_CONTROLLER if c in found]
+
+
+def _sweep(parent: str) -> None:
+    """Remove groups left by hosts that died (SIGKILL gives no chance to clean up)."""
+    if parent in _swept:
+        return
+    _swept.add(parent)
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        match = GROUP_NAME.match(name)
+        if match and not _alive(int(match.group(1))):
+            stale = Controller("", os.path.join(parent, name), [])
+            Cgroup([stale]).destroy(wait_s=0.5)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (bwrap forks the worker inside its namespaces)."""
+    tree, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        tree.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                pending += [int(c) for c in _read(f"/proc/{current}/task/{task}/children").split()]
+        except OSError:
+            continue
+    return tree
+
+
+def _remove_dirs(controllers: list[Controller]) -> bool:
+    done = True
+    for controller in controllers:
+        try:
+            os.rmdir(controller.path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            done = False
+    return done
+
+
+def _write(path: str, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def _try_write(path: str, value: str) -> None:
+    try:
+        _write(path, value)
+    except OSError:
+        pass
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
