@@ -1,0 +1,93 @@
+"""The replay suite: trajectories RECORDED FROM REAL MODELS running an RLM
+scaffold (tests/fixtures/replay/, sources in its README) replayed unchanged
+through the real engine by the provider SIMULATOR's `sim/replay` model.
+
+Every recording must end `ok` with the answer the original run recorded, through
+`rlm-ray query` and through `rlm-ray run`. The expected answers come from the
+recordings themselves (the scaffold's `final_answer`), never typed in here.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rlm_ray.cli import main
+
+FIXTURES = Path(__file__).parent / "fixtures" / "replay"
+REPLAY_FILES = sorted(FIXTURES.glob("*.json"))
+
+
+def recordings() -> list[tuple[Path, int, dict]]:
+    found = []
+    for path in REPLAY_FILES:
+        for index, recording in enumerate(json.loads(path.read_text())["recordings"]):
+            found.append((path, index, recording))
+    return found
+
+
+RECORDINGS = recordings()
+
+
+def test_the_suite_has_real_recordings_with_provenance():
+    assert len(RECORDINGS) >= 4
+    for path, _, recording in RECORDINGS:
+        assert recording["answer"], f"{path.name}: every recording carries its recorded answer"
+        assert recording["model"] and recording["source"]["log"] and recording["source"]["licence"]
+    readme = (FIXTURES / "README.md").read_text()
+    for path in REPLAY_FILES:
+        assert path.name in readme, f"{path.name} has no provenance entry in the README"
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("path, index, recording", RECORDINGS,
+                         ids=[f"{p.stem}-{i}" for p, i, _ in RECORDINGS])
+def test_recording_replays_to_its_answer_through_query(ray_session, tmp_path, capsys,
+                                                       path, index, recording):
+    context = tmp_path / "context.txt"
+    context.write_text(recording["context"] or "")
+    trajectory = tmp_path / "trajectory.json"
+    code = main(["query", recording["question"], "--text", str(context),
+                 "--model", f"sim/replay:{path}", "--trajectory", str(trajectory)])
+    out, err = capsys.readouterr()
+    saved = json.loads(trajectory.read_text())
+    assert (saved["status"], saved["error"]) == ("ok", None), err
+    assert code == 0
+    assert saved["answer"] == recording["answer"]
+    assert out.strip() == recording["answer"].strip()
+    # the engine asked for exactly the recorded root replies: none skipped, none invented
+    root_calls = [c for c in saved["calls"] if c["kind"] == "root"]
+    assert len(root_calls) == len(recording["root_replies"])
+
+
+@pytest.mark.timeout(600)
+def test_every_recording_replays_to_its_answer_through_run(ray_session, tmp_path, capsys):
+    from rlm_ray.batch import read_run
+    from rlm_ray.corpus import ingest
+
+    by_file: dict[Path, list[tuple[int, dict]]] = {}
+    for path, index, recording in RECORDINGS:
+        by_file.setdefault(path, []).append((index, recording))
+    for path, items in by_file.items():
+        # One corpus with each recording's context as a document; the questions of the
+        # file as one queries file: `run` must pick each question's own recording.
+        docs = tmp_path / f"{path.stem}-docs.jsonl"
+        docs.write_text("".join(json.dumps({"path": f"context-{i}.txt",
+                                            "text": r["context"] or "(no context)"}) + "\n"
+                                for i, r in items))
+        corpus = tmp_path / f"{path.stem}-corpus"
+        ingest([str(docs)], str(corpus))
+        queries = tmp_path / f"{path.stem}-queries.jsonl"
+        queries.write_text("".join(json.dumps({"query_id": f"r{i}", "question": r["question"],
+                                               "answer": r["answer"]}) + "\n"
+                                   for i, r in items))
+        out = tmp_path / f"{path.stem}-results"
+        code = main(["run", str(corpus), "--queries", str(queries), "--out", str(out),
+                     "--model", f"sim/replay:{path}", "--no-progress"])
+        err = capsys.readouterr().err
+        answers = read_run(str(out)).answers.to_pylist()
+        got = {row["query_id"]: (row["status"], row["answer"], row["error"]) for row in answers}
+        expected = {f"r{i}": ("ok", r["answer"], None) for i, r in items}
+        assert got == expected, err
+        assert code == 0
