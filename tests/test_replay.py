@@ -63,7 +63,7 @@ def test_recording_replays_to_its_answer_through_query(ray_session, tmp_path, ca
 
 @pytest.mark.timeout(600)
 def test_every_recording_replays_to_its_answer_through_run(ray_session, tmp_path, capsys):
-    from rlm_ray.batch import read_run
+    from rlm_ray.batch.tables import read_run
     from rlm_ray.corpus import ingest
 
     by_file: dict[Path, list[tuple[int, dict]]] = {}
