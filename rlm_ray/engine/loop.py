@@ -9,8 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from rlm_ray.engine import parsing, prompts
+from rlm_ray.engine.feedback import BlockOutput, TurnFeedback, render
 from rlm_ray.engine.limits import StopSignal
-from rlm_ray.engine.records import CallRow, Recorder, new_call_id, redact, truncate
+from rlm_ray.engine.records import CallRow, Recorder, new_call_id, redact
 from rlm_ray.engine.spec import RunSpec
 from rlm_ray.engine.workspace import Workspace
 from rlm_ray.llm.types import BudgetExceeded, Completion, LLMError
@@ -93,58 +94,92 @@ class RootLoop:
         self.recorder.add_call(row)
         return row.call_id, completion.text
 
-    def _act(self, call_id: str, reply: str) -> str | None:
-        """Run the reply's code; returns the answer once the code gave one."""
-        blocks = parsing.repl_blocks(reply)
-        if not blocks:
-            final = parsing.text_final(reply)
-            if final is not None:
-                answer = self._text_final(final)
-                if answer is not None:
-                    return answer
-            self._feedback("(your reply had no ```repl``` block: write code in ```repl``` blocks "
-                           "and finish with FINAL(...) or FINAL_VAR(...))", None)
-            return None
-        outputs, error = self._run_blocks(call_id, blocks)
-        answer = self.workspace.answer()
-        if answer.ready:
-            return answer.content
-        self._feedback("\n".join(o for o in outputs if o), error)
+    def _act(self, call_id: str, reply: str, forced: bool = False) -> str | None:
+        """Run the reply's code, then look for its FINAL; returns the answer once
+        there is one, else appends the feedback turn (not after a forced turn)."""
+        code = parsing.code_blocks(reply)
+        turn = TurnFeedback(self.iterations)
+        if code.fence == parsing.PYTHON:
+            turn.notes.append("your reply had no ```repl``` block, so its ```python block(s) "
+                              "were run; write code in ```repl``` blocks")
+        failed = self._run_blocks(call_id, code.blocks, turn) if code.blocks else False
+        state = self.workspace.answer()
+        if state.ready:
+            return state.content
+        final = parsing.find_final(code.rest)
+        if final is not None:
+            answer, refusal = self._text_final(call_id, final, bool(code.blocks), failed, forced)
+            if answer is not None:
+                return answer
+            turn.notes.append(refusal)
+            state = self.workspace.answer()
+        elif not code.blocks:
+            turn.notes.append("your reply had no ```repl``` block: write code in ```repl``` "
+                              "blocks and finish with FINAL(...) or FINAL_VAR(...)")
+        if not forced:
+            turn.variables, turn.more_variables = state.variables, state.more_variables
+            self._feedback(turn)
         return None
 
-    def _run_blocks(self, call_id: str, blocks: list[str]) -> tuple[list[str], str | None]:
+    def _run_blocks(self, call_id: str, blocks: list[str], turn: TurnFeedback) -> bool:
+        """Runs blocks in order until one raises (True) or the answer is set."""
         self.on_turn(call_id)
-        outputs: list[str] = []
+        restored: list[str] = []
         for index, code in enumerate(blocks):
             run = self.workspace.run(code, self._block_timeout())
             self.recorder.add_step(call_id, self.iterations, code, run.output, run.error,
                                    run.elapsed_s)
-            outputs.append(run.output)
+            turn.blocks.append(BlockOutput(run.output, run.error))
+            restored += [n for n in run.restored if n not in restored]
             if run.error:
-                skipped = len(blocks) - index - 1
-                suffix = f"\n({skipped} later block(s) of this reply not run)" if skipped else ""
-                return outputs, run.error + suffix
+                turn.skipped = len(blocks) - index - 1
+                break
             if self.workspace.answer().ready or self.stop.reason:
                 break
-        return outputs, None
+        if restored:
+            names = ", ".join(f"`{n}`" for n in restored)
+            turn.notes.append(f"{names} reserved by the REPL: restored after your code rebound "
+                              "it; use other names for your own variables")
+        return bool(turn.blocks and turn.blocks[-1].error)
 
     def _block_timeout(self) -> float:
         left = self.spec.budget.remaining_s()
         configured = self.spec.settings.sandbox_timeout_s
         return configured if left is None else max(0.5, min(configured, left))
 
-    def _feedback(self, output: str, error: str | None) -> None:
-        view = truncate(output, self.spec.settings.view_chars)
-        if error:
-            error = truncate(error, self.spec.settings.view_chars // 2)
-        text = prompts.repl_feedback(self.iterations, view, error)
+    def _feedback(self, turn: TurnFeedback) -> None:
+        settings = self.spec.settings
+        text = render(turn, settings.view_chars, settings.turn_view_chars)
         self.messages.append({"role": "user", "content": redact(text, self.recorder.secrets)})
 
-    def _text_final(self, final: tuple[str, str]) -> str | None:
-        kind, value = final
-        if kind == "value":
-            return value
-        return self.workspace.variable_text(value)
+    def _text_final(self, call_id: str, final: parsing.Final, has_code: bool, failed: bool,
+                    forced: bool) -> tuple[str | None, str]:
+        """A FINAL / FINAL_VAR written outside the code that ran: (answer, "") or
+        (None, why it was not accepted). See docs/architecture.md for the rules."""
+        shown = f"FINAL_VAR({final.arg})" if final.kind == "var" else f"FINAL({final.arg[:80]})"
+        if failed and not forced:
+            return None, (f"{shown} was not accepted: your code raised an error, so its "
+                          "result may be missing or stale; fix it, then finish")
+        if final.kind == "value" and has_code and not forced and not self._is_variable(final):
+            return None, (f"{shown} was not accepted: it was written in the same reply as code, "
+                          "before you saw that code's output. Read the output, then reply with "
+                          "FINAL(...) alone, or FINAL_VAR(name) of a variable your code set")
+        if final.kind == "value" and not self._is_variable(final):
+            return parsing.literal_text(final.arg), ""
+        source = parsing.variable_source(final.arg)
+        self.on_turn(call_id)
+        run = self.workspace.run(source, self._block_timeout())
+        self.recorder.add_step(call_id, self.iterations, source, run.output, run.error,
+                               run.elapsed_s)
+        state = self.workspace.answer()
+        if state.ready:
+            return state.content, ""
+        problem = (run.error or "it produced no answer").strip().splitlines()[-1]
+        return None, f"{shown} was not accepted: {problem}"
+
+    def _is_variable(self, final: parsing.Final) -> bool:
+        """FINAL(name) of a variable the REPL holds finishes with its value."""
+        return parsing.is_name(final.arg) and self.workspace.has_variable(final.arg.strip())
 
     # ---- partial answers ----------------------------------------------------------
     def _partial(self, status: str, error: str | None) -> Outcome:
@@ -156,17 +191,18 @@ class RootLoop:
         return Outcome(partial, status, error, self.iterations)
 
     def _forced_answer(self, reason: str) -> str | None:
-        messages = self.messages + [{"role": "user", "content": prompts.forced_final(reason)}]
+        """One last reply: its code runs, then its FINAL (any form, even a literal
+        FINAL next to code: there is no later turn to check it), else its text."""
+        self.messages.append({"role": "user", "content": prompts.forced_final(reason)})
         try:
-            call_id, reply = self._turn(messages)
+            call_id, reply = self._turn(self.messages)
         except _Stop:
             return None
-        blocks = parsing.repl_blocks(reply)
-        if blocks:
-            self._run_blocks(call_id, blocks)
-            answer = self.workspace.answer()
-            return answer.content if answer.ready else None
-        final = parsing.text_final(reply)
-        if final is not None:
-            return self._text_final(final)
-        return reply.strip() or None
+        self.messages.append({"role": "assistant", "content": reply})
+        answer = self._act(call_id, reply, forced=True)
+        if answer is not None:
+            return answer
+        partial = self.workspace.answer().content
+        if partial is not None:
+            return partial
+        return None if parsing.code_blocks(reply).blocks else (reply.strip() or None)

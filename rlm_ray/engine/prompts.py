@@ -12,6 +12,7 @@ counts, a schema and at most MAX_EXAMPLE_PATHS paths, never corpus text.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,46 +39,72 @@ _STR_API = """\
 `context` is a Python str holding the whole input. Slice it, split it, search it with `re`;
 do not print it whole."""
 
+_STR_EXPLORE = """\
+Explore before answering: print len(context) and a short slice (context[:2000]), look at how
+   it is laid out, search it for the terms of the question with `re`. Do not guess."""
+
+_CORPUS_EXPLORE = """\
+Explore before answering: look at context.stats, a few docs, the schema, grep for the terms
+   of the question. Do not guess from the metadata."""
+
 SYSTEM_PROMPT = """\
 You answer a question about a context that is far too large to read directly. The context lives
 in a Python REPL as the variable `context`; you see only its metadata. You work by writing Python
 code in ```repl``` fenced blocks; the engine runs each block in a persistent sandboxed REPL
-(variables survive between blocks) and shows you a truncated view of what it printed.
+(variables survive between blocks and replies) and shows you a view of what each block printed
+(about {view_chars} characters per block, {turn_view_chars} per reply), then the names of your
+variables.
 
 {context_api}
 
 Other functions in the REPL:
-- llm_query(prompt) -> str: ask a sub-model (context window about {sub_window} tokens; longer
-  prompts are refused). It sees only the prompt you give it, so include the text it must read
-  and say exactly what to return.
-- llm_query_batched(prompts) -> list[str]: many sub-model calls run concurrently, answers in
-  order. A failed prompt yields a string starting with "Error:" in its slot.
-- rlm_query(prompt, context=None) -> str: hand a sub-question to a child RLM with its own REPL,
-  over the same context or over the string you pass. Use it for sub-problems that need their
-  own exploration. rlm_query_batched(prompts, contexts=None) runs several concurrently.
-- FINAL(value): finish with this answer. FINAL_VAR("name"): finish with the variable `name`.
-  You may instead set answer["content"] = ... and answer["ready"] = True.
-- print(...): the only way to see results; output is truncated to about {view_chars} characters.
+- llm_query(prompt, model=None) -> str: ask a sub-model (context window about {sub_window} tokens;
+  longer prompts are refused). It sees only the prompt you give it, so include the text it must
+  read and say exactly what to return. model= picks one of: {allowed_models}.
+- llm_query_batched(prompts, model=None) -> list[str]: many sub-model calls run concurrently,
+  answers in order. A failed prompt yields a string starting with "Error:" in its slot.
+- rlm_query(prompt, model=None, context=None) -> str: hand a sub-question to a child RLM with its
+  own REPL, over the same context or over the str you pass as context=. Use it for sub-problems
+  that need their own exploration. rlm_query_batched(prompts, model=None, contexts=None) runs
+  several concurrently.
+- SHOW_VARS() -> str: your variables with their type and size.
+- print(...): the only way to see results.
+The names context, answer, llm_query, llm_query_batched, rlm_query, rlm_query_batched, FINAL,
+FINAL_VAR and SHOW_VARS are reserved: if your code rebinds one, it is restored after the block.
+
+How to finish:
+- FINAL_VAR(name) on its own line (in a ```repl``` block or after it, quoted or not) finishes with
+  the variable's value once the reply's code has run: compute, then FINAL_VAR in the same reply.
+- FINAL(value) inside code finishes with that value. FINAL(answer text) on its own line outside
+  code finishes only in a reply WITHOUT code: written next to code, you have not seen the code's
+  output yet, so it is refused and you are told why.
+- Or set answer["content"] (starts as "") and answer["ready"] = True.
+Lists and dicts become JSON, other values str(). The answer should be exactly what was asked
+(a value, a list, a number), without commentary.
 
 How to work:
-1. Explore before answering: look at context.stats, a few docs, the schema, grep for the terms
-   of the question. Do not guess from the metadata.
-2. Narrow down with code (SQL, grep, regex) to the parts that matter; compute exact answers in
-   code whenever the question allows it (counting, listing, matching).
+1. {explore}
+2. Narrow down with code to the parts that matter; compute exact answers in code whenever the
+   question allows it (counting, listing, matching).
 3. When meaning must be read, chunk the relevant text and send it to sub-models. Make each
    sub-prompt substantial (tens of thousands of characters, well under the sub-model window)
    and send them together with llm_query_batched. Never launch thousands of tiny calls: there
    is a budget of sub-calls, tokens and dollars, and a wall-time limit.
 4. Keep sub-model answers in Python variables (lists, dicts) and aggregate them in code;
    print only short summaries.
-5. Verify, then answer with FINAL(...) or FINAL_VAR(...) in a ```repl``` block. The answer should
-   be exactly what was asked (a value, a list, a number), without commentary.
+5. Verify, then finish.
 You have at most {max_iterations} replies. If code raises, you will see the error: fix it and
 continue."""
 
 FORCED_FINAL_PROMPT = """\
 Final answer required: {reason}. Reply now with your best answer to the question, using what
-you have found so far. Reply with FINAL(your answer) only, no code."""
+you have found so far. Reply with FINAL(your answer) or FINAL_VAR(variable) only."""
+
+# Placeholders a user's own system prompt (--system-prompt FILE) may use; any
+# other brace text (code examples, f-strings) is left exactly as written.
+PLACEHOLDERS = ("context_kind", "context_api", "explore", "sub_window", "view_chars",
+                "turn_view_chars", "max_iterations", "max_rows", "allowed_models")
+_PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 
 
 @dataclass(frozen=True)
@@ -86,14 +113,26 @@ class PromptSettings:
     view_chars: int
     max_iterations: int
     max_rows: int
+    turn_view_chars: int = 30_000
+    allowed_models: tuple[str, ...] = ()
 
 
-def system_prompt(context_kind: str, settings: PromptSettings) -> str:
-    api = (_CORPUS_API if context_kind == "corpus" else _STR_API).replace(
-        "{max_rows}", str(settings.max_rows))
-    return SYSTEM_PROMPT.format(
-        context_api=api, sub_window=settings.sub_window_tokens,
-        view_chars=settings.view_chars, max_iterations=settings.max_iterations)
+def system_prompt(context_kind: str, settings: PromptSettings, template: str | None = None) -> str:
+    """The built-in prompt, or `template` (a user's own) with its placeholders filled."""
+    corpus = context_kind == "corpus"
+    values = {
+        "context_kind": context_kind,
+        "context_api": (_CORPUS_API if corpus else _STR_API).replace(
+            "{max_rows}", str(settings.max_rows)),
+        "explore": _CORPUS_EXPLORE if corpus else _STR_EXPLORE,
+        "sub_window": str(settings.sub_window_tokens),
+        "view_chars": str(settings.view_chars),
+        "turn_view_chars": str(settings.turn_view_chars),
+        "max_iterations": str(settings.max_iterations),
+        "max_rows": str(settings.max_rows),
+        "allowed_models": ", ".join(settings.allowed_models) or "the configured sub-model",
+    }
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template or SYSTEM_PROMPT)
 
 
 def corpus_metadata(stats: dict[str, Any], example_paths: list[str]) -> str:

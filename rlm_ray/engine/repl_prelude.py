@@ -1,22 +1,129 @@
-"""The prelude the engine runs in every fresh REPL: FINAL / FINAL_VAR and the
-`answer` dict the model finishes with (the official RLM scaffold's names)."""
+"""The prelude the engine runs in every fresh REPL: FINAL / FINAL_VAR / SHOW_VARS,
+the `answer` dict the model finishes with (the official RLM scaffold's names),
+and `_rlm`, the scaffold object that keeps the engine's names alive.
+
+Install order (docs/architecture.md): PRELUDE, then the context, then
+SNAPSHOT, which records the reserved names as they are at that moment. After
+every block the engine runs AFTER_BLOCK: names the model rebound (`context =
+context[:100]`, `llm_query = None`, `answer` as a loop variable) are put back,
+a rebound `answer` dict that says ready is adopted first, and `_rlm_state`
+(what the engine reads with `sandbox.get`) is refreshed with the answer as
+text and a short listing of the model's variables.
+
+This text runs inside the sandbox; it must only use the stdlib.
+"""
 from __future__ import annotations
 
 PRELUDE_MARKER = "_rlm_prelude_installed"
+STATE_NAME = "_rlm_state"
+RESERVED_NAMES = ("answer", "context", "FINAL", "FINAL_VAR", "SHOW_VARS", "llm_query",
+                  "llm_query_batched", "rlm_query", "rlm_query_batched")
+SNAPSHOT = "_rlm.snapshot(globals())"
+AFTER_BLOCK = "_rlm.after_block(globals())"
+
 PRELUDE = '''
 _rlm_prelude_installed = True
-answer = {"content": None, "ready": False}
+
+class _RLMScaffold:
+    RESERVED = %(reserved)r
+    MAX_LISTED = 40
+
+    def __init__(self):
+        self.answer = {"content": "", "ready": False}
+        self.saved = {}
+
+    @staticmethod
+    def text(value):
+        """Any answer value as text: str as is, JSON for lists and dicts, else str()."""
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (list, tuple, dict)):
+            import json
+            try:
+                return json.dumps(value, ensure_ascii=False, default=str)
+            except (TypeError, ValueError):
+                return str(value)
+        return str(value)
+
+    def snapshot(self, ns):
+        ns["answer"] = self.answer
+        self.saved = {name: ns[name] for name in self.RESERVED if name in ns}
+
+    def user_names(self, ns):
+        import types
+        return [name for name, value in ns.items()
+                if not name.startswith("_") and name not in self.RESERVED
+                and not isinstance(value, (types.ModuleType, type))
+                and not callable(value)]
+
+    @staticmethod
+    def describe(value):
+        kind = type(value).__name__
+        if isinstance(value, str):
+            return f"{kind}, {len(value)} chars"
+        try:
+            return f"{kind}, {len(value)} items"
+        except Exception:
+            return kind
+
+    def show_vars(self, ns):
+        names = self.user_names(ns)
+        if not names:
+            return "No variables yet (besides context and the REPL functions)."
+        return "Variables: " + ", ".join(
+            f"{name} ({self.describe(ns[name])})" for name in names)
+
+    def after_block(self, ns):
+        restored = []
+        current = ns.get("answer")
+        if current is not self.answer:
+            # A model may assign a whole answer dict; adopt it if it says ready.
+            if isinstance(current, dict) and current.get("ready") and "content" in current:
+                self.answer["content"] = current["content"]
+                self.answer["ready"] = True
+            else:
+                restored.append("answer")
+        for name, value in self.saved.items():
+            if ns.get(name) is not value:
+                ns[name] = value
+                if name != "answer":
+                    restored.append(name)
+        content, ready = self.answer.get("content"), bool(self.answer.get("ready"))
+        names = self.user_names(ns)
+        ns[%(state)r] = {
+            "ready": ready and content is not None,
+            "content": None if content is None else self.text(content),
+            "restored": restored,
+            "variables": [f"{n} ({self.describe(ns[n])})" for n in names[:self.MAX_LISTED]],
+            "more_variables": max(0, len(names) - self.MAX_LISTED),
+        }
+
+_rlm = _RLMScaffold()
+answer = _rlm.answer
 
 def FINAL(value):
-    """Finish: `value` is the answer."""
-    answer["content"] = value if isinstance(value, str) else str(value)
-    answer["ready"] = True
-    return answer["content"]
+    """Finish: `value` is the answer (any value; lists and dicts become JSON)."""
+    _rlm.answer["content"] = _rlm.text(value)
+    _rlm.answer["ready"] = True
+    return _rlm.answer["content"]
 
-def FINAL_VAR(name):
-    """Finish with the variable called `name` as the answer."""
-    name = str(name).strip().strip("'\\"")
-    if name not in globals():
-        raise NameError(f"FINAL_VAR: no variable named {name!r}")
-    return FINAL(globals()[name])
-'''
+def FINAL_VAR(variable):
+    """Finish with a variable: FINAL_VAR("name"), FINAL_VAR(name) or FINAL_VAR(value)."""
+    ns = globals()
+    if isinstance(variable, str):
+        name = variable.strip().strip("\\'\\"").strip()
+        if name.isidentifier() and name in ns and name not in _RLMScaffold.RESERVED:
+            return FINAL(ns[name])
+        passed_by_name = any(value is variable for key, value in ns.items()
+                             if not key.startswith("_"))
+        if name.isidentifier() and not passed_by_name:
+            listed = ", ".join(_rlm.user_names(ns)) or "none"
+            raise NameError(f"FINAL_VAR: no variable named {name!r} in the REPL "
+                            f"(variables: {listed}). Assign the answer to a variable first, "
+                            "or finish with FINAL(value).")
+    return FINAL(variable)
+
+def SHOW_VARS():
+    """The REPL's variables with their type and size."""
+    return _rlm.show_vars(globals())
+''' % {"reserved": RESERVED_NAMES, "state": STATE_NAME}

@@ -24,7 +24,8 @@ class RLM:
                  budget_usd: float | None = None, budget_tokens: int | None = None,
                  timeout_s: float | None = None, gateway: GatewayConfig | None = None,
                  sandbox_opts: dict | None = None, settings: EngineSettings | None = None,
-                 local: bool = False) -> None:
+                 local: bool = False, allowed_models: list[str] | tuple[str, ...] | None = None,
+                 system_prompt: str | None = None) -> None:
         if not model:
             raise UserError("a model is required (e.g. --model sim)")
         self.model = model
@@ -37,6 +38,11 @@ class RLM:
         self.sandbox_opts = dict(sandbox_opts or {})
         self.settings = settings or EngineSettings()
         self.local = local
+        # `model=` in llm_query & co. may pick these; the sub-model always, never a fallback.
+        self.allowed_models = tuple(dict.fromkeys((self.sub_model, *(allowed_models or ()))))
+        if system_prompt is not None and not system_prompt.strip():
+            raise UserError("the system prompt is empty")
+        self.system_prompt = system_prompt   # a template: see prompts.PLACEHOLDERS
 
     def answer(self, corpus_or_text: Any, question: str, query_id: str | None = None) -> Result:
         if not isinstance(question, str) or not question.strip():
@@ -62,7 +68,8 @@ class RLM:
         """The RunSpec of one question (opens its tree budget: call once per question)."""
         return RunSpec(model=self.model, sub_model=self.sub_model, gateway=self.gateway,
                        budget=TreeBudget.open(self.limits), settings=self.settings,
-                       sandbox_opts=self.sandbox_opts)
+                       sandbox_opts=self.sandbox_opts, allowed_models=self.allowed_models,
+                       system_prompt=self.system_prompt)
 
     def _on_actor(self, context: Any, question: str, query_id: str, spec: RunSpec,
                   started: float) -> Result:

@@ -50,11 +50,12 @@ def answer_question(context: Any, question: str, query_id: str, spec: RunSpec,
         settings = prompts.PromptSettings(
             sub_window_tokens=subcalls.window or DEFAULT_SUB_CONTEXT_TOKENS,
             view_chars=spec.settings.view_chars, max_iterations=spec.budget.max_iterations,
-            max_rows=spec.settings.max_rows)
+            max_rows=spec.settings.max_rows, turn_view_chars=spec.settings.turn_view_chars,
+            allowed_models=spec.allowed_models or (spec.sub_model,))
         opts = {"timeout_s": spec.settings.sandbox_timeout_s, **spec.sandbox_opts}
         workspace = Workspace(context=context if kind == "str" else None, view=view,
                               host_functions=subcalls.host_functions(), sandbox_opts=opts)
-        loop = RootLoop(spec=spec, query_id=query_id, system=prompts.system_prompt(kind, settings),
+        loop = RootLoop(spec=spec, query_id=query_id, system=prompts.system_prompt(kind, settings, spec.system_prompt),
                         first_user=prompts.first_user_message(question, metadata),
                         workspace=workspace, recorder=recorder, stop=stop,
                         call_model=_root_caller(spec),

@@ -14,7 +14,8 @@ STATUSES = ("ok", "error", "budget_exceeded", "timeout", "max_iterations")
 class EngineSettings:
     """Knobs of the loop itself (not budgets)."""
 
-    view_chars: int = 5000            # REPL output shown to the root per iteration
+    view_chars: int = 20_000          # REPL output shown per code block (the official scaffold's)
+    turn_view_chars: int = 30_000     # all blocks of one reply together (bounds history growth)
     max_rows: int = 5000              # context.sql / docs rows handed to the REPL
     max_read_chars: int = 2_000_000   # context.read characters handed to the REPL
     sub_window_tokens: int | None = None   # None: litellm's table, else DEFAULT_SUB_CONTEXT_TOKENS
@@ -35,9 +36,12 @@ class RunSpec:
     sandbox_opts: dict = field(default_factory=dict)
     depth: int = 0
     parent_call_id: str | None = None   # the `rlm` row of a child; None for the top root
+    allowed_models: tuple[str, ...] = ()   # what `model=` may pick; () = only sub_model
+    system_prompt: str | None = None    # a user's template (prompts.render_system_prompt)
 
-    def child(self, parent_call_id: str) -> "RunSpec":
-        return replace(self, depth=self.depth + 1, parent_call_id=parent_call_id)
+    def child(self, parent_call_id: str, model: str | None = None) -> "RunSpec":
+        return replace(self, depth=self.depth + 1, parent_call_id=parent_call_id,
+                       model=model or self.model)
 
 
 @dataclass

@@ -62,16 +62,41 @@ class SubCalls:
         return {"llm_query": self.llm_query, "llm_query_batched": self.llm_query_batched,
                 "rlm_query": self.rlm_query, "rlm_query_batched": self.rlm_query_batched}
 
-    # ---- plain sub-model calls -----------------------------------------------------
-    def llm_query(self, prompt: str) -> str:
-        return _raise_if_error(self._llm_many([prompt])[0])
+    # ---- which model `model=` may pick ------------------------------------------------
+    def _pick(self, model: Any, allowed: tuple[str, ...], default: str, function: str) -> str:
+        """`model=` as the REPL wrote it -> a configured model string. A name is
+        matched whole or without its provider prefix ("gpt-5-mini" for
+        "openai/gpt-5-mini"); anything else is an error, never a fallback."""
+        if model is None:
+            return default
+        if not isinstance(model, str) or not model.strip():
+            raise TypeError(f"{function}: model must be a model name (str) or None")
+        wanted = model.strip()
+        for name in allowed:
+            if wanted in (name, name.split("/", 1)[-1]):
+                return name
+        raise ValueError(f"{function}: model {wanted!r} is not allowed in this run; "
+                         f"allowed: {', '.join(allowed)} (or model=None for {default})")
 
-    def llm_query_batched(self, prompts: list[str]) -> list[str]:
+    def _sub_models(self) -> tuple[str, ...]:
+        return self.spec.allowed_models or (self.spec.sub_model,)
+
+    def _rlm_models(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((self.spec.model, *self._sub_models())))
+
+    # ---- plain sub-model calls -----------------------------------------------------
+    def llm_query(self, prompt: str, model: str | None = None) -> str:
+        chosen = self._pick(model, self._sub_models(), self.spec.sub_model, "llm_query")
+        return _raise_if_error(self._llm_many([prompt], chosen)[0])
+
+    def llm_query_batched(self, prompts: list[str], model: str | None = None) -> list[str]:
         if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
             raise TypeError("llm_query_batched expects a list of prompt strings")
-        return self._llm_many(list(prompts))
+        chosen = self._pick(model, self._sub_models(), self.spec.sub_model, "llm_query_batched")
+        return self._llm_many(list(prompts), chosen)
 
-    def _llm_many(self, prompts: list[Any]) -> list[str]:
+    def _llm_many(self, prompts: list[Any], model: str | None = None) -> list[str]:
+        model = model or self.spec.sub_model
         slots: list[str | None] = [None] * len(prompts)
         to_send: list[int] = []
         for i, prompt in enumerate(prompts):
@@ -82,9 +107,9 @@ class SubCalls:
                 to_send.append(i)
         to_send = self._grant(to_send, slots)
         if to_send:
-            outcomes = self._fan_out([prompts[i] for i in to_send])
+            outcomes = self._fan_out([prompts[i] for i in to_send], model)
             for i, outcome in zip(to_send, outcomes):
-                slots[i] = self._settle(outcome)
+                slots[i] = self._settle(outcome, model)
         return [s if s is not None else _fail("not sent") for s in slots]
 
     def _refusal(self, prompt: Any) -> str | None:
@@ -116,7 +141,7 @@ class SubCalls:
             self.stop.flag("budget_exceeded", "max_sub_calls reached")
         return wanted[:granted]
 
-    def _fan_out(self, prompts: list[str]) -> list[Completion | BaseException]:
+    def _fan_out(self, prompts: list[str], model: str) -> list[Completion | BaseException]:
         from rlm_ray import llm
 
         kwargs = dict(config=self.spec.gateway, budget=self.spec.budget.gateway_budget,
@@ -124,15 +149,15 @@ class SubCalls:
         if len(prompts) == 1:   # one call: no fan-out machinery, straight from this thread
             try:
                 return [llm.complete([{"role": "user", "content": prompts[0]}],
-                                     self.spec.sub_model, **kwargs)]
+                                     model, **kwargs)]
             except Exception as exc:   # the slot carries it; the loop goes on
                 return [exc]
         requests = [{"messages": [{"role": "user", "content": p}]} for p in prompts]
-        return list(llm.complete_many(requests, model=self.spec.sub_model, **kwargs))
+        return list(llm.complete_many(requests, model=model, **kwargs))
 
-    def _settle(self, outcome: Completion | BaseException) -> str:
+    def _settle(self, outcome: Completion | BaseException, model: str) -> str:
         row = CallRow(self.query_id, new_call_id(), self.current_parent, self.spec.depth + 1,
-                      "sub", self.spec.sub_model)
+                      "sub", model)
         if isinstance(outcome, Completion):
             row.prompt_tokens = outcome.prompt_tokens
             row.completion_tokens = outcome.completion_tokens
@@ -151,22 +176,28 @@ class SubCalls:
         return _fail(f"sub-call failed: {message}")
 
     # ---- child RLMs --------------------------------------------------------------
-    def rlm_query(self, prompt: str, context: Any = None) -> str:
-        return _raise_if_error(self._rlm_many([prompt], [context])[0])
+    def rlm_query(self, prompt: str, model: str | None = None, context: Any = None) -> str:
+        """The official signature (prompt, model=None) plus our context= keyword."""
+        chosen = self._pick(model, self._rlm_models(), self.spec.model, "rlm_query")
+        return _raise_if_error(self._rlm_many([prompt], [context], chosen)[0])
 
-    def rlm_query_batched(self, prompts: list[str], contexts: list[Any] | None = None) -> list[str]:
+    def rlm_query_batched(self, prompts: list[str], model: str | None = None,
+                          contexts: list[Any] | None = None) -> list[str]:
         if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
             raise TypeError("rlm_query_batched expects a list of prompt strings")
+        chosen = self._pick(model, self._rlm_models(), self.spec.model, "rlm_query_batched")
         contexts = list(contexts) if contexts is not None else [None] * len(prompts)
         if len(contexts) != len(prompts):
             raise ValueError("rlm_query_batched: prompts and contexts differ in length")
-        return self._rlm_many(list(prompts), contexts)
+        return self._rlm_many(list(prompts), contexts, chosen)
 
-    def _rlm_many(self, prompts: list[Any], contexts: list[Any]) -> list[str]:
+    def _rlm_many(self, prompts: list[Any], contexts: list[Any], model: str) -> list[str]:
         if not self.spec.budget.can_spawn_child(self.spec.depth):
-            # At max depth a child would go too deep: ask the sub-model directly.
+            # At max depth a child would go too deep: ask a sub-model directly (the
+            # chosen one when it is a sub-model, else the configured sub-model).
+            direct = model if model in self._sub_models() else self.spec.sub_model
             return self._llm_many([p if c is None else f"{p}\n\nContext:\n{c}"
-                                   for p, c in zip(prompts, contexts)])
+                                   for p, c in zip(prompts, contexts)], direct)
         slots: list[str | None] = [None] * len(prompts)
         wanted = []
         for i, (prompt, context) in enumerate(zip(prompts, contexts)):
@@ -180,11 +211,12 @@ class SubCalls:
         jobs, rows = [], []
         for i in wanted:
             row = CallRow(self.query_id, new_call_id(), self.current_parent, self.spec.depth + 1,
-                          "rlm", self.spec.model)
+                          "rlm", model)
             rows.append(row)
             jobs.append(ChildJob(question=prompts[i],
                                  context=self.context if contexts[i] is None else contexts[i],
-                                 spec=self.spec.child(row.call_id), query_id=self.query_id))
+                                 spec=self.spec.child(row.call_id, model),
+                                 query_id=self.query_id))
         started = time.monotonic()
         outcomes = self.launcher(jobs) if jobs else []
         for i, row, outcome in zip(wanted, rows, outcomes):

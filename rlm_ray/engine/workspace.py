@@ -6,11 +6,11 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rlm_ray.engine.context_view import ContextView
-from rlm_ray.engine.repl_prelude import PRELUDE, PRELUDE_MARKER
+from rlm_ray.engine.repl_prelude import AFTER_BLOCK, PRELUDE, PRELUDE_MARKER, SNAPSHOT, STATE_NAME
 
 RESTART_NOTE = ("SandboxCrash: the REPL could not run this code ({reason}); it was restarted "
                 "with a fresh state: variables from earlier blocks are gone")
@@ -21,12 +21,15 @@ class BlockRun:
     output: str
     error: str | None
     elapsed_s: float
+    restored: list[str] = field(default_factory=list)   # reserved names the code rebound
 
 
 @dataclass
 class AnswerState:
-    content: str | None
+    content: str | None        # the answer as text; None while it is empty
     ready: bool
+    variables: list[str] = field(default_factory=list)   # "name (type, size)" of model variables
+    more_variables: int = 0
 
 
 class Workspace:
@@ -39,20 +42,24 @@ class Workspace:
             self._host_functions["context"] = view
         self._opts = dict(sandbox_opts)
         self._sandbox = None
+        self._state: dict | None = None    # `_rlm_state` after the last block
         self._start()
 
     def _start(self) -> None:
         from sandbox import Sandbox
 
         self._sandbox = Sandbox(host_functions=self._host_functions, **self._opts)
-        self._install_prelude()
         if self._view is None:
             self._sandbox.set("context", self._context)   # the sandbox restores it on restarts
+        self._install_repl()
 
-    def _install_prelude(self) -> None:
-        prelude = self._sandbox.run(PRELUDE)
-        if prelude.error:
-            raise RuntimeError(f"sandbox prelude failed: {prelude.error}")
+    def _install_repl(self) -> None:
+        """Prelude, then the context, then the snapshot of reserved names (the
+        contract's order; a str context is already bound by `sandbox.set`)."""
+        for step in (PRELUDE, SNAPSHOT):
+            result = self._sandbox.run(step)
+            if result.error:
+                raise RuntimeError(f"sandbox prelude failed: {result.error}")
 
     def _ensure_prelude(self) -> None:
         """After a crash or a hard timeout the sandbox restarts its worker with a
@@ -62,7 +69,7 @@ class Workspace:
         try:
             self._sandbox.get(PRELUDE_MARKER)
         except SandboxError:
-            self._install_prelude()
+            self._install_repl()
 
     @property
     def sandbox(self):
@@ -79,6 +86,7 @@ class Workspace:
             return BlockRun("", RESTART_NOTE.format(reason=exc), time.perf_counter() - started)
         if result.error or result.timed_out:
             self._ensure_prelude()
+        restored = self._after_block()
         output = result.stdout or ""
         notes = self._view.drain_notes() if self._view is not None else []
         if notes:
@@ -86,33 +94,43 @@ class Workspace:
         error = result.error
         if result.timed_out:
             error = (error or "") + f"\nTimeoutError: the block ran longer than {timeout_s:.1f}s"
-        return BlockRun(output, error.strip() if error else None, result.elapsed_s)
+        return BlockRun(output, error.strip() if error else None, result.elapsed_s, restored)
+
+    def _after_block(self) -> list[str]:
+        """Put back the reserved names the block rebound; refresh `_rlm_state`."""
+        from sandbox import SandboxError
+
+        try:
+            result = self._sandbox.run(AFTER_BLOCK, timeout_s=10.0)
+            self._state = self._sandbox.get(STATE_NAME) if not result.error else None
+        except SandboxError:
+            self._state = None
+        if not isinstance(self._state, dict):
+            self._state = None
+            return []
+        return [str(n) for n in self._state.get("restored") or []]
 
     def _restart(self) -> None:
         try:
             self._sandbox.close()
         except Exception:  # noqa: BLE001 - the old worker is already gone
             pass
+        self._state = None
         self._start()
 
     def answer(self) -> AnswerState:
-        try:
-            state = self._sandbox.get("answer")
-        except Exception:  # noqa: BLE001 - a dead or rebound REPL simply has no answer
-            return AnswerState(None, False)
-        if not isinstance(state, dict):
+        """The answer as of the last block (read from `_rlm_state`, which holds it as text)."""
+        state = self._state
+        if state is None:
             return AnswerState(None, False)
         content = state.get("content")
-        if content is not None and not isinstance(content, str):
-            content = str(content)
-        return AnswerState(content, bool(state.get("ready")) and content is not None)
+        content = content if isinstance(content, str) and content else None
+        return AnswerState(content, bool(state.get("ready")) and content is not None,
+                           [str(v) for v in state.get("variables") or []],
+                           int(state.get("more_variables") or 0))
 
-    def variable_text(self, name: str) -> str | None:
-        try:
-            value = self._sandbox.get(name)
-        except Exception:  # noqa: BLE001
-            return None
-        return None if value is None else (value if isinstance(value, str) else str(value))
+    def has_variable(self, name: str) -> bool:
+        return name in {v.split(" (", 1)[0] for v in self.answer().variables}
 
     def close(self) -> None:
         if self._sandbox is not None:
