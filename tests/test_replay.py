@@ -8,6 +8,7 @@ recordings themselves (the scaffold's `final_answer`), never typed in here.
 """
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
@@ -29,6 +30,30 @@ def recordings() -> list[tuple[Path, int, dict]]:
 
 RECORDINGS = recordings()
 
+# Recorded runs whose answer this engine cannot reproduce, and why (reported, not hidden).
+KNOWN_DIFFERENCES = {
+    ("gpt4o_jupyter_trace", 0): (
+        "the reply ends `FINAL(random_number)`: the scaffold that recorded it returned the "
+        "text 'random_number'; rlm-ray's FINAL(name) returns the REPL variable's value (a "
+        "fresh random.randint(1, 100)), which no replay can reproduce"),
+}
+
+
+def expected_answer(recorded: str) -> str:
+    """The recorded answer as rlm-ray states it. The scaffold version that recorded
+    `FINAL("Blue")` kept the quotes of the string literal in its answer; rlm-ray's
+    FINAL(value) takes a Python literal for its value, so the answer is `Blue`."""
+    try:
+        value = ast.literal_eval(recorded.strip())
+    except (ValueError, SyntaxError):
+        return recorded
+    return value if isinstance(value, str) else recorded
+
+
+def known_difference(path: Path, index: int):
+    reason = KNOWN_DIFFERENCES.get((path.stem, index))
+    return [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
+
 
 def test_the_suite_has_real_recordings_with_provenance():
     assert len(RECORDINGS) >= 4
@@ -41,8 +66,9 @@ def test_the_suite_has_real_recordings_with_provenance():
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("path, index, recording", RECORDINGS,
-                         ids=[f"{p.stem}-{i}" for p, i, _ in RECORDINGS])
+@pytest.mark.parametrize("path, index, recording", [
+    pytest.param(p, i, r, id=f"{p.stem}-{i}", marks=known_difference(p, i))
+    for p, i, r in RECORDINGS])
 def test_recording_replays_to_its_answer_through_query(ray_session, tmp_path, capsys,
                                                        path, index, recording):
     context = tmp_path / "context.txt"
@@ -54,8 +80,8 @@ def test_recording_replays_to_its_answer_through_query(ray_session, tmp_path, ca
     saved = json.loads(trajectory.read_text())
     assert (saved["status"], saved["error"]) == ("ok", None), err
     assert code == 0
-    assert saved["answer"] == recording["answer"]
-    assert out.strip() == recording["answer"].strip()
+    assert saved["answer"] == expected_answer(recording["answer"])
+    assert out.strip() == saved["answer"].strip()
     # the engine asked for exactly the recorded root replies: none skipped, none invented
     root_calls = [c for c in saved["calls"] if c["kind"] == "root"]
     assert len(root_calls) == len(recording["root_replies"])
@@ -68,7 +94,8 @@ def test_every_recording_replays_to_its_answer_through_run(ray_session, tmp_path
 
     by_file: dict[Path, list[tuple[int, dict]]] = {}
     for path, index, recording in RECORDINGS:
-        by_file.setdefault(path, []).append((index, recording))
+        if (path.stem, index) not in KNOWN_DIFFERENCES:
+            by_file.setdefault(path, []).append((index, recording))
     for path, items in by_file.items():
         # One corpus with each recording's context as a document; the questions of the
         # file as one queries file: `run` must pick each question's own recording.
@@ -88,6 +115,6 @@ def test_every_recording_replays_to_its_answer_through_run(ray_session, tmp_path
         err = capsys.readouterr().err
         answers = read_run(str(out)).answers.to_pylist()
         got = {row["query_id"]: (row["status"], row["answer"], row["error"]) for row in answers}
-        expected = {f"r{i}": ("ok", r["answer"], None) for i, r in items}
+        expected = {f"r{i}": ("ok", expected_answer(r["answer"]), None) for i, r in items}
         assert got == expected, err
         assert code == 0
