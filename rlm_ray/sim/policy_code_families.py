@@ -175,7 +175,8 @@ def _delegate_children(step: Step) -> Code:
         "answer['content'] = result",
         f"print({SO_FAR!r}, result)",
     ])
-    return Code("Each path is its own sub-problem: I hand one to a child RLM each.", code,
+    return Code("Let me look at the context; then each path is its own sub-problem, so I "
+                "hand one to a child RLM each.", code, preview=PREVIEW,
                 after="The counts per path are in `result`.")
 
 
