@@ -4,8 +4,8 @@ A replay file (JSON) holds one or more recordings of a model running an RLM
 scaffold. The simulator answers the model name `sim/replay` from it:
 
 - a ROOT call (a system message is present) is matched to a recording by its
-  question: the first user message starts `Question: <question>`; the longest
-  recorded question that prefixes that text wins. The reply is the recording's
+  question: the first user message starts `Question: <question>` followed by a
+  line end (a multi-line question is matched whole; the longest match wins). The reply is the recording's
   root reply number N, N = the assistant messages already in the conversation
   (stateless, so retries, resumes and parallel questions replay correctly).
 - a SUB call (no system message) is answered by rule, in this order: a
@@ -138,7 +138,9 @@ class Replay:
             raise PolicyRefusal("replay: the first user message does not start with "
                                 f"'{QUESTION_PREFIX} <question>'")
         asked = first_user[len(QUESTION_PREFIX):].lstrip()
-        matches = [r for r in self.recordings if asked.startswith(r.question)]
+        # The recorded question, whole: up to the end of the message or of a line.
+        matches = [r for r in self.recordings
+                   if asked == r.question or asked.startswith(r.question + "\n")]
         if not matches:
             raise PolicyRefusal(f"replay: no recording of the question "
                                 f"{asked.splitlines()[0][:120]!r} in {self.source}")
