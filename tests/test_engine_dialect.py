@@ -212,3 +212,190 @@ def test_8_text_prompt_has_no_corpus_only_advice():
     for corpus_only in ("context.stats", "context.sql", "context.grep", "docs(", "schema"):
         assert corpus_only not in text
     assert "context.stats" in prompts.system_prompt("corpus", settings)
+
+
+# ---- feedback: refused literal FINAL, python fences, variables -----------------------------
+@register_policy("test/d-feedback")
+def feedback_reader(messages):
+    """Turn 1: a literal FINAL next to code (refused). Turn 2: only a ```python block.
+    Turn 3: FINALs what the two feedback messages said."""
+    outputs = _outputs(messages)
+    if not outputs:
+        return "Counting.\n```repl\nn_words = len(context.split())\nprint(n_words)\n```\nFINAL(999)"
+    if len(outputs) == 1:
+        return "Now the characters.\n```python\nn_chars = len(context)\nprint(n_chars)\n```"
+    return "FINAL(%s)" % json.dumps(json.dumps(outputs))
+
+
+_scripted("test/d-grounded",
+          "Counting, and I expect %d.\n```repl\nprint('words:', len(context.split()))\n```\n"
+          "FINAL(%d)" % (len(WORDS.split()), len(WORDS.split())))
+
+
+def test_literal_final_next_to_code_stands_when_the_output_shows_it(sim):
+    result = _rlm(sim(), "test/d-grounded").answer(WORDS, "How many words?")
+    assert (result.status, result.answer, result.iterations) == ("ok", str(len(WORDS.split())), 1)
+
+
+def test_feedback_explains_refusals_python_fences_and_lists_variables(sim):
+    result = _rlm(sim(), "test/d-feedback").answer(WORDS, "How long is it?")
+    assert result.status == "ok" and result.iterations == 3
+    first, second = json.loads(result.answer)
+    assert "FINAL(999) was not accepted" in first and "same reply as code" in first
+    assert str(len(WORDS.split())) in first and "REPL variables: n_words (int)" in first
+    assert "```python block(s) were run" in second and str(len(WORDS)) in second
+    assert "n_chars (int)" in second
+
+
+# ---- bring your own prompt ------------------------------------------------------------------
+@register_policy("test/d-sys")
+def echo_system_prompt(messages):
+    system = next(m["content"] for m in messages if m["role"] == "system")
+    return "FINAL(%s)" % json.dumps(system.splitlines()[0])
+
+
+TEMPLATE = "MY PROMPT max={max_iterations} kind={context_kind} code={'kept': {x}}\n{context_api}"
+
+
+def test_system_prompt_file_on_the_query_cli(sim, tmp_path, capsys):
+    from rlm_ray.cli import main
+
+    server = sim()
+    (tmp_path / "prompt.txt").write_text(TEMPLATE)
+    (tmp_path / "in.txt").write_text(WORDS)
+    argv = ["query", "q?", "--text", str(tmp_path / "in.txt"), "--model", "openai/test/d-sys",
+            "--api-base", server.base_url, "--local", "--max-iterations", "3",
+            "--trajectory", str(tmp_path / "t.json")]
+    assert main(argv + ["--system-prompt", str(tmp_path / "prompt.txt")]) == 0
+    out, _ = capsys.readouterr()
+    assert out.strip() == "MY PROMPT max=3 kind=str code={'kept': {x}}"
+    assert main(argv) == 0                      # the built-in prompt stays the default
+    assert capsys.readouterr()[0].strip() == prompts.SYSTEM_PROMPT.splitlines()[0]
+    assert main(argv + ["--system-prompt", str(tmp_path / "missing.txt")]) == 2
+    err = capsys.readouterr()[1]
+    assert "cannot read --system-prompt" in err and "Traceback" not in err
+
+
+def test_allow_list_picks_models_and_refuses_others(sim):
+    server = sim()
+    rlm = _rlm(server, "test/d6", allowed_models=["openai/test/dialect-sub", "openai/sim/echo"])
+    assert rlm.allowed_models == (SUB_MODEL, "openai/sim/echo")
+    from rlm_ray.engine.subcalls import SubCalls
+
+    class _Spec:   # only what _pick reads
+        model, sub_model, allowed_models = "openai/root", SUB_MODEL, rlm.allowed_models
+    picker = SubCalls.__new__(SubCalls)
+    picker.spec = _Spec()
+    assert picker._pick("sim/echo", picker._sub_models(), SUB_MODEL, "f") == "openai/sim/echo"
+    assert picker._pick("openai/sim/echo", picker._sub_models(), SUB_MODEL, "f") == "openai/sim/echo"
+    assert picker._pick(None, picker._sub_models(), SUB_MODEL, "f") == SUB_MODEL
+    with pytest.raises(ValueError, match="not allowed"):
+        picker._pick("gpt-5-mini", picker._sub_models(), SUB_MODEL, "llm_query")
+
+
+# ---- parsing units --------------------------------------------------------------------------
+@pytest.mark.parametrize("reply, expected", [
+    ("Done.\n\nFINAL_VAR(result_json)", ("var", "result_json")),
+    ("prose\n  FINAL_VAR('x')\nmore prose", ("var", "'x'")),
+    ("FINAL(The answer is Bob's car (red))", ("value", "The answer is Bob's car (red)")),
+    ('FINAL("a, b")', ("value", '"a, b"')),
+    ("FINAL(\n  multi\n  line\n)", ("value", "multi\n  line")),
+    ("FINAL(x)\nFINAL_VAR(y)", ("var", "y")),          # FINAL_VAR first, as the official parser
+    ("I will call FINAL(x) once I know x.", None),      # not at the start of a line
+    ("no final here", None),
+])
+def test_find_final(reply, expected):
+    final = parsing.find_final(reply)
+    assert (final and (final.kind, final.arg)) == expected
+
+
+def test_code_blocks_prefer_repl_and_fall_back_to_python():
+    both = "```python\nnot_run()\n```\n```repl\nx = 1\n```\nFINAL_VAR(x)"
+    code = parsing.code_blocks(both)
+    assert (code.fence, code.blocks) == ("repl", ["x = 1"])
+    assert "FINAL_VAR(x)" in code.rest and "x = 1" not in code.rest
+    only_python = parsing.code_blocks("Plan\n```python\ny = 2\n```\n```py\nz = 3\n```")
+    assert (only_python.fence, only_python.blocks) == ("python", ["y = 2", "z = 3"])
+    assert parsing.code_blocks("just prose").blocks == []
+    cut_off = parsing.code_blocks("```repl\na = 1\n```\ntext\n```repl\nb = 2\nprint(b)")
+    assert cut_off.blocks == ["a = 1", "b = 2\nprint(b)"]   # a reply cut off inside a block
+
+
+def test_literal_and_variable_forms():
+    assert parsing.literal_text('"quoted"') == "quoted"
+    assert parsing.literal_text("42 apples") == "42 apples"
+    assert parsing.variable_source("name") == "FINAL_VAR('name')"
+    assert parsing.variable_source("'name'") == "FINAL_VAR('name')"
+    assert parsing.variable_source('d["k"]') == 'FINAL_VAR(d["k"])'
+
+
+@pytest.mark.timeout(300)
+def test_system_prompt_on_the_run_cli_and_per_row(ray_session, sim, tmp_path, capsys):
+    from rlm_ray.batch.tables import read_run
+    from rlm_ray.cli import main
+
+    server = sim()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text("def f(x):\n    return x\n")
+    corpus = str(tmp_path / "corpus")
+    assert main(["ingest", str(tmp_path / "src"), "--out", corpus]) == 0
+    queries = tmp_path / "q.jsonl"
+    rows = [{"query_id": "file", "question": "q1"},
+            {"query_id": "row", "question": "q2", "system_prompt": "ROW PROMPT {context_kind}"}]
+    queries.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "prompt.txt").write_text(TEMPLATE)
+    code = main(["run", corpus, "--queries", str(queries), "--out", str(tmp_path / "out"),
+                 "--model", "openai/test/d-sys", "--api-base", server.base_url,
+                 "--max-iterations", "3", "--system-prompt", str(tmp_path / "prompt.txt"),
+                 "--no-progress", "--concurrency", "2"])
+    assert code == 0, capsys.readouterr()[1]
+    answers = read_run(str(tmp_path / "out")).answers.to_pylist()
+    got = {a["query_id"]: a["answer"] for a in answers}
+    assert got == {"file": "MY PROMPT max=3 kind=corpus code={'kept': {x}}",
+                   "row": "ROW PROMPT corpus"}
+
+
+# ---- the prelude in a real sandbox, no model -------------------------------------------------
+def test_prelude_semantics_in_the_sandbox():
+    from rlm_ray.engine.workspace import Workspace
+
+    workspace = Workspace(context=WORDS, view=None, sandbox_opts={"timeout_s": 30},
+                          host_functions={"llm_query": lambda prompt, model=None: "host"})
+    try:
+        def run(code):
+            block = workspace.run(code, 30)
+            return block, workspace.answer()
+
+        block, state = run("context = 'short'\ndel llm_query\nanswer = 3\nx = [1, 2]\n"
+                           "class Weird:\n    def __len__(self):\n        raise RuntimeError\n"
+                           "w = Weird()")
+        assert block.error is None and not state.ready
+        assert sorted(block.restored) == ["answer", "context", "llm_query"]
+        assert "x (list, 2 items)" in state.variables and "w (Weird)" in state.variables
+        block, state = run("print(len(context), llm_query('p'))")
+        assert block.output.split() == [str(len(WORDS)), "host"]
+        block, state = run("FINAL_VAR('nope')")
+        assert "no variable named 'nope'" in block.error and not state.ready
+        block, state = run("answer = {'content': {'a'}, 'ready': True}")   # a whole dict, adopted
+        assert (state.ready, state.content, block.restored) == (True, str({"a"}), [])
+    finally:
+        workspace.close()
+
+
+@pytest.mark.parametrize("code, expected", [
+    ("name = 'Paris'\nFINAL_VAR(name)", "Paris"),               # unquoted: the value
+    ("name = 'Paris'\nFINAL_VAR('name')", "Paris"),             # quoted: the variable
+    ("FINAL_VAR(6 * 7)", "42"),                                  # a value
+    ("FINAL_VAR('two words')", "two words"),                     # not a name: a value
+    ("FINAL({'k': [1, None]})", '{"k": [1, null]}'),             # dicts become JSON
+])
+def test_final_var_forms(code, expected):
+    from rlm_ray.engine.workspace import Workspace
+
+    workspace = Workspace(context="", view=None, host_functions={},
+                          sandbox_opts={"timeout_s": 30})
+    try:
+        assert workspace.run(code, 30).error is None
+        assert (workspace.answer().ready, workspace.answer().content) == (True, expected)
+    finally:
+        workspace.close()

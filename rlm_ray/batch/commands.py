@@ -22,6 +22,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tpm", type=float, default=None, help="provider tokens/minute")
     parser.add_argument("--cache", default=None,
                         help="response cache URI (default RESULTS/cache; 'off' disables)")
+    from rlm_ray.engine.commands import add_dialect_args
+
+    add_dialect_args(parser)   # --system-prompt FILE, --allow-model M
 
 
 def register(commands, bench) -> None:
@@ -90,10 +93,13 @@ def rlm_settings(args: argparse.Namespace, out_uri: str) -> tuple[dict, object |
     cache = None if args.cache == "off" else (args.cache or storage.join(out_uri, "cache"))
     gateway = GatewayConfig(rpm=args.rpm, tpm=args.tpm, cache_uri=cache, api_base=api_base,
                             cache_mode="off" if cache is None else "auto")
+    from rlm_ray.engine.commands import allowed_models, read_system_prompt
+
     rlm = {"model": model, "sub_model": sub_model, "api_base": api_base,
            "max_depth": args.max_depth, "max_iterations": args.max_iterations,
            "timeout_s": args.timeout_s, "budget_usd": args.question_budget_usd,
-           "gateway": gateway}
+           "gateway": gateway, "system_prompt": read_system_prompt(args.system_prompt),
+           "allowed_models": allowed_models(args.allow_model, api_base)}
     return rlm, server
 
 

@@ -47,7 +47,8 @@ class ActorPool:
         rlm = RLM(**settings)   # validates the settings the same way `rlm-ray query` does
         tree = TreeBudget.open(rlm.limits)
         spec = RunSpec(model=rlm.model, sub_model=rlm.sub_model, gateway=rlm.gateway,
-                       budget=tree, settings=rlm.settings, sandbox_opts=rlm.sandbox_opts)
+                       budget=tree, settings=rlm.settings, sandbox_opts=rlm.sandbox_opts,
+                       allowed_models=rlm.allowed_models, system_prompt=rlm.system_prompt)
         self._trees[actor] = tree
         return actor.answer.remote(corpus, query.question, query.query_id, spec)
 

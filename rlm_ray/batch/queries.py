@@ -32,6 +32,9 @@ OPTION_COLUMNS: dict[str, type] = {
     "budget_usd": float,
     "timeout_s": float,
 }
+# Per-row text overrides: `system_prompt` is the root's own prompt for that row
+# (a template with the same placeholders as `--system-prompt FILE`).
+TEXT_OPTION_COLUMNS = ("system_prompt",)
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,8 @@ def queries_from_table(table: pa.Table, source: str = "queries") -> list[Query]:
             raise UserError(f"{source} row {index} (query_id {query_id}): empty question")
         opts = {name: _convert_option(name, row[name], query_id)
                 for name in options if row[name] not in (None, "")}
+        opts.update({name: str(row[name]) for name in TEXT_OPTION_COLUMNS
+                     if isinstance(row.get(name), str) and row[name].strip()})
         queries.append(Query(query_id, question, _as_text(row.get("answer")), opts))
     duplicates = sorted(q for q, n in Counter(q.query_id for q in queries).items() if n > 1)
     if duplicates:

@@ -16,6 +16,36 @@ def add_model_args(parser: argparse.ArgumentParser, *, model_required: bool = Tr
                         help="model for llm_query sub-calls (default: the root model)")
     parser.add_argument("--api-base", default=None, metavar="URL",
                         help="OpenAI-compatible endpoint for the models")
+    add_dialect_args(parser)
+
+
+def add_dialect_args(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by `query` and `run`: the root's system prompt and `model=`."""
+    parser.add_argument("--system-prompt", default=None, metavar="FILE",
+                        help="your own system prompt for the root model instead of the "
+                             "built-in one; placeholders such as {context_api}, "
+                             "{max_iterations}, {view_chars} are filled in (see README)")
+    parser.add_argument("--allow-model", action="append", default=[], metavar="M",
+                        help="a model that llm_query(..., model=M) and rlm_query may pick "
+                             "(repeatable; the sub-model is always allowed)")
+
+
+def read_system_prompt(path: str | None) -> str | None:
+    """The text of --system-prompt FILE (None without the flag); a UserError if unusable."""
+    from rlm_ray.errors import UserError
+
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise UserError(f"cannot read --system-prompt {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"--system-prompt {path} is not UTF-8 text") from None
+    if not text.strip():
+        raise UserError(f"--system-prompt {path} is empty")
+    return text
 
 
 def add_limit_args(parser: argparse.ArgumentParser) -> None:
@@ -84,6 +114,13 @@ def resolve_models(args, stack: ExitStack) -> tuple[str, str, str | None]:
     return model, sub_model, api_base
 
 
+def allowed_models(names: list[str], api_base: str | None) -> list[str]:
+    """--allow-model names as litellm model strings (`sim/...` resolved like --sub-model)."""
+    from rlm_ray.sim import resolve_model
+
+    return [resolve_model(name, api_base or "unused")[0] for name in names]
+
+
 def open_input(args) -> tuple[object, str]:
     from rlm_ray.errors import UserError
 
@@ -120,13 +157,15 @@ def _query(args) -> int:
     Limits(max_depth=args.max_depth, max_iterations=args.max_iterations,
            max_sub_calls=args.max_sub_calls, budget_usd=args.budget_usd,
            budget_tokens=args.budget_tokens, timeout_s=args.timeout)
+    system_prompt = read_system_prompt(args.system_prompt)
     context, question = open_input(args)
     with ExitStack() as stack:
         model, sub_model, api_base = resolve_models(args, stack)
         rlm = RLM(model, sub_model, api_base=api_base, max_depth=args.max_depth,
                   max_iterations=args.max_iterations, max_sub_calls=args.max_sub_calls,
                   budget_usd=args.budget_usd, budget_tokens=args.budget_tokens,
-                  timeout_s=args.timeout, local=args.local)
+                  timeout_s=args.timeout, local=args.local, system_prompt=system_prompt,
+                  allowed_models=allowed_models(args.allow_model, api_base))
         query_id = uuid.uuid4().hex[:12]
         result = rlm.answer(context, question, query_id=query_id)
     path = args.trajectory or f"{DEFAULT_TRAJECTORY_DIR}/{query_id}.json"

@@ -108,7 +108,9 @@ class RootLoop:
             return state.content
         final = parsing.find_final(code.rest)
         if final is not None:
-            answer, refusal = self._text_final(call_id, final, bool(code.blocks), failed, forced)
+            printed = "\n".join(b.output for b in turn.blocks)
+            answer, refusal = self._text_final(call_id, final, code.blocks, printed, failed,
+                                               forced)
             if answer is not None:
                 return answer
             turn.notes.append(refusal)
@@ -152,20 +154,24 @@ class RootLoop:
         text = render(turn, settings.view_chars, settings.turn_view_chars)
         self.messages.append({"role": "user", "content": redact(text, self.recorder.secrets)})
 
-    def _text_final(self, call_id: str, final: parsing.Final, has_code: bool, failed: bool,
-                    forced: bool) -> tuple[str | None, str]:
+    def _text_final(self, call_id: str, final: parsing.Final, blocks: list[str], printed: str,
+                    failed: bool, forced: bool) -> tuple[str | None, str]:
         """A FINAL / FINAL_VAR written outside the code that ran: (answer, "") or
         (None, why it was not accepted). See docs/architecture.md for the rules."""
         shown = f"FINAL_VAR({final.arg})" if final.kind == "var" else f"FINAL({final.arg[:80]})"
         if failed and not forced:
             return None, (f"{shown} was not accepted: your code raised an error, so its "
                           "result may be missing or stale; fix it, then finish")
-        if final.kind == "value" and has_code and not forced and not self._is_variable(final):
-            return None, (f"{shown} was not accepted: it was written in the same reply as code, "
-                          "before you saw that code's output. Read the output, then reply with "
-                          "FINAL(...) alone, or FINAL_VAR(name) of a variable your code set")
         if final.kind == "value" and not self._is_variable(final):
-            return parsing.literal_text(final.arg), ""
+            literal = parsing.literal_text(final.arg)
+            # Next to code, a literal was written before its output was seen: it
+            # stands only if that output shows it (else it is a guess).
+            if blocks and not forced and (not literal.strip() or literal.strip() not in printed):
+                return None, (f"{shown} was not accepted: it was written in the same reply as "
+                              "code, before you saw that code's output, and the output does not "
+                              "show it. Read the output, then reply with FINAL(...) alone, or "
+                              "FINAL_VAR(name) of a variable your code set")
+            return literal, ""
         source = parsing.variable_source(final.arg)
         self.on_turn(call_id)
         run = self.workspace.run(source, self._block_timeout())

@@ -9,9 +9,11 @@ import re
 from dataclasses import dataclass
 
 # A fence opening with `repl` (optionally followed by other words on that line),
-# up to the next fence on a line of its own. Non-greedy so blocks stay separate.
-_REPL_BLOCK = re.compile(r"```[ \t]*repl[^\n]*\n(.*?)^[ \t]*```", re.DOTALL | re.MULTILINE)
-_PYTHON_BLOCK = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\n(.*?)^[ \t]*```",
+# up to the next fence on a line of its own, or to the end of a reply cut off
+# inside its last block (max_tokens). Non-greedy so blocks stay separate.
+_REPL_BLOCK = re.compile(r"```[ \t]*repl[^\n]*\n(.*?)(?:^[ \t]*```|\Z)",
+                         re.DOTALL | re.MULTILINE)
+_PYTHON_BLOCK = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\n(.*?)(?:^[ \t]*```|\Z)",
                            re.DOTALL | re.MULTILINE)
 _FINAL_VAR_START = re.compile(r"^[ \t]*FINAL_VAR[ \t]*\(", re.MULTILINE)
 _FINAL_START = re.compile(r"^[ \t]*FINAL[ \t]*\(", re.MULTILINE)

@@ -76,8 +76,8 @@ How to finish:
 - FINAL_VAR(name) on its own line (in a ```repl``` block or after it, quoted or not) finishes with
   the variable's value once the reply's code has run: compute, then FINAL_VAR in the same reply.
 - FINAL(value) inside code finishes with that value. FINAL(answer text) on its own line outside
-  code finishes only in a reply WITHOUT code: written next to code, you have not seen the code's
-  output yet, so it is refused and you are told why.
+  code finishes a reply without code. Next to code you have not seen the code's output yet:
+  such a FINAL is refused unless that output shows the same text (you are told why).
 - Or set answer["content"] (starts as "") and answer["ready"] = True.
 Lists and dicts become JSON, other values str(). The answer should be exactly what was asked
 (a value, a list, a number), without commentary.

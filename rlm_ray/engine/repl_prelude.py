@@ -58,13 +58,13 @@ class _RLMScaffold:
 
     @staticmethod
     def describe(value):
+        # Sizes only of builtin containers: a model's own __len__ could hang or raise.
         kind = type(value).__name__
-        if isinstance(value, str):
+        if type(value) is str:
             return f"{kind}, {len(value)} chars"
-        try:
+        if type(value) in (list, tuple, dict, set, frozenset, bytes, bytearray):
             return f"{kind}, {len(value)} items"
-        except Exception:
-            return kind
+        return kind
 
     def show_vars(self, ns):
         names = self.user_names(ns)

@@ -55,7 +55,8 @@ def answer_question(context: Any, question: str, query_id: str, spec: RunSpec,
         opts = {"timeout_s": spec.settings.sandbox_timeout_s, **spec.sandbox_opts}
         workspace = Workspace(context=context if kind == "str" else None, view=view,
                               host_functions=subcalls.host_functions(), sandbox_opts=opts)
-        loop = RootLoop(spec=spec, query_id=query_id, system=prompts.system_prompt(kind, settings, spec.system_prompt),
+        system = prompts.system_prompt(kind, settings, spec.system_prompt)
+        loop = RootLoop(spec=spec, query_id=query_id, system=system,
                         first_user=prompts.first_user_message(question, metadata),
                         workspace=workspace, recorder=recorder, stop=stop,
                         call_model=_root_caller(spec),

@@ -34,8 +34,10 @@ class AnswerState:
 
 class Workspace:
     def __init__(self, *, context: Any, view: ContextView | None,
-                 host_functions: dict[str, Callable], sandbox_opts: dict) -> None:
+                 host_functions: dict[str, Callable], sandbox_opts: dict,
+                 context_code: str | None = None) -> None:
         self._context = context          # a str, or None when `view` is the corpus proxy
+        self._context_code = context_code   # REPL code binding `context` (a corpus sequence)
         self._view = view
         self._host_functions = dict(host_functions)
         if view is not None:
@@ -55,8 +57,11 @@ class Workspace:
 
     def _install_repl(self) -> None:
         """Prelude, then the context, then the snapshot of reserved names (the
-        contract's order; a str context is already bound by `sandbox.set`)."""
-        for step in (PRELUDE, SNAPSHOT):
+        contract's order): a str context is already bound by `sandbox.set`, a
+        corpus one by `context_code` (REPL code over the host proxy)."""
+        for step in (PRELUDE, self._context_code, SNAPSHOT):
+            if step is None:
+                continue
             result = self._sandbox.run(step)
             if result.error:
                 raise RuntimeError(f"sandbox prelude failed: {result.error}")
