@@ -69,13 +69,13 @@ def test_the_suite_has_real_recordings_with_provenance():
 @pytest.mark.parametrize("path, index, recording", [
     pytest.param(p, i, r, id=f"{p.stem}-{i}", marks=known_difference(p, i))
     for p, i, r in RECORDINGS])
-def test_recording_replays_to_its_answer_through_query(ray_session, tmp_path, capsys,
-                                                       path, index, recording):
+def test_recording_replays_to_its_answer_through_query(tmp_path, capsys, path, index, recording):
+    # --local: the root loop in this process (the `run` test below goes through Ray actors)
     context = tmp_path / "context.txt"
     context.write_text(recording["context"] or "")
     trajectory = tmp_path / "trajectory.json"
     code = main(["query", recording["question"], "--text", str(context),
-                 "--model", f"sim/replay:{path}", "--trajectory", str(trajectory)])
+                 "--model", f"sim/replay:{path}", "--local", "--trajectory", str(trajectory)])
     out, err = capsys.readouterr()
     saved = json.loads(trajectory.read_text())
     assert (saved["status"], saved["error"]) == ("ok", None), err
