@@ -79,7 +79,8 @@ def test_2_final_var_unquoted_inside_code(sim):
 
 # ---- 3. `answer` as a variable and as a loop variable -----------------------------------
 _scripted("test/d3",
-          "First a sub-call, then a loop.\n```repl\nanswer = llm_query('Summarise: ' + context[:40])\n"
+          "First a sub-call, then a loop.\n```repl\n"
+          "answer = llm_query('Summarise: ' + context[:40])\n"
           "answers = [llm_query(f'word {w}') for w in sorted(set(context.split()))]\n"
           "for i, answer in enumerate(answers):\n    print(i, answer)\n```",
           "Now I combine them.\n```repl\nfinal = ' | '.join(answers)\nFINAL_VAR('final')\n```")
@@ -287,7 +288,8 @@ def test_allow_list_picks_models_and_refuses_others(sim):
     picker = SubCalls.__new__(SubCalls)
     picker.spec = _Spec()
     assert picker._pick("sim/echo", picker._sub_models(), SUB_MODEL, "f") == "openai/sim/echo"
-    assert picker._pick("openai/sim/echo", picker._sub_models(), SUB_MODEL, "f") == "openai/sim/echo"
+    full = picker._pick("openai/sim/echo", picker._sub_models(), SUB_MODEL, "f")
+    assert full == "openai/sim/echo"
     assert picker._pick(None, picker._sub_models(), SUB_MODEL, "f") == SUB_MODEL
     with pytest.raises(ValueError, match="not allowed"):
         picker._pick("gpt-5-mini", picker._sub_models(), SUB_MODEL, "llm_query")
@@ -302,6 +304,9 @@ def test_allow_list_picks_models_and_refuses_others(sim):
     ("FINAL(\n  multi\n  line\n)", ("value", "multi\n  line")),
     ("FINAL(x)\nFINAL_VAR(y)", ("var", "y")),          # FINAL_VAR first, as the official parser
     ("I will call FINAL(x) once I know x.", None),      # not at the start of a line
+    ("```repl\nprint(345)\n```\nFINAL 345", ("value", "345")),    # no parentheses
+    ("FINAL ANSWER: Paris, France", ("value", "Paris, France")),
+    ("FINAL_ANSWER is pending", None),
     ("no final here", None),
 ])
 def test_find_final(reply, expected):

@@ -17,6 +17,10 @@ _PYTHON_BLOCK = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\n(.*?)(?:^[ \t]*```|
                            re.DOTALL | re.MULTILINE)
 _FINAL_VAR_START = re.compile(r"^[ \t]*FINAL_VAR[ \t]*\(", re.MULTILINE)
 _FINAL_START = re.compile(r"^[ \t]*FINAL[ \t]*\(", re.MULTILINE)
+# `FINAL 345` / `FINAL: 345` / `FINAL ANSWER: 345` (small models drop the parentheses;
+# the official parser accepts it too): the rest of that line.
+_FINAL_BARE = re.compile(
+    r"^[ \t]*FINAL(?:[ \t]+ANSWER)?(?:[ \t]*:[ \t]*|[ \t]+)([^\s(].*?)[ \t]*$", re.MULTILINE)
 
 REPL, PYTHON = "repl", "python"
 
@@ -62,7 +66,8 @@ def find_final(text: str) -> Final | None:
             arg = _argument(text, match.end())
             if arg is not None:
                 return Final(kind, arg.strip())
-    return None
+    bare = _FINAL_BARE.search(text)
+    return Final("value", bare.group(1)) if bare else None
 
 
 def _argument(text: str, start: int) -> str | None:

@@ -56,7 +56,8 @@ class SubCalls:
         self.context = context
         self.query_id = query_id
         self.current_parent: str | None = None   # the root turn whose code is running
-        self.window = spec.settings.sub_window_tokens or _sub_window(spec)
+        self.window = spec.settings.sub_window_tokens or _sub_window(spec, spec.sub_model)
+        self._windows = {spec.sub_model: self.window}   # per model `model=` may pick
 
     def host_functions(self) -> dict[str, Callable]:
         return {"llm_query": self.llm_query, "llm_query_batched": self.llm_query_batched,
@@ -100,7 +101,7 @@ class SubCalls:
         slots: list[str | None] = [None] * len(prompts)
         to_send: list[int] = []
         for i, prompt in enumerate(prompts):
-            problem = self._refusal(prompt)
+            problem = self._refusal(prompt, self._window_of(model))
             if problem:
                 slots[i] = _fail(problem)
             else:
@@ -112,17 +113,23 @@ class SubCalls:
                 slots[i] = self._settle(outcome, model)
         return [s if s is not None else _fail("not sent") for s in slots]
 
-    def _refusal(self, prompt: Any) -> str | None:
+    def _window_of(self, model: str) -> int:
+        if model not in self._windows:
+            self._windows[model] = (self.spec.settings.sub_window_tokens
+                                    or _sub_window(self.spec, model))
+        return self._windows[model]
+
+    def _refusal(self, prompt: Any, window: int) -> str | None:
         if not isinstance(prompt, str):
             return f"a prompt must be a str, got {type(prompt).__name__}"
         if not prompt.strip():
             return "empty prompt"
         # Bytes bound tokens from above: count exactly only when it could matter.
-        if len(prompt.encode("utf-8", "replace")) > self.window:
+        if len(prompt.encode("utf-8", "replace")) > window:
             tokens = _count_tokens(prompt)
-            if tokens > self.window:
+            if tokens > window:
                 return (f"prompt of {tokens} tokens exceeds the sub-model's context window of "
-                        f"{self.window} tokens; it was not sent. Split it into smaller chunks.")
+                        f"{window} tokens; it was not sent. Split it into smaller chunks.")
         return None
 
     def _grant(self, wanted: list[int], slots: list[str | None]) -> list[int]:
@@ -258,7 +265,7 @@ def _raise_if_error(slot: str) -> str:
     return slot
 
 
-def _sub_window(spec: RunSpec) -> int:
+def _sub_window(spec: RunSpec, model: str) -> int:
     from rlm_ray.llm.cost import context_window
 
-    return context_window(spec.sub_model, spec.gateway) or DEFAULT_SUB_CONTEXT_TOKENS
+    return context_window(model, spec.gateway) or DEFAULT_SUB_CONTEXT_TOKENS

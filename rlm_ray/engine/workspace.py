@@ -84,6 +84,11 @@ class Workspace:
         from sandbox import SandboxError
 
         started = time.perf_counter()
+        # Host calls (context.sql, grep, ...) of this block end by the block's deadline
+        # (the contract's ContextView.set_deadline; absent on older proxies).
+        set_deadline = getattr(self._view, "set_deadline", None)
+        if set_deadline is not None:
+            set_deadline(time.monotonic() + timeout_s)
         try:
             result = _run_with_timeout(self._sandbox, code, timeout_s)
         except SandboxError as exc:
