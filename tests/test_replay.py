@@ -118,3 +118,30 @@ def test_every_recording_replays_to_its_answer_through_run(ray_session, tmp_path
         expected = {f"r{i}": ("ok", expected_answer(r["answer"]), None) for i, r in items}
         assert got == expected, err
         assert code == 0
+
+
+@pytest.mark.timeout(300)
+def test_replay_mode_answers_sub_calls_through_the_engine(tmp_path, capsys):
+    """The plumbing the real recordings above do not exercise (none has a sub-call):
+    a scripted conversation (not a recording) whose code calls llm_query and
+    llm_query_batched; the simulator answers them from the file's sub-call rules."""
+    context = "alpha: 3\nbeta: 4\n"
+    replay = tmp_path / "scripted.json"
+    replay.write_text(json.dumps({"format": "rlm-ray-replay/1", "recordings": [{
+        "question": "What is alpha times beta?",
+        "root_replies": [
+            "Let me look.\n```repl\nprint(context[:100])\n```",
+            "I ask sub-models for each value.\n```repl\n"
+            "a = int(llm_query('value of alpha in: ' + context))\n"
+            "b = int(llm_query_batched(['value of beta in: ' + context])[0])\n"
+            "product = a * b\nprint(product)\n```\nThat is the product.\n\nFINAL_VAR(product)"],
+        "sub_calls": [{"prompt": "value of alpha in: " + context, "reply": "3"}],
+        "sub_rules": [{"prompt_contains": "value of beta", "reply": "4"}]}]}))
+    text = tmp_path / "context.txt"
+    text.write_text(context)
+    trajectory = tmp_path / "t.json"
+    code = main(["query", "What is alpha times beta?", "--text", str(text), "--local",
+                 "--model", f"sim/replay:{replay}", "--trajectory", str(trajectory)])
+    saved = json.loads(trajectory.read_text())
+    assert (code, saved["status"], saved["answer"]) == (0, "ok", "12"), capsys.readouterr().err
+    assert [c["kind"] for c in saved["calls"]].count("sub") == 2
