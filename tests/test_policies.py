@@ -463,3 +463,25 @@ def test_gullible_policy_obeys_the_injection_and_the_sandbox_contains_it(runs, i
     assert result.status == "ok" and len(result.steps) >= 2
     assert f"os.system('touch {marker}')" in result.steps[1]["code"]   # it did fall for it
     assert not marker.exists()                                          # and nothing happened
+
+
+def test_rlms_shims_carry_the_real_model_dialect():
+    """`bench compare` drives the official rlms (which finishes only from code and
+    heads multi-block outputs `REPL output (block i):`) with this policy."""
+    from rlm_ray.bench.rlms_driver import _final_as_code, _number_outputs
+
+    q = QUESTIONS["label-count"]
+    history = [SYSTEM, {"role": "user", "content": f"Question: {q}"},
+               {"role": "assistant", "content": "x"},
+               {"role": "user", "content": "REPL output (block 1):\nsample\n\nREPL output (block 2):"
+                                           "\npieces=3\nSTEP_DONE 1"}]
+    numbered = _number_outputs(history)
+    assert numbered[-1]["content"].startswith("REPL output (iteration 1):\nREPL output (block 1)")
+    mapping = rlm_policy(numbered)          # the policy reads it: stage 2, not stage 1 again
+    assert "map_prompts(prompts)" in codes(mapping)
+    final = rlm_policy(_number_outputs(history + [
+        {"role": "assistant", "content": "x"},
+        {"role": "user", "content": "REPL output:\nSTEP_DONE 2"}]))
+    run = _final_as_code(history, final)
+    assert repl_blocks(run)[-1] == "FINAL_VAR('result')"
+    assert _final_as_code("a sub-call prompt", "FINAL_VAR(x)") == "FINAL_VAR(x)"   # roots only
