@@ -145,3 +145,36 @@ def test_replay_mode_answers_sub_calls_through_the_engine(tmp_path, capsys):
     saved = json.loads(trajectory.read_text())
     assert (code, saved["status"], saved["answer"]) == (0, "ok", "12"), capsys.readouterr().err
     assert [c["kind"] for c in saved["calls"]].count("sub") == 2
+
+
+def test_converter_keeps_replies_and_sub_calls_verbatim(tmp_path):
+    """convert_rlm_log.py on a small log in the official RLMLogger shape (built here):
+    runs split at run_context lines, replies and sub-call replies copied as they are."""
+    import subprocess
+    import sys
+
+    reply_1 = "Let me look.\n```repl\nx = llm_query('What is 2+2? ' + context)\nprint(x)\n```"
+    reply_2 = "The sub-model said 4.\n\nFINAL_VAR(x)"
+    lines = [
+        {"type": "metadata", "root_model": "m", "backend_kwargs": {"model_name": "model-a"}},
+        {"type": "run_context", "prompt": "ctx one", "root_prompt": "Q one?"},
+        {"type": "iteration", "iteration": 1, "response": reply_1, "final_answer": None,
+         "code_blocks": [{"code": "...", "result": {"rlm_calls": [
+             {"prompt": "What is 2+2? ctx one", "response": " 4\n"}]}}]},
+        {"type": "iteration", "iteration": 2, "response": reply_2, "code_blocks": [],
+         "final_answer": "4"},
+        {"type": "run_context", "prompt": "second prompt", "root_prompt": None},
+        {"type": "iteration", "iteration": 3, "response": "FINAL(ok)", "code_blocks": [],
+         "final_answer": "ok"},
+    ]
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "replay.json"
+    subprocess.run([sys.executable, str(FIXTURES / "convert_rlm_log.py"), str(log), str(out),
+                    "--source", "test log", "--licence", "MIT"], check=True, timeout=60)
+    first, second = json.loads(out.read_text())["recordings"]
+    assert (first["question"], first["context"], first["answer"]) == ("Q one?", "ctx one", "4")
+    assert first["root_replies"] == [reply_1, reply_2] and first["model"] == "model-a"
+    assert first["sub_calls"] == [{"prompt": "What is 2+2? ctx one", "reply": " 4\n"}]
+    assert (second["question"], second["root_replies"], second["answer"]) == \
+        ("second prompt", ["FINAL(ok)"], "ok")
