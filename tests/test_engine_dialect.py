@@ -381,6 +381,8 @@ def test_prelude_semantics_in_the_sandbox():
         assert block.output.split() == [str(len(WORDS)), "host"]
         block, state = run("FINAL_VAR('nope')")
         assert "no variable named 'nope'" in block.error and not state.ready
+        block, state = run("answer['ready'] = True")          # ready, but nothing to answer
+        assert (state.ready, state.flagged_empty) == (False, True)
         block, state = run("answer = {'content': {'a'}, 'ready': True}")   # a whole dict, adopted
         assert (state.ready, state.content, block.restored) == (True, str({"a"}), [])
     finally:

@@ -118,6 +118,9 @@ class RootLoop:
         elif not code.blocks:
             turn.notes.append("your reply had no ```repl``` block: write code in ```repl``` "
                               "blocks and finish with FINAL(...) or FINAL_VAR(...)")
+        if state.flagged_empty:
+            turn.notes.append('answer["ready"] is True but answer["content"] is empty, so the '
+                              "run goes on: put the answer in answer[\"content\"]")
         if not forced:
             turn.variables, turn.more_variables = state.variables, state.more_variables
             self._feedback(turn)

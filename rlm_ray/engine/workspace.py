@@ -30,6 +30,7 @@ class AnswerState:
     ready: bool
     variables: list[str] = field(default_factory=list)   # "name (type, size)" of model variables
     more_variables: int = 0
+    flagged_empty: bool = False   # answer["ready"] is True but the content is empty
 
 
 class Workspace:
@@ -135,9 +136,11 @@ class Workspace:
             return AnswerState(None, False)
         content = state.get("content")
         content = content if isinstance(content, str) and content else None
-        return AnswerState(content, bool(state.get("ready")) and content is not None,
+        ready = bool(state.get("ready"))
+        return AnswerState(content, ready and content is not None,
                            [str(v) for v in state.get("variables") or []],
-                           int(state.get("more_variables") or 0))
+                           int(state.get("more_variables") or 0),
+                           flagged_empty=ready and content is None)
 
     def has_variable(self, name: str) -> bool:
         return name in {v.split(" (", 1)[0] for v in self.answer().variables}
