@@ -68,7 +68,8 @@ def _final_as_code(prompt, reply):
     if not found:
         return reply
     kind, arg = found.group(1), found.group(2).strip()
-    call = f"FINAL_VAR({arg.strip(chr(34) + chr(39))!r})" if kind == "FINAL_VAR" else f"FINAL({arg!r})"
+    name = arg.strip("'\"")
+    call = f"FINAL_VAR({name!r})" if kind == "FINAL_VAR" else f"FINAL({arg!r})"
     return f"{reply}\n```repl\n{call}\n```"
 
 

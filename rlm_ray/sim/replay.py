@@ -5,9 +5,10 @@ scaffold. The simulator answers the model name `sim/replay` from it:
 
 - a ROOT call (a system message is present) is matched to a recording by its
   question: the first user message starts `Question: <question>` followed by a
-  line end (a multi-line question is matched whole; the longest match wins). The reply is the recording's
-  root reply number N, N = the assistant messages already in the conversation
-  (stateless, so retries, resumes and parallel questions replay correctly).
+  line end (a multi-line question is matched whole; the longest match wins).
+  The reply is the recording's root reply number N, N = the assistant messages
+  already in the conversation (stateless, so retries, resumes and parallel
+  questions replay correctly).
 - a SUB call (no system message) is answered by rule, in this order: a
   recorded sub-call whose `prompt` equals the prompt; the first
   `prompt_contains` rule whose text occurs in it; the recording's `sub_default`
