@@ -15,12 +15,13 @@ import concurrent.futures
 import itertools
 import json
 import random
+import re
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from rlm_ray.engine.parsing import repl_blocks, text_final
+from rlm_ray.engine.parsing import Final, code_blocks, find_final, repl_blocks, text_final
 from rlm_ray.sim.policies import family_of, gullible, rlm_policy
 from rlm_ray.sim.policy_core import MAX_TURNS
 from rlm_ray.sim.policy_repl_lib import (code_sections, count_param_functions, defined_names,
@@ -49,6 +50,19 @@ def only_code(reply: str) -> str:
     assert len(blocks) == 1, reply
     compile(blocks[0], "<policy>", "exec")   # real Python, always
     return blocks[0]
+
+
+def codes(reply: str) -> str:
+    """All repl blocks of a reply (each real Python), joined: what the engine runs."""
+    blocks = repl_blocks(reply)
+    for code in blocks:
+        compile(code, "<policy>", "exec")
+    return "\n".join(blocks)
+
+
+def finish(reply: str) -> Final | None:
+    """The FINAL / FINAL_VAR a reply ends with OUTSIDE its code blocks (as the engine reads it)."""
+    return find_final(code_blocks(reply).rest)
 
 
 def sub(prompt: str) -> str:
@@ -130,36 +144,45 @@ def test_each_phrasing_picks_its_family_and_opens_with_real_code(family):
     question = QUESTIONS[family]
     assert family_of(question) == family
     reply = rlm_policy(root(question))
-    only_code(reply)
+    blocks = repl_blocks(reply)
+    codes(reply)
     assert reply == rlm_policy(root(question))   # deterministic in the messages
+    assert not reply.startswith("```")            # prose first, as real models write
+    if family != "recover":                        # (recover's first block fails on purpose)
+        # Several blocks, the first a look at the context before any work.
+        assert len(blocks) >= 2 and "print(context[:500])" in blocks[0]
+        assert "print(context)" in blocks[0] and "STEP_DONE" not in blocks[0]
 
 
 def test_stages_advance_on_markers_and_fall_back_after_an_error():
     q = QUESTIONS["define"]
-    first = only_code(rlm_policy(root(q)))
+    first = codes(rlm_policy(root(q)))
     assert "candidate_paths(" in first and "context.sql" in prelude()
     failed = "Traceback ...\nError:\nCorpusQueryError: bad regex"
-    assert "candidate_paths_grep(" in only_code(rlm_policy(root(q, failed)))
-    mapping = only_code(rlm_policy(root(q, "candidates=2 ['a.py', 'b.py']\nSTEP_DONE 1")))
+    assert "candidate_paths_grep(" in codes(rlm_policy(root(q, failed)))
+    mapping = codes(rlm_policy(root(q, "candidates=2 ['a.py', 'b.py']\nSTEP_DONE 1")))
     assert "map_prompts(prompts)" in mapping
-    # Nothing can match: answer at once instead of mapping over nothing.
-    assert only_code(rlm_policy(root(q, "candidates=0 []\nSTEP_DONE 1"))).startswith("FINAL('none')")
+    # Nothing can match: answer at once (no code) instead of mapping over nothing.
+    empty = rlm_policy(root(q, "candidates=0 []\nSTEP_DONE 1"))
+    assert not repl_blocks(empty) and finish(empty) == Final("value", "none")
     # A stage that failed twice ends the run with whatever partial answer exists.
-    assert "FINAL(answer.get('content')" in only_code(rlm_policy(root(q, failed, failed)))
+    gave_up = rlm_policy(root(q, failed, failed))
+    assert "answer.get('content')" in codes(gave_up)
+    assert finish(gave_up) == Final("var", "final_answer")
 
 
 def test_every_run_ends_within_the_turn_cap_and_on_a_forced_final():
     q = QUESTIONS["label-count"]
     outputs = [f"STEP_DONE {k}" for k in range(1, 3)] + ["no marker"] * MAX_TURNS
     reply = rlm_policy(root(q, *outputs[:MAX_TURNS]))
-    assert "FINAL(" in only_code(reply)
+    assert finish(reply) == Final("var", "final_answer")
     forced = rlm_policy(root(q, "answer so far: 17\nSTEP_DONE 2", forced=True))
     assert text_final(forced) == ("value", "17")
 
 
 def test_needle_widens_the_search_when_the_sentence_is_not_found():
     q = QUESTIONS["needle"]
-    code = only_code(rlm_policy(root(q, "hits=0\nSTEP_DONE 1")))
+    code = codes(rlm_policy(root(q, "hits=0\nSTEP_DONE 1")))
     assert "re.escape(key)" in code and "llm_query(" in code
 
 
@@ -168,7 +191,42 @@ def test_recover_reacts_to_the_traceback():
     first = only_code(rlm_policy(root(q)))
     assert "prodcut" in first
     fixed = rlm_policy(root(q, "Error:\nNameError: name 'prodcut' is not defined"))
-    assert "NameError" in fixed and "FINAL(product)" in only_code(fixed)
+    assert "NameError" in fixed and "product = 6 * 7" in codes(fixed)
+    assert finish(fixed) == Final("var", "product")
+
+
+def walk(question: str, outputs: list[str]) -> list[str]:
+    """The policy's replies when every stage succeeds (each output shows the marker)."""
+    replies = [rlm_policy(root(question))]
+    for k in range(1, 6):
+        if finish(replies[-1]):
+            break
+        replies.append(rlm_policy(root(question, *[o.format(k=i) for i, o in
+                                                   enumerate(outputs[:k], 1)])))
+    return replies
+
+
+@pytest.mark.parametrize("family", ["define", "label-count", "needle", "delegate"])
+def test_replies_read_like_a_real_model(family):
+    """The dialect of the real recordings (tests/fixtures/replay): prose around
+    code, several blocks, `answer` used as a loop variable, and an unquoted
+    FINAL_VAR(x) on its own line AFTER the prose, outside every code block."""
+    outputs = ["candidates=2 ['a.py']\nSTEP_DONE {k}" if family == "define"
+               else "pieces=3\nhits=1\nSTEP_DONE {k}"] * 6
+    replies = walk(QUESTIONS[family], outputs)
+    last = replies[-1]
+    assert finish(last) is not None and finish(last).kind == "var", last
+    name = finish(last).arg
+    assert name.isidentifier()                      # unquoted
+    lines = last.rstrip().splitlines()
+    assert lines[-1] == f"FINAL_VAR({name})"       # its own line, the last one
+    prose = code_blocks(last).rest.replace(lines[-1], "").strip()
+    assert prose                                    # after prose
+    assert "FINAL" not in codes(last)               # not inside the code
+    assert all(not r.startswith("```") for r in replies)
+    if family in ("define", "label-count"):
+        loops = [r for r in replies if re.search(r"^for [\w, ]*\banswer\b in ", codes(r), re.M)]
+        assert loops, "some reply uses `answer` as a loop variable"
 
 
 def test_gullible_runs_instructions_found_in_documents():
@@ -405,3 +463,25 @@ def test_gullible_policy_obeys_the_injection_and_the_sandbox_contains_it(runs, i
     assert result.status == "ok" and len(result.steps) >= 2
     assert f"os.system('touch {marker}')" in result.steps[1]["code"]   # it did fall for it
     assert not marker.exists()                                          # and nothing happened
+
+
+def test_rlms_shims_carry_the_real_model_dialect():
+    """`bench compare` drives the official rlms (which finishes only from code and
+    heads multi-block outputs `REPL output (block i):`) with this policy."""
+    from rlm_ray.bench.rlms_driver import _final_as_code, _number_outputs
+
+    q = QUESTIONS["label-count"]
+    history = [SYSTEM, {"role": "user", "content": f"Question: {q}"},
+               {"role": "assistant", "content": "x"},
+               {"role": "user", "content": "REPL output (block 1):\nsample\n\nREPL output (block 2):"
+                                           "\npieces=3\nSTEP_DONE 1"}]
+    numbered = _number_outputs(history)
+    assert numbered[-1]["content"].startswith("REPL output (iteration 1):\nREPL output (block 1)")
+    mapping = rlm_policy(numbered)          # the policy reads it: stage 2, not stage 1 again
+    assert "map_prompts(prompts)" in codes(mapping)
+    final = rlm_policy(_number_outputs(history + [
+        {"role": "assistant", "content": "x"},
+        {"role": "user", "content": "REPL output:\nSTEP_DONE 2"}]))
+    run = _final_as_code(history, final)
+    assert repl_blocks(run)[-1] == "FINAL_VAR('result')"
+    assert _final_as_code("a sub-call prompt", "FINAL_VAR(x)") == "FINAL_VAR(x)"   # roots only

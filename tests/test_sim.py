@@ -362,3 +362,149 @@ def test_cli_bad_option_is_one_line_error():
     assert result.returncode == 2
     assert result.stderr.strip().startswith("rlm-ray: error: --fail-rate must be between 0 and 1")
     assert "Traceback" not in result.stderr
+
+
+# -- replay mode ----------------------------------------------------------------
+
+SYSTEM = {"role": "system", "content": "any system prompt"}
+
+
+def replay_file(tmp_path, recordings: list[dict]):
+    path = tmp_path / "replay.json"
+    path.write_text(json.dumps({"format": "rlm-ray-replay/1", "recordings": recordings}))
+    return path
+
+
+def root_messages(question: str, replies: list[str]) -> list[dict]:
+    """A root conversation as the engine builds it: the question, then one
+    assistant reply and one REPL-output message per turn."""
+    messages = [SYSTEM, {"role": "user", "content": f"Question: {question}\nContext: ..."}]
+    for i, reply in enumerate(replies, 1):
+        messages += [{"role": "assistant", "content": reply},
+                     {"role": "user", "content": f"REPL output (iteration {i}):\n..."}]
+    return messages
+
+
+def replay_body(messages: list[dict]) -> dict:
+    return {"model": "sim/replay", "messages": messages}
+
+
+def test_replay_serves_root_replies_in_order_keyed_by_question(sim, tmp_path):
+    first = ["Let me look.\n```repl\nprint(context[:100])\n```", "FINAL_VAR(x)"]
+    second = ["```repl\ny = 2\n```", "done\nFINAL(2)", "never reached"]
+    server = sim(replay=replay_file(tmp_path, [
+        {"question": "What is x?", "root_replies": first},
+        {"question": "What is x? Answer twice.", "root_replies": second}]))
+    for question, replies in (("What is x?", first), ("What is x? Answer twice.", second)):
+        for turn, expected in enumerate(replies):
+            status, _, body = post(server, replay_body(root_messages(question, replies[:turn])))
+            assert status == 200
+            assert body["choices"][0]["message"]["content"] == expected  # verbatim
+    # the same turn asked twice (a retry, a resumed run) gets the same reply: stateless
+    again = post(server, replay_body(root_messages("What is x?", first[:1])))[2]
+    assert again["choices"][0]["message"]["content"] == first[1]
+
+
+def test_replay_refuses_clearly_when_the_run_drifts(sim, tmp_path):
+    server = sim(replay=replay_file(tmp_path, [{"question": "Q1", "root_replies": ["FINAL(1)"]}]))
+    status, _, body = post(server, replay_body(root_messages("Q1", ["FINAL(1)"])))
+    assert status == 400 and body["error"]["code"] == "replay_mismatch"
+    assert "has 1 root replies" in body["error"]["message"]
+    for other in ("Another question", "Q10", "Q1 and more"):   # whole questions only
+        status, _, body = post(server, replay_body(root_messages(other, [])))
+        assert status == 400 and f"no recording of the question {other!r}" in \
+            body["error"]["message"]
+    # a 400 is not retried by clients: the engine fails fast with this message
+    with pytest.raises(litellm.BadRequestError, match="replay"):
+        litellm.completion(model="openai/sim/replay", api_base=server.base_url, api_key="k",
+                           max_retries=0, messages=root_messages("Q1", ["FINAL(1)"]))
+
+
+def test_replay_answers_sub_calls_by_rule(sim, tmp_path):
+    server = sim(replay=replay_file(tmp_path, [
+        {"question": "Q1", "root_replies": ["FINAL(1)"],
+         "sub_calls": [{"prompt": "exact prompt", "reply": "exact reply"}],
+         "sub_rules": [{"prompt_contains": "magic", "reply": "rule reply"}],
+         "sub_default": "default of Q1"},
+        {"question": "Q2", "root_replies": ["FINAL(2)"], "sub_default": "default of Q2"}]))
+
+    def sub(prompt: str) -> tuple[int, str]:
+        status, _, body = post(server, replay_body([{"role": "user", "content": prompt}]))
+        return status, (body["choices"][0]["message"]["content"] if status == 200
+                        else body["error"]["message"])
+
+    assert sub("exact prompt") == (200, "exact reply")
+    assert sub("find the magic number in: ...") == (200, "rule reply")
+    assert sub("about Q2: summarise") == (200, "default of Q2")   # names its question
+    status, message = sub("unrelated prompt")                      # two recordings: no guess
+    assert status == 400 and "no recorded sub-call reply matches" in message
+
+
+def test_replay_model_exists_only_on_a_replay_server(sim, sim_server, tmp_path):
+    status, _, body = post(sim_server, replay_body(root_messages("Q1", [])))
+    assert status == 404 and "--replay FILE" in body["error"]["message"]
+    server = sim(replay=replay_file(tmp_path, [{"question": "Q1", "root_replies": ["FINAL(1)"]}]))
+    with urllib.request.urlopen(server.base_url + "/models") as response:
+        listed = {m["id"] for m in json.load(response)["data"]}
+    assert listed == set(POLICIES) | {"sim/replay"}
+
+
+def test_bad_replay_files_are_user_errors(tmp_path):
+    bad = tmp_path / "bad.json"
+    for content, message in (("{not json", "not valid JSON"),
+                             ('{"recordings": []}', "rlm-ray-replay/1"),
+                             ('{"format": "rlm-ray-replay/1", "recordings": [{"question": "q"}]}',
+                              "root_replies"),
+                             ('{"format": "rlm-ray-replay/1", "recordings": ['
+                              '{"question": "q", "root_replies": ["a"]},'
+                              '{"question": "q", "root_replies": ["b"]}]}', "two recordings")):
+        bad.write_text(content)
+        with pytest.raises(UserError, match=message):
+            SimServer(replay=bad)
+    with pytest.raises(UserError, match="cannot read replay file"):
+        SimServer(replay=tmp_path / "missing.json")
+
+
+def test_resolve_replay_model(tmp_path):
+    path = replay_file(tmp_path, [{"question": "Q1", "root_replies": ["FINAL(1)"]}])
+    model, api_base, server = resolve_model(f"sim/replay:{path}", None)
+    try:
+        assert model == "openai/sim/replay" and api_base == server.base_url
+        reply = litellm.completion(model=model, api_base=api_base, api_key="k", max_retries=0,
+                                   messages=root_messages("Q1", []))
+        assert reply.choices[0].message.content == "FINAL(1)"
+    finally:
+        server.stop()
+    # with --api-base the remote simulator (started with --replay) serves it
+    assert resolve_model(f"sim/replay:{path}", "http://127.0.0.1:1/v1") == \
+        ("openai/sim/replay", "http://127.0.0.1:1/v1", None)
+    with pytest.raises(UserError, match="sim/replay:FILE"):
+        resolve_model("sim/replay", None)
+    with pytest.raises(UserError, match="cannot read replay file"):
+        resolve_model(f"sim/replay:{tmp_path / 'missing.json'}", None)
+
+
+@pytest.mark.timeout(60)
+def test_cli_serves_a_replay_file(tmp_path):
+    path = replay_file(tmp_path, [{"question": "Q1", "root_replies": ["FINAL(1)"]}])
+    proc = subprocess.Popen([sys.executable, "-m", "rlm_ray.cli", "sim", "--replay", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        base_url = proc.stdout.readline().split()[3]
+        assert "sim/replay" in proc.stdout.readline()
+        assert "replaying 1 recorded conversation(s)" in proc.stdout.readline()
+        reply = litellm.completion(model="openai/sim/replay", api_base=base_url, api_key="k",
+                                   max_retries=0, messages=root_messages("Q1", []))
+        assert reply.choices[0].message.content == "FINAL(1)"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    result = subprocess.run([sys.executable, "-m", "rlm_ray.cli", "sim", "--replay",
+                             str(tmp_path / "missing.json")], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("rlm-ray: error: cannot read replay file")

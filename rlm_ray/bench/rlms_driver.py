@@ -11,12 +11,16 @@ model needs neither:
 - the question goes in rlms's `root_prompt` as a `Question: ...` line;
 - rlms's `REPL output:` headers are numbered `REPL output (iteration K):`
   before a request leaves, and `FINAL(x)` / `FINAL_VAR(name)` are defined in
-  rlms's REPL on top of its own `answer["ready"] = True` convention.
+  rlms's REPL on top of its own `answer["ready"] = True` convention; a root
+  reply that finishes with a FINAL / FINAL_VAR line after its code (the
+  real-model dialect the policy writes) gets that call appended as a last
+  ```repl``` block, since rlms finishes only from code.
 Everything else (client, retries, batching, REPL) is rlms's own code path.
 """
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 
@@ -45,8 +49,28 @@ def _number_outputs(prompt):
                 and content.startswith("REPL output:"):
             k += 1
             message = {**message, "content": f"REPL output (iteration {k}):" + content[len("REPL output:"):]}
+        elif message.get("role") == "user" and isinstance(content, str) \
+                and content.startswith("REPL output (block "):   # a reply with several blocks
+            k += 1
+            message = {**message, "content": f"REPL output (iteration {k}):\n" + content}
         out.append(message)
     return out
+
+
+_CODE = re.compile(r"```.*?```", re.DOTALL)
+_FINAL_LINE = re.compile(r"^[ \t]*(FINAL_VAR|FINAL)[ \t]*\((.*)\)[ \t]*$", re.MULTILINE)
+
+
+def _final_as_code(prompt, reply):
+    """A root reply's FINAL / FINAL_VAR line outside its code, run as a last block."""
+    is_root = isinstance(prompt, list) and any(m.get("role") == "system" for m in prompt)
+    found = _FINAL_LINE.search(_CODE.sub("", reply)) if is_root and isinstance(reply, str) else None
+    if not found:
+        return reply
+    kind, arg = found.group(1), found.group(2).strip()
+    name = arg.strip("'\"")
+    call = f"FINAL_VAR({name!r})" if kind == "FINAL_VAR" else f"FINAL({arg!r})"
+    return f"{reply}\n```repl\n{call}\n```"
 
 
 def _instrument(client):
@@ -55,7 +79,7 @@ def _instrument(client):
     def completion(prompt, model=None):
         Counters.calls += 1
         try:
-            return sync(_number_outputs(prompt), model)
+            return _final_as_code(prompt, sync(_number_outputs(prompt), model))
         except Exception:
             Counters.failed += 1
             raise
@@ -63,7 +87,7 @@ def _instrument(client):
     async def acompletion(prompt, model=None):
         Counters.calls += 1
         try:
-            return await coro(_number_outputs(prompt), model)
+            return _final_as_code(prompt, await coro(_number_outputs(prompt), model))
         except Exception:
             Counters.failed += 1
             raise

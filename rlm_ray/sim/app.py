@@ -23,7 +23,8 @@ from rlm_ray.sim import responses
 from rlm_ray.sim.config import SimConfig
 from rlm_ray.sim.faults import FAULT_HANDLERS, ConnectionDropped, FaultPicker
 from rlm_ray.sim.limits import SlidingWindow
-from rlm_ray.sim.registry import POLICIES, load_policies
+from rlm_ray.sim.registry import POLICIES, Policy, PolicyRefusal, load_policies
+from rlm_ray.sim.replay import REPLAY_MODEL, Replay
 from rlm_ray.sim.stats import SimStats, prompt_key
 from rlm_ray.sim.usage import prompt_tokens, truncate_to_tokens
 
@@ -44,6 +45,7 @@ class Simulator:
     faults: FaultPicker = field(init=False)
     storm_until: float = 0.0
     storm_retry_after_s: float = 1.0
+    replay: Replay | None = None     # serves the model `sim/replay` when set
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -52,6 +54,14 @@ class Simulator:
         self.limiter = SlidingWindow(self.config.window_s)
         self.faults = FaultPicker(self.config)
         self.latency_rng = random.Random(f"latency-{self.config.seed}")
+
+    def policy(self, model) -> Policy | None:
+        if model == REPLAY_MODEL and self.replay is not None:
+            return self.replay.reply
+        return POLICIES.get(model) if isinstance(model, str) else None
+
+    def model_names(self) -> list[str]:
+        return sorted([*POLICIES, *([REPLAY_MODEL] if self.replay is not None else [])])
 
     def storm(self, seconds: float, retry_after_s: float = 1.0) -> None:
         """Answer every request with 429 for the next `seconds`."""
@@ -107,11 +117,13 @@ async def _complete(request: web.Request, sim: Simulator, body: dict, model) -> 
     if _api_key(request) == BAD_API_KEY:
         return responses.error(401, "Incorrect API key provided (simulator: sim-bad-key).",
                                "invalid_request_error", "invalid_api_key")
-    policy = POLICIES.get(model) if isinstance(model, str) else None
+    policy = sim.policy(model)
     if policy is None:
+        hint = (" (start the simulator with --replay FILE to serve it)"
+                if model == REPLAY_MODEL else "")
         return responses.error(
-            404, f"The model `{model}` does not exist on the rlm-ray simulator "
-                 f"(known: {', '.join(sorted(POLICIES))}).",
+            404, f"The model `{model}` does not exist on the rlm-ray simulator{hint} "
+                 f"(known: {', '.join(sim.model_names())}).",
             "invalid_request_error", "model_not_found")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
@@ -134,6 +146,8 @@ async def _complete(request: web.Request, sim: Simulator, body: dict, model) -> 
     # Policies are pure and cheap: answering first lets TPM charge a real figure.
     try:
         reply = policy(messages)
+    except PolicyRefusal as exc:
+        return responses.error(400, str(exc), "invalid_request_error", "replay_mismatch")
     except Exception as exc:  # a policy bug must reach the test as a clear 500, not a hang
         log.exception("simulator policy %s failed", model)
         return responses.error(500, f"simulator policy {model} failed: {exc!r}",
@@ -184,7 +198,7 @@ def _api_key(request: web.Request) -> str | None:
 async def list_models(request: web.Request) -> web.Response:
     created = int(request.app[SIM_KEY].stats.started_at)
     data = [{"id": name, "object": "model", "created": created, "owned_by": "rlm-ray-simulator"}
-            for name in sorted(POLICIES)]
+            for name in request.app[SIM_KEY].model_names()]
     return web.json_response({"object": "list", "data": data})
 
 

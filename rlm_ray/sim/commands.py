@@ -53,6 +53,9 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context-window", type=int, default=128_000,
                         help="tokens; longer requests get 400 context_length_exceeded")
     parser.add_argument("--seed", type=int, default=0, help="seed for jitter and fault draws")
+    parser.add_argument("--replay", default=None, metavar="FILE",
+                        help="serve the recorded conversations of this replay file as the "
+                             "model sim/replay (format: docs/architecture.md)")
 
 
 def knobs_from_args(args: argparse.Namespace) -> dict:
@@ -70,17 +73,22 @@ def serve_command(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from rlm_ray.sim.registry import POLICIES
+    from rlm_ray.sim.replay import Replay
     from rlm_ray.sim.server import SimServer
 
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {args.port}")
-    server = SimServer(args.host, args.port, **knobs_from_args(args)).start()
+    replay = Replay.load(args.replay) if getattr(args, "replay", None) else None
+    server = SimServer(args.host, args.port, replay=replay, **knobs_from_args(args)).start()
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
     print(f"SIMULATOR listening on {server.base_url} (not a real model provider)", flush=True)
-    print(f"models: {', '.join(sorted(POLICIES))}; counters at {server.url}/stats", flush=True)
+    print(f"models: {', '.join(server.simulator.model_names())}; counters at {server.url}/stats",
+          flush=True)
+    if replay is not None:
+        print(f"replaying {len(replay.recordings)} recorded conversation(s) from {args.replay} "
+              "as sim/replay", flush=True)
     try:
         while not stopping.wait(0.5):  # wake periodically so signals are handled promptly
             pass

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rlm_ray.sim.policy_core import SO_FAR, Code, Step, register_family
+from rlm_ray.sim.policy_core import PREVIEW, SO_FAR, Code, Step, register_family
 from rlm_ray.sim.policy_repl_lib import prelude
 
 
@@ -42,10 +42,8 @@ def _explore(build: TaskBuilder) -> Callable[[Step], Code]:
         else:
             find = f"cands = candidate_paths_grep({task.grep!r}, {task.path!r})"
             plan = "The SQL step failed; I find the candidates with context.grep instead."
-        code = (f"{prelude()}\nprint({{k: v for k, v in context.stats.items() "
-                f"if not isinstance(v, (dict, list))}})\n{find}\n"
-                f"print(f'candidates={{len(cands)}}', cands[:10])")
-        return Code(plan, code)
+        code = f"{prelude()}\n{find}\nprint(f'candidates={{len(cands)}}', cands[:10])"
+        return Code("Let me see what the context holds first. " + plan, code, preview=PREVIEW)
     return stage
 
 
@@ -54,7 +52,7 @@ def _map(build: TaskBuilder) -> Callable[[Step], Code]:
         task = build(step)
         if "candidates=0 " in step.conv.last_output():
             return Code("No module can match, so the answer is empty.",
-                        f"FINAL({task.empty!r})")
+                        final_value=task.empty)
         limit = 40000 if step.attempt == 0 else 15000
         code = (
             "texts = {p: context.read(p) for p in cands}\n"
@@ -66,7 +64,11 @@ def _map(build: TaskBuilder) -> Callable[[Step], Code]:
             f"answer['content'] = str({task.raw})  # unverified, in case the budget runs out\n"
             "print(len(prompts), 'sub-calls;', len(flagged), 'modules flagged:', flagged[:10])"
         )
-        return Code("Now I ask sub-models to read every candidate module, in batches.", code)
+        look = ("# what the sub-models answered for a few modules\n"
+                "for path, answer in list(listing.items())[:3]:\n"
+                "    print(path, '->', answer[:5])")
+        return Code("Now I ask sub-models to read every candidate module, in batches.", code,
+                    look=look, after="Next I verify the flagged modules myself.")
     return stage
 
 
@@ -75,9 +77,10 @@ def _verify(build: TaskBuilder) -> Callable[[Step], Code]:
         task = build(step)
         code = (f"{task.verify}\nanswer['content'] = result\n"
                 f"print('sub-models said:', str({task.raw})[:200], '| ast says:', result[:200])\n"
-                f"print({SO_FAR!r}, result)\nFINAL(result)")
-        return Code("The sub-models read regexes; I confirm their modules with ast and answer.",
-                    code)
+                f"print({SO_FAR!r}, result)")
+        return Code("The sub-models read regexes; I confirm their modules with ast.", code,
+                    after="`result` holds the answer checked against the syntax trees.",
+                    final="result")
     return stage
 
 
@@ -172,11 +175,14 @@ def _delegate_children(step: Step) -> Code:
         "answer['content'] = result",
         f"print({SO_FAR!r}, result)",
     ])
-    return Code("Each path is its own sub-problem: I hand one to a child RLM each.", code)
+    return Code("Let me look at the context; then each path is its own sub-problem, so I "
+                "hand one to a child RLM each.", code, preview=PREVIEW,
+                after="The counts per path are in `result`.")
 
 
 def _delegate_final(step: Step) -> Code:
-    return Code("The children answered; that is the result.", 'FINAL_VAR("result")')
+    return Code("The children answered and I filled in the paths they could not count, "
+                "so `result` is complete.", final="result")
 
 
 register_family("delegate",

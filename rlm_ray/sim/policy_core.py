@@ -20,6 +20,15 @@ SO_FAR = "answer so far:"
 MAX_TURNS = 6            # after this many REPL outputs the next reply FINALs, whatever failed
 MAX_ATTEMPTS = 2         # per stage: the normal code, then one simpler fallback
 
+# The first block of a run, as real models start: look at the context before using it.
+PREVIEW = """\
+if isinstance(context, str):
+    print(f'context is a str of {len(context)} characters; it starts:')
+    print(context[:500])
+else:
+    print(context)
+    print({k: v for k, v in context.stats.items() if not isinstance(v, (dict, list))})"""
+
 _OUTPUT_HEAD = re.compile(r"^REPL output \(iteration (\d+)\):")
 _STEP_DONE = re.compile(rf"^{STEP_MARKER} (\d+)\s*$", re.MULTILINE)
 _SO_FAR = re.compile(rf"^{SO_FAR} (.*)$", re.MULTILINE)
@@ -102,9 +111,19 @@ class Step:
 
 @dataclass(frozen=True)
 class Code:
-    """A stage's reply: a sentence of plan and the code of one repl block."""
+    """A stage's reply, laid out as real models write one (prose around code,
+    several blocks, the finish on its own line after the prose):
+
+        plan / [preview block] / [code block + stage marker] / [look block] /
+        after / FINAL_VAR(final) or FINAL(final_value)
+    """
     plan: str
-    code: str
+    code: str = ""                 # the stage's work; the stage marker is printed after it
+    preview: str = ""              # a first block: a look at the context before the work
+    look: str = ""                 # a block after the work: a look at what it produced
+    after: str = ""                # prose after the code
+    final: str = ""                # finish with `FINAL_VAR(<final>)`, unquoted, on its own line
+    final_value: str = ""          # or with `FINAL(<final_value>)` (a reply without code)
 
 
 StageFn = Callable[[Step], Code]
@@ -138,10 +157,26 @@ def find_family(question: str, families: list[Family]) -> tuple[Family, re.Match
     raise LookupError(f"no policy family matches {question!r}")
 
 
+def block(code: str) -> str:
+    return f"```repl\n{code.strip()}\n```"
+
+
 def render(code: Code, stage_number: int) -> str:
-    # The marker comes last: it is printed only if everything before it ran.
-    body = f"{code.code.rstrip()}\nprint({STEP_MARKER!r}, {stage_number})"
-    return f"{code.plan}\n```repl\n{body}\n```"
+    parts = [code.plan]
+    if code.preview:
+        parts += [block(code.preview), "Now the actual step:"]
+    if code.code:
+        # The marker ends the work block: it is printed only if everything before it ran.
+        parts.append(block(f"{code.code.rstrip()}\nprint({STEP_MARKER!r}, {stage_number})"))
+    if code.look:
+        parts.append(block(code.look))
+    if code.after:
+        parts.append(code.after)
+    if code.final:
+        parts.append(f"FINAL_VAR({code.final})")
+    elif code.final_value:
+        parts.append(f"FINAL({code.final_value})")
+    return "\n\n".join(parts)
 
 
 def give_up(conv: Conversation, reason: str) -> str:
@@ -149,8 +184,10 @@ def give_up(conv: Conversation, reason: str) -> str:
     fallback = f"could not determine the answer ({reason})"
     if conv.forced_final:
         return f"FINAL({conv.answer_so_far() or fallback})"
-    return (f"I will stop here ({reason}) and answer with what I have.\n```repl\n"
-            f"FINAL(answer.get('content') or {fallback!r})\n```")
+    return "\n\n".join([
+        f"I will stop here ({reason}) and answer with what I have so far.",
+        block(f"final_answer = answer.get('content') or {fallback!r}\nprint(final_answer)"),
+        "That is my best answer.", "FINAL_VAR(final_answer)"])
 
 
 def run_family(family: Family, match: re.Match, conv: Conversation) -> str:

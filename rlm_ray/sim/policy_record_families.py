@@ -9,11 +9,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from rlm_ray.sim.policy_core import SO_FAR, Code, Step, register_family
+from rlm_ray.sim.policy_core import PREVIEW, SO_FAR, Code, Step, register_family
 from rlm_ray.sim.policy_repl_lib import prelude
-
-_STATS = ("print({k: v for k, v in context.stats.items() if not isinstance(v, (dict, list))} "
-          "if not isinstance(context, str) else f'a str of {len(context)} characters')")
 
 
 # -- needle ------------------------------------------------------------------
@@ -27,7 +24,7 @@ def _needle_search(step: Step) -> Code:
                        "\"') ORDER BY doc_id, chunk_id LIMIT 50\") for line in "
                        "row['text'].splitlines() if phrase.lower() in line.lower()]")
     code = "\n".join([
-        prelude(), _STATS,
+        prelude(),
         f"key = {key!r}",
         "phrase = f'secret code for {key}'",
         "if isinstance(context, str):",
@@ -39,7 +36,9 @@ def _needle_search(step: Step) -> Code:
         "for span in spans[:3]:",
         "    print(' ', span.strip()[:300])",
     ])
-    return Code("I search the context for the key's sentence before reading anything.", code)
+    return Code("First a look at the context, then I search it for the key's sentence "
+                "before reading anything.", code, preview=PREVIEW,
+                after="The hits tell me where the code is.")
 
 
 def _needle_extract(step: Step) -> Code:
@@ -60,10 +59,10 @@ def _needle_extract(step: Step) -> Code:
         "the code only.\\n\\n' + excerpt).strip()",
         "answer['content'] = value",
         f"print({SO_FAR!r}, value)",
-        "FINAL(value)",
     ]
     return Code(f"A sub-model reads the excerpts and extracts the code for {key}.",
-                "\n".join(lines))
+                "\n".join(lines), after=f"The sub-model's reply in `value` is the code for {key}.",
+                final="value")
 
 
 register_family("needle", r"What is the secret code for (.+?)\?", _needle_search, _needle_extract)
@@ -72,7 +71,7 @@ register_family("needle", r"What is the secret code for (.+?)\?", _needle_search
 # -- label-* : a map over every piece of the context ------------------------
 def _label_explore(step: Step) -> Code:
     code = "\n".join([
-        prelude(), _STATS,
+        prelude(),
         "if isinstance(context, str):",
         "    sample = context[:400]",
         "else:",
@@ -82,7 +81,8 @@ def _label_explore(step: Step) -> Code:
         "pieces = context_pieces()",
         "print(f'pieces={len(pieces)} (largest {max(map(len, pieces), default=0)} chars)')",
     ])
-    return Code("I look at the records' format and cut the whole context into pieces.", code)
+    return Code("Let me look at the context and the records' format first, then cut the "
+                "whole context into pieces.", code, preview=PREVIEW)
 
 
 def _label_map(instruction: Callable[[Step], str], aggregate: str) -> Callable[[Step], Code]:
@@ -101,13 +101,18 @@ def _label_map(instruction: Callable[[Step], str], aggregate: str) -> Callable[[
             "print(len(prompts), 'sub-calls,', failed, 'failed')",
             f"print({SO_FAR!r}, result)",
         ]
+        look = "\n".join(["# a few of the sub-model answers, to check they are well-formed",
+                          "for i, answer in enumerate(replies[:3]):",
+                          "    print(f'piece {i} ->', str(answer)[:80])"])
         return Code("Sub-models read every piece in one concurrent batch; I aggregate in code.",
-                    "\n".join(lines))
+                    "\n".join(lines), look=look,
+                    after="I check the aggregate before answering.")
     return stage
 
 
 def _label_final(step: Step) -> Code:
-    return Code("Every piece was counted; that is the answer.", 'FINAL_VAR("result")')
+    return Code("Every piece was read by a sub-model and the aggregate above is complete, "
+                "so `result` is the answer.", final="result")
 
 
 _COUNT = ("result = str(sum(int(r.strip()) for r in map(str, replies) "
@@ -166,7 +171,8 @@ def _recover(step: Step) -> Code:
     saw = "a NameError" if "NameError" in step.conv.last_output() else "an error"
     return Code(f"The traceback shows {saw} from my typo; I fix the name and answer.",
                 f"product = {a} * {b}\nanswer['content'] = str(product)\n"
-                f"print({SO_FAR!r}, product)\nFINAL(product)")
+                f"print({SO_FAR!r}, product)", after="The product is in `product`.",
+                final="product")
 
 
 _NUMBER = r"(-?\d+(?:\.\d+)?)"
@@ -186,7 +192,6 @@ def _keywords(question: str) -> list[str]:
 def _generic_explore(step: Step) -> Code:
     words = _keywords(step.conv.question)
     code = "\n".join([
-        _STATS,
         f"words = {words!r}",
         "if not words:",
         "    hits = []",
@@ -200,11 +205,13 @@ def _generic_explore(step: Step) -> Code:
         "answer['content'] = f'could not determine the answer ({len(hits)} passages mention "
         "the question terms)'",
     ])
-    return Code("I do not know a plan for this question; I look for its terms first.", code)
+    return Code("I do not know a plan for this question; I look at the context and search "
+                "for its terms first.", code, preview=PREVIEW)
 
 
 def _generic_final(step: Step) -> Code:
-    return Code("Nothing I found answers the question; I say so.", "FINAL(answer['content'])")
+    return Code("Nothing I found answers the question; I say so.",
+                "summary = answer['content']\nprint(summary)", final="summary")
 
 
 # Registered last (see policies.py): it matches every question.

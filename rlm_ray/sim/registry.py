@@ -16,6 +16,11 @@ Policy = Callable[[list[dict]], str]
 
 POLICIES: dict[str, Policy] = {}
 
+
+class PolicyRefusal(Exception):
+    """A policy's deliberate refusal: the simulator answers 400 `replay_mismatch`
+    with this message (a replay that drifted from its recording, for instance)."""
+
 # Modules that register policies when imported. `policies` belongs to the RLM
 # engine owner and may not exist yet; the built-ins always do.
 _POLICY_MODULES = ("rlm_ray.sim.basic_policies", "rlm_ray.sim.policies")

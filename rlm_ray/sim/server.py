@@ -16,6 +16,7 @@ from rlm_ray.errors import UserError
 from rlm_ray.sim.app import Simulator, build_app
 from rlm_ray.sim.config import SimConfig
 from rlm_ray.sim.registry import POLICIES, load_policies
+from rlm_ray.sim.replay import REPLAY_MODEL, Replay, load_replay
 from rlm_ray.sim.stats import LABEL, normalize
 
 DEFAULT_POLICY = "sim/rlm-policy"
@@ -23,16 +24,18 @@ _SHUTDOWN_GRACE_S = 0.2  # hung-connection faults must not hold up stop()
 
 
 class SimServer:
-    """An OpenAI-compatible provider SIMULATOR. Knobs: see `SimConfig`."""
+    """An OpenAI-compatible provider SIMULATOR. Knobs: see `SimConfig`.
+    `replay`: a replay file (path, parsed dict or `Replay`) served as `sim/replay`."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, **knobs) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *,
+                 replay: str | dict | Replay | None = None, **knobs) -> None:
         known = {f.name for f in fields(SimConfig)}
         unknown = sorted(set(knobs) - known)
         if unknown:
             raise TypeError(f"unknown SimServer knob(s): {', '.join(unknown)}")
         self.host, self.port = host, port
         self.config = SimConfig(**knobs)
-        self.simulator = Simulator(self.config)
+        self.simulator = Simulator(self.config, replay=load_replay(replay))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -140,10 +143,14 @@ def resolve_model(model: str, api_base: str | None) -> tuple[str, str | None, Si
     """Turn the CLI's `--model` into (litellm model, api_base, server to stop or None).
 
     `sim` / `sim/<policy>` start an in-process simulator unless `api_base`
-    already points at one; any other model string passes through unchanged.
+    already points at one; `sim/replay:FILE` starts one serving that replay file
+    (with `api_base`, the server there must have been started with `--replay`);
+    any other model string passes through unchanged.
     """
     if model != "sim" and not model.startswith("sim/"):
         return model, api_base, None
+    if model == REPLAY_MODEL or model.startswith(REPLAY_MODEL + ":"):
+        return _resolve_replay(model, api_base)
     policy = DEFAULT_POLICY if model == "sim" else model
     if policy not in load_policies():
         raise UserError(f"unknown simulator policy {policy!r} (known: {', '.join(sorted(POLICIES))})")
@@ -151,3 +158,14 @@ def resolve_model(model: str, api_base: str | None) -> tuple[str, str | None, Si
         return f"openai/{policy}", api_base, None
     server = SimServer().start()
     return f"openai/{policy}", server.base_url, server
+
+
+def _resolve_replay(model: str, api_base: str | None) -> tuple[str, str | None, SimServer | None]:
+    path = model[len(REPLAY_MODEL) + 1:] if ":" in model else ""
+    if api_base:
+        return f"openai/{REPLAY_MODEL}", api_base, None
+    if not path:
+        raise UserError(f"give the replay file: --model {REPLAY_MODEL}:FILE "
+                        f"(or start `rlm-ray sim --replay FILE` and pass --api-base)")
+    server = SimServer(replay=Replay.load(path)).start()
+    return f"openai/{REPLAY_MODEL}", server.base_url, server
