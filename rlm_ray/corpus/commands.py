@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import argparse
 
+# Per-archive caps (zip bombs, runaway archives); defined here so --help needs no heavy import.
+MAX_ARCHIVE_BYTES = 512 << 20
+MAX_ARCHIVE_MEMBERS = 200_000
+
 
 def register(commands, bench) -> None:
     ingest = commands.add_parser(
@@ -19,6 +23,15 @@ def register(commands, bench) -> None:
     ingest.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                         help="gitignore-style pattern to skip; repeatable")
     ingest.add_argument("--name", default=None, help="a name recorded in the manifest")
+    ingest.add_argument("--parallelism", type=int, default=None, metavar="N",
+                        help="shard builds at once: 1 = in this process (no Ray); more = Ray tasks "
+                             "(default: the running cluster's CPUs; in-process for a small corpus "
+                             "when no cluster runs, else this machine's CPUs)")
+    ingest.add_argument("--max-archive-bytes", type=int, default=MAX_ARCHIVE_BYTES, metavar="N",
+                        help=f"refuse an archive whose members total more uncompressed bytes "
+                             f"(default {MAX_ARCHIVE_BYTES})")
+    ingest.add_argument("--max-archive-members", type=int, default=MAX_ARCHIVE_MEMBERS, metavar="N",
+                        help=f"refuse an archive with more members (default {MAX_ARCHIVE_MEMBERS})")
     ingest.set_defaults(func=_ingest)
 
     corpus = bench.add_parser(
@@ -46,7 +59,9 @@ def _ingest(args) -> int:
     from rlm_ray.corpus.ingest import ingest
 
     manifest = ingest(args.sources, args.out, chunk_tokens=args.chunk_tokens,
-                      max_file_bytes=args.max_file_bytes, exclude=args.exclude, name=args.name)
+                      max_file_bytes=args.max_file_bytes, exclude=args.exclude, name=args.name,
+                      parallelism=args.parallelism, max_archive_bytes=args.max_archive_bytes,
+                      max_archive_members=args.max_archive_members)
     print(summary_line(manifest, args.out))
     return 0
 

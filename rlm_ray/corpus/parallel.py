@@ -1,0 +1,142 @@
+"""Where bucket builds run: in this process (small corpora, `--parallelism 1`)
+or as Ray tasks across the cluster's cores and nodes.
+
+Ray tasks rather than Ray Data: a bucket is already the unit of work (its
+documents must meet in one shard writer, and its content key decides whether
+to build it at all), results are a few KB of metadata per bucket, and tasks
+need no extra dependency or block-size tuning. Memory stays flat because at
+most `2 x workers` tasks are in flight, each holding one group of buckets.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+from rlm_ray.corpus.shards import BucketJob, BucketResult, build_bucket, build_buckets
+from rlm_ray.errors import UserError
+
+# Without a running Ray cluster, corpora below this go in-process: starting Ray
+# costs more than it saves (the stdlib is ~60 MB of selected files).
+SMALL_CORPUS_BYTES = 256 << 20
+TASK_BYTES = 4 << 20          # source bytes per Ray task: amortises task overhead
+IN_FLIGHT_PER_WORKER = 2
+IO_THREADS = 4                # default in-process: overlap file / S3 reads
+
+
+@dataclass(frozen=True)
+class Plan:
+    workers: int       # bucket builds at once
+    use_ray: bool
+
+
+def _ray_running() -> bool:
+    ray = sys.modules.get("ray")
+    return bool(ray and ray.is_initialized())
+
+
+def cluster_cpus() -> int:
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def make_plan(parallelism: int | None, total_bytes: int) -> Plan:
+    if parallelism is not None:
+        if parallelism < 1:
+            raise UserError(f"--parallelism must be at least 1, got {parallelism}")
+        return Plan(parallelism, parallelism > 1)
+    if _ray_running() or os.environ.get("RAY_ADDRESS"):
+        return Plan(0, True)    # 0: the cluster's CPUs, read once Ray is connected
+    if total_bytes < SMALL_CORPUS_BYTES:
+        return Plan(IO_THREADS, False)
+    return Plan(os.cpu_count() or 1, True)
+
+
+def run(jobs: list[BucketJob], out: str, chunk_tokens: int, plan: Plan) -> Iterator[BucketResult]:
+    """Yield one result per job, in completion order."""
+    if not plan.use_ray:
+        yield from _in_process(jobs, out, chunk_tokens, plan.workers)
+    else:
+        yield from _on_ray(jobs, out, chunk_tokens, plan.workers)
+
+
+def _in_process(jobs: list[BucketJob], out: str, chunk_tokens: int, workers: int) -> Iterator[BucketResult]:
+    if workers == 1:   # one core, one thread: the baseline the benchmark compares against
+        for job in jobs:
+            yield build_bucket(job, out, chunk_tokens, threads=1)
+        return
+    pending: set = set()
+    todo = iter(jobs)
+    with ThreadPoolExecutor(workers) as pool:
+        while True:
+            while len(pending) < workers * IN_FLIGHT_PER_WORKER and (job := next(todo, None)):
+                pending.add(pool.submit(build_bucket, job, out, chunk_tokens, 1))
+            if not pending:
+                return
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+
+
+def group_jobs(jobs: list[BucketJob], workers: int) -> list[list[BucketJob]]:
+    """Groups of about TASK_BYTES (smaller when the corpus is small, so every
+    worker gets several); spooled and remote-readable jobs never share a group."""
+    total = sum(j.size for j in jobs)
+    target = max(1, min(TASK_BYTES, total // (workers * 4) or 1))
+    groups: list[list[BucketJob]] = []
+    for local_only in (False, True):
+        group: list[BucketJob] = []
+        size = 0
+        for job in (j for j in jobs if j.local_only == local_only):
+            group.append(job)
+            size += job.size
+            if size >= target:
+                groups.append(group)
+                group, size = [], 0
+        if group:
+            groups.append(group)
+    return groups
+
+
+def _on_ray(jobs: list[BucketJob], out: str, chunk_tokens: int, workers: int) -> Iterator[BucketResult]:
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    started = not ray.is_initialized()
+    if started:
+        kwargs = {} if os.environ.get("RAY_ADDRESS") else {"num_cpus": workers or None}
+        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False, **kwargs)
+    try:
+        workers = workers or cluster_cpus()
+        build = ray.remote(num_cpus=1, max_retries=1)(build_buckets)
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        groups = iter(group_jobs(jobs, workers))
+        pending: list = []
+        try:
+            while True:
+                while len(pending) < workers * IN_FLIGHT_PER_WORKER and (group := next(groups, None)):
+                    options = {"scheduling_strategy": here} if group[0].local_only else {}
+                    pending.append(build.options(**options).remote(group, out, chunk_tokens))
+                if not pending:
+                    return
+                done, pending = ray.wait(pending, num_returns=1)
+                yield from _get(ray, done[0])
+        finally:
+            for ref in pending:   # a failure: stop the rest writing shards nobody will use
+                ray.cancel(ref, force=True)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _get(ray, ref) -> list[BucketResult]:
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause
+        if isinstance(cause, UserError):
+            raise UserError(str(cause)) from None
+        raise UserError(f"ingest worker failed: {type(cause).__name__}: {cause}") from None
