@@ -43,6 +43,11 @@ def register(commands, bench) -> None:
     corpus.add_argument("--work", default=".bench/corpus", metavar="DIR",
                         help="scratch directory for the local corpus (rebuilt each run)")
     corpus.add_argument("--repeats", type=int, default=5, help="warm runs per query (median)")
+    corpus.add_argument("--copies", type=int, default=10, metavar="N",
+                        help="ingest scaling: also ingest N copies of the codebase (under distinct "
+                             "prefixes) with 1 and --workers workers, and 1 copy; 0 skips (default 10)")
+    corpus.add_argument("--workers", type=int, default=2, metavar="N",
+                        help="Ray workers for the scaling runs (default 2)")
     corpus.set_defaults(func=_bench)
 
 
@@ -69,4 +74,5 @@ def _ingest(args) -> int:
 def _bench(args) -> int:
     from rlm_ray.corpus.bench import run_bench
 
-    return run_bench(stdlib=args.stdlib, use_s3=args.s3, work=args.work, repeats=args.repeats)
+    return run_bench(stdlib=args.stdlib, use_s3=args.s3, work=args.work, repeats=args.repeats,
+                     copies=args.copies, workers=args.workers)
