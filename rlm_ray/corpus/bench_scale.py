@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import psutil
 
 from rlm_ray.corpus.ingest import ingest
+from rlm_ray.corpus.parallel import start_ray
 
 STDLIB_EXCLUDE = ["site-packages/", "__pycache__/", "*.pyc"]
 SAMPLE_S = 0.2
@@ -85,7 +86,7 @@ def run_scale(console, stdlib: str, work: str, copies: int, workers: int) -> lis
     runs.append(_one(f"{copies}x", [stdlib] * copies, os.path.join(work, "scale"), 1))
     loads.append(os.getloadavg())
     # One Ray instance for both multi-worker runs, so they pay the same overhead.
-    ray.init(num_cpus=workers, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    start_ray(workers)
     try:
         for n in (1, copies):
             console.print(f"ingest scaling: {n}x with {workers} Ray workers ...")

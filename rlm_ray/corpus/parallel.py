@@ -107,8 +107,7 @@ def _on_ray(jobs: list[BucketJob], out: str, chunk_tokens: int, workers: int) ->
 
     started = not ray.is_initialized()
     if started:
-        kwargs = {} if os.environ.get("RAY_ADDRESS") else {"num_cpus": workers or None}
-        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False, **kwargs)
+        start_ray(workers)
     try:
         workers = workers or cluster_cpus()
         build = ray.remote(num_cpus=1, max_retries=1)(build_buckets)
@@ -130,6 +129,23 @@ def _on_ray(jobs: list[BucketJob], out: str, chunk_tokens: int, workers: int) ->
     finally:
         if started:
             ray.shutdown()
+
+
+def start_ray(workers: int, attempts: int = 3) -> None:
+    """Join the cluster named by RAY_ADDRESS, or start a private local Ray
+    ("local": never attach to another user's `ray start` by accident). Ray
+    gives its raylet 30 s to register, which a loaded machine can miss: retry."""
+    import ray
+
+    kwargs = {} if os.environ.get("RAY_ADDRESS") else {"address": "local", "num_cpus": workers or None}
+    for attempt in range(attempts):
+        try:
+            ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False, **kwargs)
+            return
+        except Exception as exc:  # Ray raises a bare Exception for the start-up timeout
+            ray.shutdown()
+            if attempt == attempts - 1 or "timed out during startup" not in str(exc):
+                raise UserError(f"cannot start Ray for a parallel ingest: {exc}") from None
 
 
 def _get(ray, ref) -> list[BucketResult]:
