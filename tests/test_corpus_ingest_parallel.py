@@ -15,17 +15,46 @@ from rlm_ray.corpus import Corpus, ingest
 from rlm_ray.errors import UserError
 
 
+@pytest.fixture(scope="module")
+def ray_cluster(s3_endpoint):
+    """The session's Ray if one runs, else a private one for this module, started
+    the way ingest starts it (retried: a loaded machine can miss Ray's 30 s raylet
+    window, which the session fixture does not retry)."""
+    import ray
+
+    from rlm_ray.corpus.parallel import start_ray
+
+    owned = not ray.is_initialized()
+    if owned:
+        start_ray(2)
+    yield ray
+    if owned:
+        ray.shutdown()
+
+
 def shard_state(out: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()}
 
 
+def _backend(request, backend: str) -> None:
+    """Select where `parallelism=2` runs: Ray when a cluster is up, else local processes."""
+    import ray
+
+    if backend == "ray":
+        request.getfixturevalue("ray_cluster")
+    elif ray.is_initialized():
+        pytest.skip("a Ray session is running in this process: parallelism=2 goes to Ray")
+
+
 @pytest.mark.timeout(600)
-def test_ray_ingest_matches_in_process_and_is_incremental(ray_session, stdlib_subset, tmp_path):
+@pytest.mark.parametrize("backend", ["processes", "ray"])
+def test_parallel_ingest_matches_in_process_and_is_incremental(request, backend, stdlib_subset, tmp_path):
+    _backend(request, backend)
     src = tmp_path / "src"
     shutil.copytree(stdlib_subset, src)
     local = ingest([str(src)], str(tmp_path / "local"), parallelism=1)
     spread = ingest([str(src)], str(tmp_path / "ray"), parallelism=2)
-    assert spread["ingest"]["parallelism"] == "ray:2" and local["ingest"]["parallelism"] == 1
+    assert spread["ingest"]["parallelism"] == f"{backend}:2" and local["ingest"]["parallelism"] == "inline:1"
     assert [s["file"] for s in spread["shards"]] == [s["file"] for s in local["shards"]]
     assert spread["docs_file"] == local["docs_file"]     # the docs table's name is its content hash
     for key in ("documents", "chunks", "tokens", "bytes", "skipped", "n_buckets"):
@@ -43,7 +72,10 @@ def test_ray_ingest_matches_in_process_and_is_incremental(ray_session, stdlib_su
 
 
 @pytest.mark.timeout(600)
-def test_ray_ingest_failure_keeps_the_old_manifest_byte_identical(ray_session, stdlib_subset, tmp_path):
+@pytest.mark.parametrize("backend", ["processes", "ray"])
+def test_parallel_ingest_failure_keeps_the_old_manifest_byte_identical(request, backend, stdlib_subset,
+                                                                      tmp_path):
+    _backend(request, backend)
     src = tmp_path / "src"
     shutil.copytree(stdlib_subset, src)
     out = tmp_path / "corpus"

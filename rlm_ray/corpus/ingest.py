@@ -192,7 +192,7 @@ def ingest(sources: Sequence[str], out: str, *, chunk_tokens: int = 2000,
             "shards_written": written,
             "shards_kept": len(results) - written,
             "shards_deleted": sum(1 for f in stale if f.startswith(SHARD_DIR + "/")),
-            "parallelism": plan.workers if not plan.use_ray else f"ray:{plan.workers or 'cluster'}",
+            "parallelism": plan.label,
             "seconds": 0.0,
         },
     }

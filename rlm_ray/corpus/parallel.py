@@ -1,5 +1,6 @@
-"""Where bucket builds run: in this process (small corpora, `--parallelism 1`)
-or as Ray tasks across the cluster's cores and nodes.
+"""Where bucket builds run: in this process (small corpora, `--parallelism 1`),
+in local worker processes (one machine, no cluster running), or as Ray tasks
+across a running cluster's cores and nodes.
 
 Ray tasks rather than Ray Data: a bucket is already the unit of work (its
 documents must meet in one shard writer, and its content key decides whether
@@ -9,10 +10,11 @@ most `2 x workers` tasks are in flight, each holding one group of buckets.
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sys
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from rlm_ray.corpus.shards import BucketJob, BucketResult, build_bucket, build_buckets
@@ -28,8 +30,12 @@ IO_THREADS = 4                # default in-process: overlap file / S3 reads
 
 @dataclass(frozen=True)
 class Plan:
-    workers: int       # bucket builds at once
-    use_ray: bool
+    workers: int       # bucket builds at once (0 on Ray: the cluster's CPUs)
+    backend: str       # "inline" | "threads" | "processes" | "ray"
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend}:{self.workers or 'cluster'}"
 
 
 def _ray_running() -> bool:
@@ -44,23 +50,30 @@ def cluster_cpus() -> int:
 
 
 def make_plan(parallelism: int | None, total_bytes: int) -> Plan:
+    cluster = _ray_running() or bool(os.environ.get("RAY_ADDRESS"))
     if parallelism is not None:
         if parallelism < 1:
             raise UserError(f"--parallelism must be at least 1, got {parallelism}")
-        return Plan(parallelism, parallelism > 1)
-    if _ray_running() or os.environ.get("RAY_ADDRESS"):
-        return Plan(0, True)    # 0: the cluster's CPUs, read once Ray is connected
+        if parallelism == 1:
+            return Plan(1, "inline")
+        # No cluster: plain worker processes start in a second; a private Ray takes
+        # 10-60 s (and can miss its own start-up window on a loaded machine).
+        return Plan(parallelism, "ray" if cluster else "processes")
+    if cluster:
+        return Plan(0, "ray")
     if total_bytes < SMALL_CORPUS_BYTES:
-        return Plan(IO_THREADS, False)
-    return Plan(os.cpu_count() or 1, True)
+        return Plan(IO_THREADS, "threads")
+    return Plan(os.cpu_count() or 1, "processes")
 
 
 def run(jobs: list[BucketJob], out: str, chunk_tokens: int, plan: Plan) -> Iterator[BucketResult]:
     """Yield one result per job, in completion order."""
-    if not plan.use_ray:
-        yield from _in_process(jobs, out, chunk_tokens, plan.workers)
-    else:
+    if plan.backend == "ray":
         yield from _on_ray(jobs, out, chunk_tokens, plan.workers)
+    elif plan.backend == "processes":
+        yield from _in_processes(jobs, out, chunk_tokens, plan.workers)
+    else:
+        yield from _in_process(jobs, out, chunk_tokens, plan.workers)
 
 
 def _in_process(jobs: list[BucketJob], out: str, chunk_tokens: int, workers: int) -> Iterator[BucketResult]:
@@ -79,6 +92,35 @@ def _in_process(jobs: list[BucketJob], out: str, chunk_tokens: int, workers: int
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 yield future.result()
+
+
+def _in_processes(jobs: list[BucketJob], out: str, chunk_tokens: int, workers: int) -> Iterator[BucketResult]:
+    # "spawn": the driver has pyarrow / tokenizer threads, which fork would copy mid-state.
+    context = multiprocessing.get_context("spawn")
+    groups = iter(group_jobs(jobs, workers))
+    pending: set = set()
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        try:
+            while True:
+                while len(pending) < workers * IN_FLIGHT_PER_WORKER and (group := next(groups, None)):
+                    pending.add(pool.submit(build_buckets, group, out, chunk_tokens))
+                if not pending:
+                    return
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield from _result(future)
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def _result(future) -> list[BucketResult]:
+    try:
+        return future.result()
+    except UserError:
+        raise
+    except Exception as exc:  # a worker died (BrokenProcessPool) or hit a bug
+        raise UserError(f"ingest worker failed: {type(exc).__name__}: {exc}") from None
 
 
 def group_jobs(jobs: list[BucketJob], workers: int) -> list[list[BucketJob]]:

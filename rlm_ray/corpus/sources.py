@@ -105,7 +105,7 @@ def _tree(uri: str, opts: ListOptions) -> Iterator[RawFile]:
 
 
 def _loader(uri: str) -> Callable[[], bytes]:
-    return lambda: storage.read_bytes(uri)
+    return functools.partial(storage.read_bytes, uri)
 
 
 def _local_tree(root: str, opts: ListOptions) -> list[RawFile]:
