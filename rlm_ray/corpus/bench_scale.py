@@ -1,8 +1,10 @@
 """Ingest scaling figures for `rlm-ray bench corpus`: wall and peak RSS of
 ingesting the codebase once and N times (N copies under distinct prefixes),
-in-process with one worker and as Ray tasks with several. Peak RSS is the
-sum over this process and every descendant (Ray's daemons and workers
-included), sampled while the ingest runs. Prints figures; asserts nothing."""
+in-process with one worker and with several workers (local processes, or Ray
+tasks when a cluster is running). Peak RSS is the sum over this process and
+every descendant (worker processes, and Ray's daemons and workers when this
+process started them), sampled while the ingest runs. Prints figures (each
+run as it ends, so a long run keeps what it measured); asserts nothing."""
 from __future__ import annotations
 
 import os
@@ -14,7 +16,6 @@ from dataclasses import dataclass
 import psutil
 
 from rlm_ray.corpus.ingest import ingest
-from rlm_ray.corpus.parallel import start_ray
 
 STDLIB_EXCLUDE = ["site-packages/", "__pycache__/", "*.pyc"]
 SAMPLE_S = 0.2
@@ -59,6 +60,7 @@ class PeakRSS:
 class ScaleRun:
     label: str
     workers: int
+    backend: str
     wall: float
     tokens: int
     documents: int
@@ -73,41 +75,41 @@ def _one(label: str, sources: list[str], out: str, workers: int) -> ScaleRun:
         manifest = ingest(sources, out, exclude=STDLIB_EXCLUDE, name=label, parallelism=workers)
         wall = time.perf_counter() - started
     shutil.rmtree(out, ignore_errors=True)
-    return ScaleRun(label, workers, wall, manifest["tokens"], manifest["documents"], peak.tree, peak.driver)
+    return ScaleRun(label, workers, manifest["ingest"]["parallelism"], wall, manifest["tokens"],
+                    manifest["documents"], peak.tree, peak.driver)
 
 
 def run_scale(console, stdlib: str, work: str, copies: int, workers: int) -> list[ScaleRun]:
-    import ray
-    from rich.table import Table
-
+    runs: list[ScaleRun] = []
     loads = [os.getloadavg()]
-    runs = []
-    console.print(f"ingest scaling: {copies}x {stdlib} with 1 worker (in-process) ...")
-    runs.append(_one(f"{copies}x", [stdlib] * copies, os.path.join(work, "scale"), 1))
-    loads.append(os.getloadavg())
-    # One Ray instance for both multi-worker runs, so they pay the same overhead.
-    start_ray(workers)
-    try:
-        for n in (1, copies):
-            console.print(f"ingest scaling: {n}x with {workers} Ray workers ...")
-            runs.append(_one(f"{n}x", [stdlib] * n, os.path.join(work, "scale"), workers))
-            loads.append(os.getloadavg())
-    finally:
-        ray.shutdown()
+    plan = [(f"{copies}x", copies, 1), ("1x", 1, workers), (f"{copies}x", copies, workers)]
+    for label, n, w in plan:
+        console.print(f"ingest scaling: {label} {stdlib} with {w} worker(s) ...")
+        run = _one(label, [stdlib] * n, os.path.join(work, "scale"), w)
+        runs.append(run)
+        loads.append(os.getloadavg())
+        console.print(f"  {run.label} {run.backend}: {run.documents:,} documents, {run.tokens:,} tokens, "
+                      f"wall {run.wall:.1f} s, peak RSS tree {run.peak_tree / 2**20:,.0f} MB "
+                      f"(driver {run.peak_driver / 2**20:,.0f} MB); load {'/'.join(f'{x:.1f}' for x in loads[-1])}")
+    _table(console, runs)
+    one, small, big = runs
+    console.print(f"{copies}x speed-up with {workers} workers vs 1: {one.wall / big.wall:.2f}x; "
+                  f"peak RSS {copies}x - 1x (both {workers} workers): "
+                  f"{(big.peak_tree - small.peak_tree) / 2**20:+,.0f} MB")
+    console.print("load average (1/5/15 min) before the first run and after each: "
+                  + "; ".join("/".join(f"{x:.1f}" for x in load) for load in loads))
+    return runs
+
+
+def _table(console, runs: list[ScaleRun]) -> None:
+    from rich.table import Table
 
     table = Table(title=f"ingest scaling ({os.cpu_count()} CPUs)")
     for column in ("corpus", "workers", "documents", "tokens", "wall", "M tok/s",
                    "peak RSS (tree)", "peak RSS (driver)"):
         table.add_column(column, justify="left" if column == "corpus" else "right")
     for run in runs:
-        table.add_row(run.label, str(run.workers), f"{run.documents:,}", f"{run.tokens:,}",
+        table.add_row(run.label, run.backend, f"{run.documents:,}", f"{run.tokens:,}",
                       f"{run.wall:.1f} s", f"{run.tokens / run.wall / 1e6:.2f}",
                       f"{run.peak_tree / 2**20:,.0f} MB", f"{run.peak_driver / 2**20:,.0f} MB")
     console.print(table)
-    one, small, big = runs
-    console.print(f"{copies}x speed-up with {workers} workers vs 1: {one.wall / big.wall:.2f}x; "
-                  f"peak RSS {copies}x - 1x (both {workers} workers): "
-                  f"{(big.peak_tree - small.peak_tree) / 2**20:+,.0f} MB")
-    console.print("load average (1/5/15 min) before and after each run: "
-                  + "; ".join("/".join(f"{x:.1f}" for x in load) for load in loads))
-    return runs
