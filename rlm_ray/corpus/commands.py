@@ -24,9 +24,10 @@ def register(commands, bench) -> None:
                         help="gitignore-style pattern to skip; repeatable")
     ingest.add_argument("--name", default=None, help="a name recorded in the manifest")
     ingest.add_argument("--parallelism", type=int, default=None, metavar="N",
-                        help="shard builds at once: 1 = in this process (no Ray); more = Ray tasks "
-                             "(default: the running cluster's CPUs; in-process for a small corpus "
-                             "when no cluster runs, else this machine's CPUs)")
+                        help="shard builds at once: 1 = in this process; more = Ray tasks on a "
+                             "running cluster (RAY_ADDRESS), else local worker processes (default: "
+                             "the cluster's CPUs; without one, in-process threads for a corpus under "
+                             "256 MB, else this machine's CPUs)")
     ingest.add_argument("--max-archive-bytes", type=int, default=MAX_ARCHIVE_BYTES, metavar="N",
                         help=f"refuse an archive whose members total more uncompressed bytes "
                              f"(default {MAX_ARCHIVE_BYTES})")

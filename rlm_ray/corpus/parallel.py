@@ -2,7 +2,7 @@
 in local worker processes (one machine, no cluster running), or as Ray tasks
 across a running cluster's cores and nodes.
 
-Ray tasks rather than Ray Data: a bucket is already the unit of work (its
+On a cluster, Ray tasks rather than Ray Data: a bucket is already the unit of work (its
 documents must meet in one shard writer, and its content key decides whether
 to build it at all), results are a few KB of metadata per bucket, and tasks
 need no extra dependency or block-size tuning. Memory stays flat because at
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from rlm_ray.corpus.shards import BucketJob, BucketResult, build_bucket, build_buckets
 from rlm_ray.errors import UserError
 
-# Without a running Ray cluster, corpora below this go in-process: starting Ray
-# costs more than it saves (the stdlib is ~60 MB of selected files).
+# Without a running Ray cluster, corpora below this go to driver threads: spawning
+# workers (imports, tokenizer tables) costs more than it saves (the stdlib is ~60 MB).
 SMALL_CORPUS_BYTES = 256 << 20
 TASK_BYTES = 4 << 20          # source bytes per Ray task: amortises task overhead
 IN_FLIGHT_PER_WORKER = 2
