@@ -47,7 +47,7 @@ def _backend(request, backend: str) -> None:
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("backend", ["processes", "ray"])
+@pytest.mark.parametrize("backend", ["processes", "ray"], scope="module")  # processes first: no Ray yet
 def test_parallel_ingest_matches_in_process_and_is_incremental(request, backend, stdlib_subset, tmp_path):
     _backend(request, backend)
     src = tmp_path / "src"
@@ -72,7 +72,7 @@ def test_parallel_ingest_matches_in_process_and_is_incremental(request, backend,
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("backend", ["processes", "ray"])
+@pytest.mark.parametrize("backend", ["processes", "ray"], scope="module")  # processes first: no Ray yet
 def test_parallel_ingest_failure_keeps_the_old_manifest_byte_identical(request, backend, stdlib_subset,
                                                                       tmp_path):
     _backend(request, backend)
