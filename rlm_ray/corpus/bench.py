@@ -140,7 +140,8 @@ def _ingest_timed(stdlib: str, out: str) -> tuple[dict, IngestRun]:
     return manifest, IngestRun(time.perf_counter() - wall, time.process_time() - cpu)
 
 
-def run_bench(stdlib: str | None, use_s3: bool, work: str, repeats: int) -> int:
+def run_bench(stdlib: str | None, use_s3: bool, work: str, repeats: int,
+              copies: int = 10, workers: int = 2) -> int:
     from rich.console import Console
     from rich.table import Table
 
@@ -149,6 +150,10 @@ def run_bench(stdlib: str | None, use_s3: bool, work: str, repeats: int) -> int:
         raise UserError(f"--stdlib {stdlib} is not a directory")
     console = Console(width=max(120, Console().width))
     load_before = os.getloadavg()[0]
+    if copies > 0:
+        from rlm_ray.corpus.bench_scale import run_scale
+
+        run_scale(console, stdlib, work, copies, workers)
     local_out = os.path.join(work, "local")
     shutil.rmtree(local_out, ignore_errors=True)   # a full ingest, not an incremental no-op
     console.print(f"ingesting {stdlib} -> {local_out} ...")

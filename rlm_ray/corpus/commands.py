@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import argparse
 
+# Per-archive caps (zip bombs, runaway archives); defined here so --help needs no heavy import.
+MAX_ARCHIVE_BYTES = 512 << 20
+MAX_ARCHIVE_MEMBERS = 200_000
+
 
 def register(commands, bench) -> None:
     ingest = commands.add_parser(
@@ -19,6 +23,16 @@ def register(commands, bench) -> None:
     ingest.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                         help="gitignore-style pattern to skip; repeatable")
     ingest.add_argument("--name", default=None, help="a name recorded in the manifest")
+    ingest.add_argument("--parallelism", type=int, default=None, metavar="N",
+                        help="shard builds at once: 1 = in this process; more = Ray tasks on a "
+                             "running cluster (RAY_ADDRESS), else local worker processes (default: "
+                             "the cluster's CPUs; without one, in-process threads for a corpus under "
+                             "256 MB, else this machine's CPUs)")
+    ingest.add_argument("--max-archive-bytes", type=int, default=MAX_ARCHIVE_BYTES, metavar="N",
+                        help=f"refuse an archive whose members total more uncompressed bytes "
+                             f"(default {MAX_ARCHIVE_BYTES})")
+    ingest.add_argument("--max-archive-members", type=int, default=MAX_ARCHIVE_MEMBERS, metavar="N",
+                        help=f"refuse an archive with more members (default {MAX_ARCHIVE_MEMBERS})")
     ingest.set_defaults(func=_ingest)
 
     corpus = bench.add_parser(
@@ -30,6 +44,11 @@ def register(commands, bench) -> None:
     corpus.add_argument("--work", default=".bench/corpus", metavar="DIR",
                         help="scratch directory for the local corpus (rebuilt each run)")
     corpus.add_argument("--repeats", type=int, default=5, help="warm runs per query (median)")
+    corpus.add_argument("--copies", type=int, default=10, metavar="N",
+                        help="ingest scaling: also ingest N copies of the codebase (under distinct "
+                             "prefixes) with 1 and --workers workers, and 1 copy; 0 skips (default 10)")
+    corpus.add_argument("--workers", type=int, default=2, metavar="N",
+                        help="Ray workers for the scaling runs (default 2)")
     corpus.set_defaults(func=_bench)
 
 
@@ -46,7 +65,9 @@ def _ingest(args) -> int:
     from rlm_ray.corpus.ingest import ingest
 
     manifest = ingest(args.sources, args.out, chunk_tokens=args.chunk_tokens,
-                      max_file_bytes=args.max_file_bytes, exclude=args.exclude, name=args.name)
+                      max_file_bytes=args.max_file_bytes, exclude=args.exclude, name=args.name,
+                      parallelism=args.parallelism, max_archive_bytes=args.max_archive_bytes,
+                      max_archive_members=args.max_archive_members)
     print(summary_line(manifest, args.out))
     return 0
 
@@ -54,4 +75,5 @@ def _ingest(args) -> int:
 def _bench(args) -> int:
     from rlm_ray.corpus.bench import run_bench
 
-    return run_bench(stdlib=args.stdlib, use_s3=args.s3, work=args.work, repeats=args.repeats)
+    return run_bench(stdlib=args.stdlib, use_s3=args.s3, work=args.work, repeats=args.repeats,
+                     copies=args.copies, workers=args.workers)

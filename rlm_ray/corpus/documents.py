@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from rlm_ray.corpus.sources import RawFile, source_label
 from rlm_ray.errors import UserError
 
 BINARY_SNIFF_BYTES = 8192
-READ_THREADS = 8   # reading is I/O (local disk or S3 round trips), not CPU
 
 
 @dataclass
@@ -56,7 +54,7 @@ def unique_paths(listed: list[tuple[str, list[RawFile]]]) -> list[RawFile]:
     return out
 
 
-def _decode(raw: RawFile) -> tuple[Document | None, str | None, bool]:
+def decode(raw: RawFile) -> tuple[Document | None, str | None, bool]:
     """(document, skip reason, replaced?) for one raw file."""
     data = raw.load()
     if not data.strip():
@@ -68,19 +66,3 @@ def _decode(raw: RawFile) -> tuple[Document | None, str | None, bool]:
     except UnicodeDecodeError:
         text, replaced = data.decode("utf-8", errors="replace"), True
     return Document(raw.path, text, hashlib.sha256(data).hexdigest(), len(data)), None, replaced
-
-
-def load_documents(files: list[RawFile], skips: Counter) -> tuple[list[Document], int]:
-    """Decode in parallel; returns documents sorted by path and the number of
-    documents whose invalid UTF-8 was replaced (kept, but counted)."""
-    docs: list[Document] = []
-    replaced_count = 0
-    with ThreadPoolExecutor(READ_THREADS) as pool:
-        for doc, reason, replaced in pool.map(_decode, files):
-            if reason:
-                skips[reason] += 1
-            else:
-                docs.append(doc)
-                replaced_count += replaced
-    docs.sort(key=lambda d: d.path)
-    return docs, replaced_count

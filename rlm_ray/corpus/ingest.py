@@ -18,41 +18,26 @@ import io
 import json
 import math
 import os
+import tempfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rlm_ray import storage
-from rlm_ray.corpus.chunking import Chunk, chunk_text, count_file_lines
-from rlm_ray.corpus.documents import Document, load_documents, unique_paths
-from rlm_ray.corpus.layout import CHUNK_SCHEMA, DOC_SCHEMA, MANIFEST, SCHEMA_VERSION, SHARD_DIR, read_manifest
-from rlm_ray.corpus.sources import ListOptions, list_source
+from rlm_ray.corpus.documents import unique_paths
+from rlm_ray.corpus.layout import DOC_SCHEMA, MANIFEST, SCHEMA_VERSION, SHARD_DIR, read_manifest
+from rlm_ray.corpus.parallel import make_plan, run
+from rlm_ray.corpus.shards import BucketJob, BucketResult, write
+from rlm_ray.corpus.sources import (MAX_ARCHIVE_BYTES, MAX_ARCHIVE_MEMBERS, ListOptions, RawFile, Spool,
+                                    list_source)
 from rlm_ray.errors import UserError
-from rlm_ray.tokens import ENCODING, count_tokens_batch
+from rlm_ray.tokens import ENCODING
 
 TARGET_SHARD_BYTES = 600_000     # ~64 shards for the 10M-token stdlib: parallel scans, cheap rewrites
-ROW_GROUP_CHUNKS = 64            # small row groups so path/doc filters prune
 MAX_BUCKETS = 4096
-WRITE_THREADS = 4
-
-
-@dataclass
-class Bucket:
-    index: int
-    docs: list[Document] = field(default_factory=list)
-
-    def key(self, chunk_tokens: int) -> str:
-        # Everything that determines the shard's bytes, so equal key == equal file.
-        basis = json.dumps([SCHEMA_VERSION, ENCODING, chunk_tokens, [(d.path, d.sha256) for d in self.docs]])
-        return hashlib.sha256(basis.encode()).hexdigest()
-
-    def file_name(self, chunk_tokens: int) -> str:
-        return f"{SHARD_DIR}/part-{self.index:04d}-{self.key(chunk_tokens)[:16]}.parquet"
 
 
 def _bucket_of(path: str, n_buckets: int) -> int:
@@ -123,85 +108,65 @@ def _exclude_out(out: str, sources: Sequence[str], exclude: Sequence[str]) -> tu
     return tuple(exclude) + tuple(extra)
 
 
-def _chunk_documents(docs: list[Document], chunk_tokens: int) -> list[list[Chunk]]:
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        return list(pool.map(lambda d: chunk_text(d.text, chunk_tokens), docs))
-
-
-def _shard_bytes(bucket: Bucket, chunks: list[list[Chunk]], counts: list[list[int]]) -> bytes:
-    cols: dict[str, list] = {name: [] for name in CHUNK_SCHEMA.names}
-    for doc, doc_chunks, doc_counts in zip(bucket.docs, chunks, counts):
-        for position, (chunk, n_tokens) in enumerate(zip(doc_chunks, doc_counts)):
-            cols["doc_id"].append(doc.doc_id)
-            cols["path"].append(doc.path)
-            cols["chunk_id"].append(position)
-            cols["start_line"].append(chunk.start_line)
-            cols["end_line"].append(chunk.end_line)
-            cols["text"].append(chunk.text)
-            cols["n_tokens"].append(n_tokens)
-            cols["sha256"].append(doc.sha256)
-    sink = io.BytesIO()
-    pq.write_table(pa.table(cols, schema=CHUNK_SCHEMA), sink, compression="zstd",
-                   row_group_size=ROW_GROUP_CHUNKS)
-    return sink.getvalue()
-
-
-def _write(out: str, name: str, data: bytes) -> None:
-    try:
-        storage.write_bytes_atomic(storage.join(out, name), data)
-    except OSError as exc:
-        raise UserError(f"cannot write {storage.join(out, name)}: {exc}") from None
-
-
 def ingest(sources: Sequence[str], out: str, *, chunk_tokens: int = 2000,
            max_file_bytes: int = 2_000_000, exclude: Sequence[str] = (),
-           name: str | None = None) -> dict:
-    """Ingest `sources` into the corpus at `out`; returns the new manifest."""
+           name: str | None = None, parallelism: int | None = None,
+           max_archive_bytes: int = MAX_ARCHIVE_BYTES,
+           max_archive_members: int = MAX_ARCHIVE_MEMBERS) -> dict:
+    """Ingest `sources` into the corpus at `out`; returns the new manifest.
+
+    `parallelism`: bucket builds at once; 1 runs in this process, more run as
+    Ray tasks (a running cluster is used as is); None: the cluster's CPUs, or
+    in-process for a small corpus when no cluster is running."""
     started = time.perf_counter()
     sources = [str(s) for s in sources]
     if not sources:
         raise UserError("give at least one source to ingest")
     if chunk_tokens < 16:
         raise UserError(f"--chunk-tokens must be at least 16, got {chunk_tokens}")
-    if max_file_bytes < 1:
-        raise UserError(f"--max-file-bytes must be positive, got {max_file_bytes}")
+    for flag, value in (("--max-file-bytes", max_file_bytes), ("--max-archive-bytes", max_archive_bytes),
+                        ("--max-archive-members", max_archive_members)):
+        if value < 1:
+            raise UserError(f"{flag} must be positive, got {value}")
     out = str(out)
     _check_out(out)
-
-    opts = ListOptions(max_file_bytes=max_file_bytes, exclude=_exclude_out(out, sources, exclude))
-    files = unique_paths([(src, list_source(src, opts)) for src in sources])
-    docs, replaced = load_documents(files, opts.skips)
-    if not docs:
+    with tempfile.TemporaryDirectory(prefix="rlm-ingest-spool-") as spool_dir:
+        opts = ListOptions(max_file_bytes=max_file_bytes, exclude=_exclude_out(out, sources, exclude),
+                           max_archive_bytes=max_archive_bytes, max_archive_members=max_archive_members,
+                           spool=Spool(spool_dir))
+        files = unique_paths([(src, list_source(src, opts)) for src in sources])
+        plan = make_plan(parallelism, sum(f.size for f in files))
+        previous = _previous_manifest(out)
+        n_buckets = _choose_buckets(sum(f.size for f in files), previous, chunk_tokens)
+        old_docs = _previous_docs(out, previous)
+        jobs = _jobs(files, n_buckets, previous if previous and previous.get("n_buckets") == n_buckets else None,
+                     old_docs, spooled=opts.spool.count > 0)
+        del files
+        # Workers may not share this process's working directory: give them an absolute target.
+        target = out if storage.is_s3(out) else storage.filesystem(out)[1]
+        results = sorted(run(jobs, target, chunk_tokens, plan), key=lambda r: r.index)
+    for result in results:
+        opts.skips.update(result.skips)
+    results = [r for r in results if r.file]
+    if not results:
         found = ", ".join(f"{k}={v}" for k, v in sorted(opts.skips.items())) or "no files"
         raise UserError(f"no documents to ingest in {' '.join(sources)} ({found})")
 
-    previous = _previous_manifest(out)
-    n_buckets = _choose_buckets(sum(d.n_bytes for d in docs), previous, chunk_tokens)
-    buckets = [Bucket(i) for i in range(n_buckets)]
-    for doc in docs:  # docs are sorted by path, so each bucket is too
-        buckets[_bucket_of(doc.path, n_buckets)].docs.append(doc)
-    buckets = [b for b in buckets if b.docs]
-
-    old_files = {s["file"] for s in previous["shards"]} if previous else set()
-    old_docs = _previous_docs(out, previous)
-    kept = [b for b in buckets if b.file_name(chunk_tokens) in old_files
-            and all(d.path in old_docs for d in b.docs)]
-    kept_ids = {b.index for b in kept}
-    fresh = [b for b in buckets if b.index not in kept_ids]
-
-    shard_rows, doc_rows = _build_fresh(out, fresh, chunk_tokens)
-    for bucket in kept:
-        shard_rows.append(_kept_shard_row(bucket, old_docs, chunk_tokens, previous))
-        doc_rows.extend(dict(old_docs[d.path]) for d in bucket.docs)
-    shard_rows.sort(key=lambda s: s["bucket"])
+    shard_rows, doc_rows = [], []
+    for result in results:
+        rows = [dict(old_docs[p]) for p in result.paths] if result.kept else result.doc_rows
+        file_bytes = _old_file_bytes(previous, result.file) if result.kept else result.file_bytes
+        shard_rows.append(_shard_row(result, rows, file_bytes))
+        doc_rows.extend(rows)
     doc_rows.sort(key=lambda d: d["path"])
+    written = sum(1 for r in results if not r.kept)
 
     docs_table = pa.Table.from_pylist(doc_rows, schema=DOC_SCHEMA)
     sink = io.BytesIO()
     pq.write_table(docs_table, sink, compression="zstd")
     docs_digest = hashlib.sha256(sink.getvalue()).hexdigest()[:16]
     docs_file = f"docs-{docs_digest}.parquet"
-    _write(out, docs_file, sink.getvalue())
+    write(out, docs_file, sink.getvalue())
 
     new_files = {s["file"] for s in shard_rows} | {docs_file}
     stale = sorted(_existing_corpus_files(out) - new_files)
@@ -220,68 +185,51 @@ def ingest(sources: Sequence[str], out: str, *, chunk_tokens: int = 2000,
         "tokens": sum(s["tokens"] for s in shard_rows),
         "bytes": sum(d["bytes"] for d in doc_rows),
         "skipped": dict(sorted(opts.skips.items())),
-        "non_utf8_replaced": replaced,
+        "non_utf8_replaced": sum(r.replaced for r in results),
         "docs_file": docs_file,
         "shards": shard_rows,
         "ingest": {
-            "shards_written": len(fresh),
-            "shards_kept": len(kept),
+            "shards_written": written,
+            "shards_kept": len(results) - written,
             "shards_deleted": sum(1 for f in stale if f.startswith(SHARD_DIR + "/")),
+            "parallelism": plan.label,
             "seconds": 0.0,
         },
     }
     manifest["ingest"]["seconds"] = round(time.perf_counter() - started, 3)
-    _write(out, MANIFEST, json.dumps(manifest, indent=1).encode())
+    write(out, MANIFEST, json.dumps(manifest, indent=1).encode())
     for rel in stale:  # only now: the new manifest no longer points at them
         storage.delete(storage.join(out, rel))
     return manifest
 
 
-def _build_fresh(out: str, fresh: list[Bucket], chunk_tokens: int) -> tuple[list[dict], list[dict]]:
-    all_docs = [d for b in fresh for d in b.docs]
-    chunks = _chunk_documents(all_docs, chunk_tokens)
-    flat_counts = count_tokens_batch([c.text for doc_chunks in chunks for c in doc_chunks])
-    counts, at = [], 0
-    for doc_chunks in chunks:
-        counts.append(flat_counts[at:at + len(doc_chunks)])
-        at += len(doc_chunks)
-    per_doc = dict(zip((d.path for d in all_docs), zip(chunks, counts)))
-
-    def write_bucket(bucket: Bucket) -> tuple[dict, list[dict]]:
-        b_chunks = [per_doc[d.path][0] for d in bucket.docs]
-        b_counts = [per_doc[d.path][1] for d in bucket.docs]
-        data = _shard_bytes(bucket, b_chunks, b_counts)
-        file_name = bucket.file_name(chunk_tokens)
-        _write(out, file_name, data)
-        docs = [{
-            "doc_id": d.doc_id, "path": d.path, "n_lines": count_file_lines(d.text),
-            "n_chunks": len(c), "n_tokens": sum(n), "sha256": d.sha256, "bytes": d.n_bytes,
-            "shard": file_name,
-        } for d, c, n in zip(bucket.docs, b_chunks, b_counts)]
-        return _shard_row(bucket, file_name, docs, chunk_tokens, len(data)), docs
-
-    shard_rows, doc_rows = [], []
-    # pyarrow's zstd and the file writes release the GIL: overlap them.
-    with ThreadPoolExecutor(WRITE_THREADS) as pool:
-        for shard, docs in pool.map(write_bucket, fresh):
-            shard_rows.append(shard)
-            doc_rows.extend(docs)
-    return shard_rows, doc_rows
+def _jobs(files: list[RawFile], n_buckets: int, previous: dict | None, old_docs: dict[str, dict],
+          spooled: bool) -> list[BucketJob]:
+    """Files grouped by bucket (each bucket sorted by path), with what the
+    previous corpus had in that bucket so a worker can skip an unchanged one."""
+    by_bucket: dict[int, list[RawFile]] = {}
+    for f in files:
+        by_bucket.setdefault(_bucket_of(f.path, n_buckets), []).append(f)
+    old_shards = {s["bucket"]: s["file"] for s in previous["shards"]} if previous else {}
+    jobs = []
+    for index in sorted(by_bucket):
+        bucket_files = sorted(by_bucket[index], key=lambda f: f.path)
+        old_file = old_shards.get(index)
+        known = frozenset(f.path for f in bucket_files if f.path in old_docs) if old_file else frozenset()
+        jobs.append(BucketJob(index, bucket_files, old_file, known, local_only=spooled))
+    return jobs
 
 
-def _shard_row(bucket: Bucket, file_name: str, docs: list[dict], chunk_tokens: int, file_bytes: int) -> dict:
+def _shard_row(result: BucketResult, docs: list[dict], file_bytes: int) -> dict:
     return {
-        "file": file_name, "bucket": bucket.index, "key": bucket.key(chunk_tokens),
+        "file": result.file, "bucket": result.index, "key": result.key,
         "documents": len(docs), "chunks": sum(d["n_chunks"] for d in docs),
         "tokens": sum(d["n_tokens"] for d in docs), "file_bytes": file_bytes,
     }
 
 
-def _kept_shard_row(bucket: Bucket, old_docs: dict[str, dict], chunk_tokens: int, previous: dict) -> dict:
-    file_name = bucket.file_name(chunk_tokens)
-    old = next(s for s in previous["shards"] if s["file"] == file_name)
-    docs = [old_docs[d.path] for d in bucket.docs]
-    return _shard_row(bucket, file_name, docs, chunk_tokens, old["file_bytes"])
+def _old_file_bytes(previous: dict, file_name: str) -> int:
+    return next(s["file_bytes"] for s in previous["shards"] if s["file"] == file_name)
 
 
 def _existing_corpus_files(out: str) -> set[str]:

@@ -6,9 +6,13 @@ name, so a new kind is one registry entry, not another branch.
 """
 from __future__ import annotations
 
+import functools
 import io
+import json
 import os
+import stat
 import tarfile
+import unicodedata
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -17,8 +21,8 @@ from dataclasses import dataclass, field
 import pathspec
 
 from rlm_ray import storage
+from rlm_ray.corpus.commands import MAX_ARCHIVE_BYTES, MAX_ARCHIVE_MEMBERS  # the caps' defaults
 from rlm_ray.errors import UserError
-from rlm_ray.jsonl import iter_objects
 
 VCS_DIRS = frozenset({".git", ".hg", ".svn"})
 
@@ -30,7 +34,7 @@ class RawFile:
 
     path: str
     size: int
-    load: Callable[[], bytes]
+    load: Callable[[], bytes]   # picklable: it may run in a Ray worker
 
 
 @dataclass
@@ -38,6 +42,12 @@ class ListOptions:
     max_file_bytes: int
     exclude: tuple[str, ...] = ()
     skips: Counter = field(default_factory=Counter)
+    max_archive_bytes: int = MAX_ARCHIVE_BYTES
+    max_archive_members: int = MAX_ARCHIVE_MEMBERS
+    spool: Spool | None = None      # where archive members / records go; None keeps them in memory
+
+    def spool_data(self, data: bytes) -> Callable[[], bytes]:
+        return self.spool.add(data) if self.spool else _constant(data)
 
 
 class IgnoreRules:
@@ -87,44 +97,177 @@ def _select(files: list[RawFile], opts: ListOptions) -> Iterator[RawFile]:
 
 
 def _tree(uri: str, opts: ListOptions) -> Iterator[RawFile]:
+    if not storage.is_s3(uri):
+        yield from _select(_local_tree(storage.filesystem(uri)[1], opts), opts)
+        return
     files = [RawFile(e.relpath, e.size, _loader(e.uri)) for e in storage.list_prefix(uri)]
     yield from _select(files, opts)
 
 
 def _loader(uri: str) -> Callable[[], bytes]:
-    return lambda: storage.read_bytes(uri)
+    return functools.partial(storage.read_bytes, uri)
 
 
-def _constant(data: bytes) -> Callable[[], bytes]:
-    return lambda: data
+def _local_tree(root: str, opts: ListOptions) -> list[RawFile]:
+    """Walk a local folder without leaving it: a symlink is kept only when it
+    names a regular file inside the root (read through its target); links that
+    point outside, dangle, or name a directory are skipped as "symlink", and
+    FIFOs, sockets and devices as "special" (reading a FIFO would block)."""
+    root_real = os.path.realpath(root)
+    files = []
+    stack = [(root_real, "")]
+    while stack:
+        directory, prefix = stack.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue   # unreadable folder: nothing to ingest there
+        for entry in entries:
+            rel = prefix + entry.name
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path)
+                if _inside(target, root_real) and os.path.isfile(target):
+                    files.append(RawFile(safe_path(rel), os.stat(target).st_size,
+                                         _local_loader(target, root_real)))
+                else:
+                    opts.skips["symlink"] += 1
+            elif entry.is_dir(follow_symlinks=False):
+                stack.append((entry.path, rel + "/"))
+            elif entry.is_file(follow_symlinks=False):
+                files.append(RawFile(safe_path(rel), entry.stat(follow_symlinks=False).st_size,
+                                     _local_loader(entry.path, root_real)))
+            else:
+                opts.skips["special"] += 1
+    return sorted(files, key=lambda f: f.path)
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _local_loader(path: str, root: str) -> Callable[[], bytes]:
+    return functools.partial(read_inside, path, root)
+
+
+def read_inside(path: str, root: str) -> bytes:
+    """Read a listed file, re-checking at read time that it still resolves
+    inside `root` and is a regular file (it may have been swapped for a link)."""
+    if not _inside(os.path.realpath(path), root):
+        raise UserError(f"{path} moved outside its source folder during ingest")
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UserError(f"{path} is no longer a regular file")
+        return handle.read()
+
+
+class Spool:
+    """Archive members and table records, unpacked once and sequentially to a
+    local scratch folder, so ingest holds one member in memory at a time and
+    workers read them like files. Files live on the driver's node only."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.count = 0
+
+    def add(self, data: bytes) -> Callable[[], bytes]:
+        self.count += 1
+        path = os.path.join(self.directory, f"{self.count:09d}")
+        with open(path, "wb") as out:
+            out.write(data)
+        return functools.partial(_read_spooled, path)
+
+
+def _read_spooled(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def _open_binary(uri: str, seekable: bool = False):
+    if not storage.is_s3(uri):
+        return open(storage.filesystem(uri)[1], "rb")
+    fs, path = storage.filesystem(uri)
+    return fs.open_input_file(path) if seekable else fs.open_input_stream(path)
+
+
+def _check_caps(uri: str, members: int, total: int, opts: ListOptions) -> None:
+    if members > opts.max_archive_members:
+        raise UserError(f"{uri}: more than {opts.max_archive_members:,} members; raise "
+                        f"--max-archive-members if this archive is trusted")
+    if total > opts.max_archive_bytes:
+        raise UserError(f"{uri}: uncompressed size exceeds {opts.max_archive_bytes:,} bytes "
+                        f"(a zip bomb?); raise --max-archive-bytes if this archive is trusted")
 
 
 def _tar(uri: str, opts: ListOptions) -> Iterator[RawFile]:
-    files = []
-    # Archives are read once, sequentially (a .tar.gz is one compressed stream).
-    with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(uri)), mode="r:*") as archive:
+    # Pass 1 reads headers only (a .tar.gz is one stream: skipping decompresses
+    # but keeps nothing), so the caps hold before a single member is unpacked.
+    members = total = 0
+    with _open_binary(uri) as raw, tarfile.open(fileobj=raw, mode="r|*") as archive:
         for member in archive:
-            if not member.isfile():
-                continue
-            data = b"" if member.size > opts.max_file_bytes else archive.extractfile(member).read()
-            files.append(RawFile(_member_path(member.name), member.size, _constant(data)))
+            members += 1
+            total += member.size if member.isfile() else 0
+            _check_caps(uri, members, total, opts)
+            archive.members = []   # stream mode would otherwise keep every header
+    files = []
+    with _open_binary(uri) as raw, tarfile.open(fileobj=raw, mode="r|*") as archive:
+        for member in archive:
+            archive.members = []
+            if member.issym() or member.islnk():
+                opts.skips["symlink"] += 1
+            elif member.isfile():
+                files.append(_spooled_member(member.name, member.size, opts,
+                                             lambda m=member: archive.extractfile(m).read(opts.max_file_bytes + 1)))
     yield from _select(files, opts)
 
 
 def _zip(uri: str, opts: ListOptions) -> Iterator[RawFile]:
     files = []
-    with zipfile.ZipFile(io.BytesIO(storage.read_bytes(uri))) as archive:
-        for info in archive.infolist():
-            if info.is_dir():
+    with _open_binary(uri, seekable=True) as raw, zipfile.ZipFile(raw) as archive:
+        infos = [i for i in archive.infolist() if not i.is_dir()]
+        _check_caps(uri, len(infos), sum(i.file_size for i in infos), opts)
+        for info in infos:
+            if stat.S_ISLNK(info.external_attr >> 16):
+                opts.skips["symlink"] += 1
                 continue
-            data = b"" if info.file_size > opts.max_file_bytes else archive.read(info)
-            files.append(RawFile(_member_path(info.filename), info.file_size, _constant(data)))
+            # zipfile stops at the declared size, so a lying header cannot inflate more.
+            files.append(_spooled_member(info.filename, info.file_size, opts,
+                                         lambda i=info: archive.open(i).read(opts.max_file_bytes + 1)))
     yield from _select(files, opts)
 
 
+def _spooled_member(name: str, size: int, opts: ListOptions, read: Callable[[], bytes]) -> RawFile:
+    if size > opts.max_file_bytes:   # skipped later by _select; never unpacked
+        return RawFile(_member_path(name), size, _constant(b""))
+    return RawFile(_member_path(name), size, opts.spool_data(read()))
+
+
+def _constant(data: bytes) -> Callable[[], bytes]:
+    return functools.partial(bytes, data)
+
+
 def _member_path(name: str) -> str:
-    # Members are stored as "./a/b.py" or "a/b.py": both are the path "a/b.py".
-    return os.path.normpath(name.lstrip("/")).replace(os.sep, "/")
+    # Members are stored as "./a/b.py" or "a/b.py": both are the path "a/b.py";
+    # "../" cannot climb above the archive's root.
+    path = os.path.normpath("/" + name).lstrip("/").replace(os.sep, "/")
+    return safe_path(path)
+
+
+_CONTROL_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
+
+
+def safe_path(path: str) -> str:
+    """A document path without control characters: newlines, ANSI escapes and
+    bidi overrides from member names or file names are escaped (`\\x1b`), so a
+    path prints as one inert line and stays distinct."""
+    if path.isprintable():
+        return path
+    return "".join(
+        (f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}")
+        if unicodedata.category(ch) in _CONTROL_CATEGORIES or ch in _BIDI_CONTROLS else ch
+        for ch in path
+    )
 
 
 def _record(uri: str, line_no: int, record: dict, opts: ListOptions) -> RawFile | None:
@@ -136,31 +279,45 @@ def _record(uri: str, line_no: int, record: dict, opts: ListOptions) -> RawFile 
     if len(data) > opts.max_file_bytes:
         opts.skips["too_large"] += 1
         return None
-    return RawFile(str(name), len(data), _constant(data))
+    return RawFile(safe_path(str(name)), len(data), opts.spool_data(data))
 
 
 def _jsonl(uri: str, opts: ListOptions) -> Iterator[RawFile]:
-    text = storage.read_bytes(uri).decode("utf-8", "replace")
-    for line_no, record in iter_objects(text, uri):
-        raw = _record(uri, line_no, record, opts)
-        if raw:
-            yield raw
+    # Line by line from the stream: a large table is never held whole.
+    with _open_binary(uri) as raw:
+        for line_no, line in enumerate(io.TextIOWrapper(raw, encoding="utf-8", errors="replace"), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{uri}: line {line_no} is not valid JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise UserError(f"{uri}: line {line_no} is not a JSON object")
+            raw_file = _record(uri, line_no, record, opts)
+            if raw_file:
+                yield raw_file
 
 
 def _parquet(uri: str, opts: ListOptions) -> Iterator[RawFile]:
     import pyarrow.parquet as pq
 
-    try:
-        table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
-    except Exception as exc:  # pyarrow raises several types for a non-Parquet file
-        raise UserError(f"{uri}: not a readable Parquet file ({exc})") from None
-    names = set(table.column_names)
-    if "text" not in names or not names & {"path", "id"}:
-        raise UserError(f"{uri}: a documents table needs columns 'text' and 'path' or 'id'")
-    for row_no, record in enumerate(table.to_pylist(), start=1):
-        raw = _record(uri, row_no, record, opts)
-        if raw:
-            yield raw
+    with _open_binary(uri, seekable=True) as raw:
+        try:
+            table = pq.ParquetFile(raw)
+        except Exception as exc:  # pyarrow raises several types for a non-Parquet file
+            raise UserError(f"{uri}: not a readable Parquet file ({exc})") from None
+        names = set(table.schema_arrow.names)
+        if "text" not in names or not names & {"path", "id"}:
+            raise UserError(f"{uri}: a documents table needs columns 'text' and 'path' or 'id'")
+        columns = [c for c in ("path", "id", "text") if c in names]
+        row_no = 0
+        for batch in table.iter_batches(batch_size=256, columns=columns):
+            for record in batch.to_pylist():
+                row_no += 1
+                raw_file = _record(uri, row_no, record, opts)
+                if raw_file:
+                    yield raw_file
 
 
 SOURCE_KINDS: dict[str, Callable[[str, ListOptions], Iterator[RawFile]]] = {
