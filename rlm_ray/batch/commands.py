@@ -34,7 +34,14 @@ def register(commands, bench) -> None:
     run.add_argument("--queries", required=True, help=".jsonl / .csv / .parquet questions")
     run.add_argument("--out", required=True, help="results folder (local path or s3://)")
     add_model_arguments(run)
-    run.add_argument("--concurrency", type=int, default=8, help="RLM actors (questions in flight)")
+    run.add_argument("--concurrency", type=int, default=8,
+                     help="questions in flight (run as loops inside a few RLM host actors)")
+    run.add_argument("--lease-wait", type=float, default=0.0, metavar="SECONDS",
+                     help="if another run holds the results folder, wait this long for it "
+                          "(default: refuse at once, naming the holder)")
+    run.add_argument("--lease-ttl", type=float, default=60.0, metavar="SECONDS",
+                     help="lease expiry: a crashed driver's folder is taken over this long "
+                          "after its last heartbeat")
     run.add_argument("--budget-usd", type=float, default=None,
                      help="whole-batch dollar budget: no new question starts past it")
     run.add_argument("--retry-failed", action="store_true",
@@ -102,14 +109,16 @@ def run_command(args: argparse.Namespace) -> int:
     from rlm_ray.batch.progress import print_summary
     from rlm_ray.batch.runner import run
 
-    _check_positive(args, "concurrency", "budget_usd", "max_attempts", "calls_per_question")
+    _check_positive(args, "concurrency", "budget_usd", "max_attempts", "calls_per_question",
+                    "lease_ttl")
     rlm, server = rlm_settings(args, args.out)
     try:
         summary = run(args.corpus, args.queries, args.out, rlm=rlm,
                       concurrency=args.concurrency, retry_failed=args.retry_failed,
                       dry_run=args.dry_run, progress=not args.no_progress,
                       budget_usd=args.budget_usd, max_attempts=args.max_attempts,
-                      calls_per_question=args.calls_per_question)
+                      calls_per_question=args.calls_per_question,
+                      lease_wait_s=args.lease_wait, lease_ttl_s=args.lease_ttl)
     finally:
         if server is not None:
             server.stop()
