@@ -109,7 +109,7 @@ def test_sigkilled_driver_resumes_with_every_question_once_and_nothing_paid_twic
     out = tmp_path / "results"
     command = [sys.executable, "-m", "rlm_ray.cli", "run", stdlib_corpus, "--queries", queries,
                "--out", str(out), "--model", SIM_MODEL, "--api-base", server.base_url,
-               "--concurrency", "2", "--no-progress"]
+               "--concurrency", "2", "--no-progress", "--lease-ttl", "5"]
     env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address)
     first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
@@ -125,7 +125,9 @@ def test_sigkilled_driver_resumes_with_every_question_once_and_nothing_paid_twic
     _wait_no_actors()  # the dead driver's actors are gone: nothing of run 1 still calls out
     before = server.stats()
 
-    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    # The killed driver's lease blocks the folder until it expires (test_batch_lease.py).
+    second = subprocess.run(command + ["--lease-wait", "120"], env=env, capture_output=True,
+                            text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-2000:]
     after = server.stats()
     rows = _raw_answers(out)
