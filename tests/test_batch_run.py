@@ -280,3 +280,38 @@ def test_bench_batch_prints_its_figures(ray_session, tmp_path, stdlib_dir, capsy
     for figure in ("questions/min", "rate-limit utilisation", "driver peak RSS", "terminal rows"):
         assert figure in out
     assert "terminal rows" in out and " 3\n" in out
+
+
+@pytest.mark.timeout(600)
+def test_questions_in_flight_are_loops_in_one_host_actor_per_node(ray_session, sim, stdlib_subset,
+                                                                   tmp_path):
+    """Concurrency is questions, not processes: 8 questions in flight on this
+    one-node cluster run inside one RLMActor (each with its own sandbox)."""
+    from rlm_ray.corpus import ingest
+
+    _wait_no_actors()
+    corpus = str(tmp_path / "corpus")
+    ingest([str(stdlib_subset)], corpus)
+    queries = str(write_jsonl(define_questions(stdlib_subset, 8, seed=21), tmp_path / "q.jsonl"))
+    server = sim(latency_ms=1500)   # slow calls: all 8 questions are waiting at once
+    most_actors = []
+    done = threading.Event()
+
+    def count_actors() -> None:
+        while not done.is_set():
+            most_actors.append(len(_alive_rlm_actors()))
+            time.sleep(0.3)
+
+    counter = threading.Thread(target=count_actors, daemon=True)
+    counter.start()
+    try:
+        summary = run(corpus, queries, str(tmp_path / "results"), rlm=_rlm(server, None),
+                      concurrency=8, progress=False)
+    finally:
+        done.set()
+        counter.join(timeout=10)
+    assert summary.statuses == {"ok": 8}
+    assert summary.peak_in_flight == 8
+    assert max(most_actors) == 1                           # one host process, not 8
+    assert server.stats()["max_concurrency"] >= 4           # and the questions really overlap
+    assert len(summary.answered_by_node) == 1 and sum(summary.answered_by_node.values()) == 8

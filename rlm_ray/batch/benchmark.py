@@ -37,6 +37,8 @@ class MemoryPeak:
     in_flight: int = 0           # most questions in flight at one sample
     in_flight_at_peak: int = 0   # questions in flight when the USS peaked
     processes_at_peak: int = 0
+    actors_mb_at_peak: float = 0.0      # the Ray actor processes themselves
+    sandboxes_mb_at_peak: float = 0.0   # their descendants (sandbox workers, bwrap)
 
 
 class MemorySampler:
@@ -74,11 +76,13 @@ class MemorySampler:
                 in_flight += ray.get(ref, timeout=10)
             except Exception:  # noqa: BLE001 - a host being replaced
                 continue
-        uss, count = _uss_of(_job_actor_pids())
+        actors_mb, children_mb, count = _uss_of(_job_actor_pids())
+        uss = actors_mb + children_mb
         peak = self.peak
         peak.in_flight = max(peak.in_flight, in_flight)
         if uss > peak.uss_mb:
             peak.uss_mb, peak.in_flight_at_peak, peak.processes_at_peak = uss, in_flight, count
+            peak.actors_mb_at_peak, peak.sandboxes_mb_at_peak = actors_mb, children_mb
 
 
 def _job_actor_pids() -> list[int]:
@@ -90,11 +94,12 @@ def _job_actor_pids() -> list[int]:
             if a.get("Pid") and a.get("JobID") == job]
 
 
-def _uss_of(pids: list[int]) -> tuple[float, int]:
+def _uss_of(pids: list[int]) -> tuple[float, float, int]:
+    """(MB of the actor processes, MB of their descendants, processes counted)."""
     import psutil
 
     seen: set[int] = set()
-    total = 0
+    totals = [0, 0]
     for pid in pids:
         try:
             root = psutil.Process(pid)
@@ -105,11 +110,11 @@ def _uss_of(pids: list[int]) -> tuple[float, int]:
             if proc.pid in seen:
                 continue
             try:
-                total += proc.memory_full_info().uss
+                totals[proc.pid != pid] += proc.memory_full_info().uss
                 seen.add(proc.pid)
             except psutil.Error:
                 continue
-    return total / 2**20, len(seen)
+    return totals[0] / 2**20, totals[1] / 2**20, len(seen)
 
 
 def _waves(answers: list[dict], concurrency: int) -> tuple[float, float]:
@@ -171,7 +176,9 @@ def _one_level(root: Path, corpus: str, work: Path, server, rpm: float, level: i
            "max_depth": 1, "max_iterations": 12, "gateway": gateway}
     started = time.monotonic()
     hosts = HostPool(concurrency=level)
-    hosts.pids()   # started once, before the first wave
+    from rlm_ray.corpus import Corpus
+
+    hosts.warm(Corpus.open(corpus))   # started once, before the first wave
     host_start = time.monotonic() - started
     try:
         with MemorySampler(hosts) as sampler:
@@ -197,6 +204,8 @@ def _one_level(root: Path, corpus: str, work: Path, server, rpm: float, level: i
         ("sim max concurrency", f"{stats.get('max_concurrency')}"),
         ("peak USS, all batch processes", f"{peak.uss_mb:.0f} MB over {peak.processes_at_peak} "
                                           f"processes ({peak.in_flight_at_peak} in flight)"),
+        ("  of which Ray actors / sandboxes", f"{peak.actors_mb_at_peak:.0f} MB / "
+                                             f"{peak.sandboxes_mb_at_peak:.0f} MB"),
         ("memory per question in flight", f"{per_question:.1f} MB"),
         ("wall per question, wave 1", f"{first:.1f} s"),
         ("wall per question, wave 2", f"{second:.1f} s"),

@@ -27,6 +27,7 @@ class Host:
     actor: Any
     load: int = 0
     retired: bool = False
+    warmed: bool = False
     answered: int = 0
     node_id: str | None = None
     trees: dict = field(default_factory=dict)   # ref -> TreeBudget of a question in flight
@@ -54,6 +55,20 @@ class HostPool:
         from rlm_ray.engine.actor import RLMActor
 
         return Host(RLMActor.options(num_cpus=0, scheduling_strategy="SPREAD").remote())
+
+    def warm(self, corpus: Any = None) -> None:
+        """Every host pays its start-up (process, imports, DuckDB, a first
+        sandbox) now, not inside its first questions. A host that fails here
+        fails its first question instead, where the runner handles it."""
+        import ray
+
+        refs = [h.actor.warm.remote(corpus) for h in self._hosts if not h.warmed]
+        for host in self._hosts:
+            host.warmed = True
+        try:
+            ray.get(refs, timeout=600)
+        except Exception:  # noqa: BLE001
+            pass
 
     @property
     def hosts(self) -> list[Host]:

@@ -20,6 +20,7 @@ import concurrent.futures
 import functools
 import os
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -77,6 +78,24 @@ class RLMActor:
         finally:
             with self._lock:
                 self._in_flight -= 1
+
+    def warm(self, context: Any = None) -> float:
+        """Pay this host's one-time start-up before its first question, so the
+        first wave of a batch costs what the second does: imports (litellm,
+        tiktoken), the corpus's DuckDB database, and one sandbox start (its
+        modules and bwrap in the page cache). Seconds spent, for figures."""
+        started = time.monotonic()
+        from rlm_ray.llm._litellm import litellm
+        from rlm_ray.tokens import count_tokens
+        from sandbox import Sandbox
+
+        litellm()
+        count_tokens("warm")
+        if context is not None and not isinstance(context, str):
+            self._corpora.shared(context).sql("SELECT path FROM docs LIMIT 1")
+        with Sandbox(timeout_s=60) as sandbox:
+            sandbox.run("pass")
+        return time.monotonic() - started
 
     def pid(self) -> int:
         return os.getpid()
