@@ -5,10 +5,11 @@ the bottleneck: questions/min, rate-limit utilisation, the simulator's peak
 concurrent requests, and memory per question in flight: the peak USS (memory
 only that process holds) summed over every process the batch started (RLM
 host actors, their sandbox workers, gateway/limiter/budget actors), divided
-by the questions in flight. Each level runs 2 waves of questions (2 x the
+by the questions in flight. Each level runs 3 waves of questions (3 x the
 concurrency unless --questions says otherwise) on hosts started once, so the
-first wave's wall per question against the second's shows whether start-up
-is paid once or per question."""
+first wave's wall per question against the second's (both at full
+concurrency; the third drains the queue) shows whether start-up is paid once
+or per question."""
 from __future__ import annotations
 
 import resource
@@ -147,7 +148,7 @@ def run_bench(*, questions: int | None, rpm: float, latency_ms: float,
     with SimServer(latency_ms=latency_ms, rpm=rpm) as server:
         for level in concurrency:
             server.reset_stats()
-            count = questions or 2 * level
+            count = questions or 3 * level
             rows = _one_level(root, corpus, work, server, rpm, level, count)
             width = max(len(k) for k, _ in rows)
             print(f"\n  concurrency {level} ({count} questions)")

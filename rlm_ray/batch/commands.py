@@ -64,7 +64,7 @@ def register(commands, bench) -> None:
     bb = bench.add_parser("batch", help="batch throughput, rate-limit utilisation and memory "
                                         "per question in flight (SIMULATOR)")
     bb.add_argument("--questions", type=int, default=None,
-                    help="questions per concurrency level (default: 2 waves, 2 x concurrency)")
+                    help="questions per concurrency level (default: 3 waves, 3 x concurrency)")
     bb.add_argument("--rpm", type=float, default=30000.0, help="the simulated provider's RPM")
     bb.add_argument("--latency-ms", type=float, default=3000.0, help="simulated latency per call")
     bb.add_argument("--concurrency", default="8,128",
