@@ -179,7 +179,7 @@ def _one_level(root: Path, corpus: str, work: Path, server, rpm: float, level: i
     hosts = HostPool(concurrency=level)
     from rlm_ray.corpus import Corpus
 
-    hosts.warm(Corpus.open(corpus))   # started once, before the first wave
+    hosts.warm(Corpus.open(corpus), rlm)   # started once, before the first wave
     host_start = time.monotonic() - started
     try:
         with MemorySampler(hosts) as sampler:

@@ -56,13 +56,20 @@ class HostPool:
 
         return Host(RLMActor.options(num_cpus=0, scheduling_strategy="SPREAD").remote())
 
-    def warm(self, corpus: Any = None) -> None:
+    def warm(self, corpus: Any = None, rlm: dict | None = None) -> None:
         """Every host pays its start-up (process, imports, DuckDB, a first
         sandbox) now, not inside its first questions. A host that fails here
         fails its first question instead, where the runner handles it."""
         import ray
 
-        refs = [h.actor.warm.remote(corpus) for h in self._hosts if not h.warmed]
+        rlm = rlm or {}
+        gateway = rlm.get("gateway")
+        if gateway is not None and rlm.get("api_base"):
+            from dataclasses import replace
+
+            gateway = replace(gateway, api_base=rlm["api_base"])   # as RLM(...) does
+        models = (rlm.get("model"), rlm.get("sub_model") or rlm.get("model"))
+        refs = [h.actor.warm.remote(corpus, gateway, models) for h in self._hosts if not h.warmed]
         for host in self._hosts:
             host.warmed = True
         try:

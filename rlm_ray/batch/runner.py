@@ -119,7 +119,7 @@ class _Batch:
         import ray
 
         self.corpus = ray.put(corpus)   # one copy in the object store, not one per question
-        hosts.warm(self.corpus)         # start-up paid once, before the first wave
+        hosts.warm(self.corpus, rlm)    # start-up paid once, before the first wave
         self.queue: deque[tuple[Query, int]] = deque((q, 1) for q in todo)
         self.rlm = rlm
         self.model = rlm.get("model")

@@ -79,11 +79,12 @@ class RLMActor:
             with self._lock:
                 self._in_flight -= 1
 
-    def warm(self, context: Any = None) -> float:
+    def warm(self, context: Any = None, gateway: Any = None, models: tuple = ()) -> float:
         """Pay this host's one-time start-up before its first question, so the
         first wave of a batch costs what the second does: imports (litellm,
-        tiktoken), the corpus's DuckDB database, and one sandbox start (its
-        modules and bwrap in the page cache). Seconds spent, for figures."""
+        tiktoken), the corpus's DuckDB database, one sandbox start (its modules
+        and bwrap in the page cache), this node's gateway actors and the
+        models' limiter actors. Seconds spent, for figures."""
         started = time.monotonic()
         from rlm_ray.llm._litellm import litellm
         from rlm_ray.tokens import count_tokens
@@ -95,6 +96,8 @@ class RLMActor:
             self._corpora.shared(context).sql("SELECT path FROM docs LIMIT 1")
         with Sandbox(timeout_s=60) as sandbox:
             sandbox.run("pass")
+        if gateway is not None:
+            _warm_gateway(gateway, models)
         return time.monotonic() - started
 
     def pid(self) -> int:
@@ -108,6 +111,17 @@ class RLMActor:
 
     def rss_bytes(self) -> int:
         return psutil.Process().memory_info().rss
+
+
+def _warm_gateway(gateway: Any, models: tuple) -> None:
+    from rlm_ray.llm.fanout import gateway_actors
+    from rlm_ray.llm.limiter_client import _limits, limiter_actor
+
+    pings = [a.ping.remote() for a in gateway_actors(gateway.gateway_actors)]
+    if gateway.rpm or gateway.tpm:
+        pings += [limiter_actor(gateway.limiter_key(m), _limits(gateway)).stats.remote()
+                  for m in dict.fromkeys(models) if m]
+    ray.get(pings, timeout=600)
 
 
 def actor_name(prefix: str, key: str) -> str:
