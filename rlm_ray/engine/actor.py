@@ -117,7 +117,7 @@ def _warm_gateway(gateway: Any, models: tuple) -> None:
     from rlm_ray.llm.fanout import gateway_actors
     from rlm_ray.llm.limiter_client import _limits, limiter_actor
 
-    pings = [a.ping.remote() for a in gateway_actors(gateway.gateway_actors)]
+    pings = [a.ping.remote(True) for a in gateway_actors(gateway.gateway_actors)]
     if gateway.rpm or gateway.tpm:
         pings += [limiter_actor(gateway.limiter_key(m), _limits(gateway)).stats.remote()
                   for m in dict.fromkeys(models) if m]
