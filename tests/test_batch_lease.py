@@ -111,6 +111,17 @@ def test_a_sigkilled_holder_is_taken_over_only_after_expiry(folder):
         taker.release()
 
 
+def _wait_no_rlm_actors(timeout: float = 60.0) -> None:
+    from ray._private.state import actors
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not [a for a in actors(actor_state_name="ALIVE").values()
+                if a["ActorClassName"] == "RLMActor"]:
+            return
+        time.sleep(0.5)
+
+
 def _driver(corpus: str, queries: str, out: str, server, *extra: str) -> list[str]:
     return [sys.executable, "-m", "rlm_ray.cli", "run", corpus, "--queries", queries,
             "--out", out, "--model", SIM_MODEL, "--api-base", server.base_url,
@@ -169,6 +180,8 @@ def test_a_killed_driver_is_taken_over_after_its_lease_expires(ray_session, sim,
     killed_at = time.time()
     answered_before = {r["query_id"] for r in _raw_answers(str(out))}
     assert 0 < len(answered_before) < 12
+    _wait_no_rlm_actors()   # the dead driver's hosts are gone: nothing of it still calls out
+    before = server.stats()
 
     refused = subprocess.run(_driver(small_corpus, queries, str(out), server, "--lease-ttl", "6"),
                              env=_env(ray_session), capture_output=True, text=True, timeout=300)
@@ -183,8 +196,10 @@ def test_a_killed_driver_is_taken_over_after_its_lease_expires(ray_session, sim,
     assert len(ids) == 12 and len(set(ids)) == 12
     assert {r["query_id"] for r in rows} >= answered_before
     # The killed driver's unfinished questions are answered again, but their
-    # calls come from the response cache: no prompt reaches the provider twice.
-    assert server.stats()["repeated_prompts"] == 0
+    # finished calls come from the response cache: the taker repeats no prompt
+    # (only a call cut off by the kill itself may have been answered unseen).
+    assert server.stats()["repeated_prompts"] == before["repeated_prompts"]
+    assert before["repeated_prompts"] <= 2   # at most one per question in flight at the kill
 
 
 def test_a_second_pipeline_fire_of_a_running_date_refuses(tmp_path):
