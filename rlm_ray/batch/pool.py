@@ -1,5 +1,5 @@
 """The batch's RLM host actors: a few processes (by default one per node,
-placed with SPREAD) that each run many questions at once, so concurrency is a
+placed round-robin over the alive nodes; replacements with SPREAD) that each run many questions at once, so concurrency is a
 number of questions, not of processes. Hosts reserve no CPU (their work is
 waiting on models and the sandbox) and are started once per pool: a caller
 running several batches (a pipeline, a benchmark's waves) passes one pool to
@@ -33,11 +33,36 @@ class Host:
     trees: dict = field(default_factory=dict)   # ref -> TreeBudget of a question in flight
 
 
-def default_host_count(concurrency: int) -> int:
-    """One host per alive node, more when one host would carry > HOST_QUESTIONS."""
+BANK_RESTART_WAIT_S = 120.0
+
+
+def _open_tree(tree_budget: Any, limits: Any) -> Any:
+    """A question's budgets live in the cluster's budget-bank actor; when its
+    node was just lost the bank is restarting elsewhere: wait for it rather
+    than fail the batch."""
+    import time
+
+    import ray.exceptions as rex
+
+    deadline = time.monotonic() + BANK_RESTART_WAIT_S
+    while True:
+        try:
+            return tree_budget.open(limits)
+        except (rex.ActorUnavailableError, rex.RayActorError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
+def _alive_nodes() -> list[str]:
     import ray
 
-    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    return sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+
+
+def default_host_count(concurrency: int) -> int:
+    """One host per alive node, more when one host would carry > HOST_QUESTIONS."""
+    nodes = len(_alive_nodes())
     return max(1, min(concurrency, max(nodes, math.ceil(concurrency / HOST_QUESTIONS))))
 
 
@@ -47,14 +72,22 @@ class HostPool:
 
         ensure_ray()
         self.size = hosts or default_host_count(concurrency)
-        self._hosts: list[Host] = [self._new_host() for _ in range(self.size)]
+        # Round-robin over the alive nodes, pinned (SPREAD alone, or a soft
+        # affinity, was seen to put every host on one node); a host whose node
+        # is gone fails like a dead host and its replacement goes anywhere (SPREAD).
+        nodes = _alive_nodes()
+        self._hosts: list[Host] = [self._new_host(nodes[i % len(nodes)] if nodes else None)
+                                   for i in range(self.size)]
         self.answered_by_node: dict[str, int] = {}
 
     @staticmethod
-    def _new_host() -> Host:
+    def _new_host(node_id: str | None = None) -> Host:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         from rlm_ray.engine.actor import RLMActor
 
-        return Host(RLMActor.options(num_cpus=0, scheduling_strategy="SPREAD").remote())
+        strategy = (NodeAffinitySchedulingStrategy(node_id, soft=False) if node_id else "SPREAD")
+        return Host(RLMActor.options(num_cpus=0, scheduling_strategy=strategy).remote())
 
     def warm(self, corpus: Any = None, rlm: dict | None = None) -> None:
         """Every host pays its start-up (process, imports, DuckDB, a first
@@ -93,7 +126,7 @@ class HostPool:
         from rlm_ray.engine.spec import RunSpec
 
         rlm = RLM(**settings)   # validates the settings the same way `rlm-ray query` does
-        tree = TreeBudget.open(rlm.limits)
+        tree = _open_tree(TreeBudget, rlm.limits)
         spec = RunSpec(model=rlm.model, sub_model=rlm.sub_model, gateway=rlm.gateway,
                        budget=tree, settings=rlm.settings, sandbox_opts=rlm.sandbox_opts)
         ref = host.actor.answer.remote(corpus, query.question, query.query_id, spec)
