@@ -109,7 +109,7 @@ def test_sigkilled_driver_resumes_with_every_question_once_and_nothing_paid_twic
     out = tmp_path / "results"
     command = [sys.executable, "-m", "rlm_ray.cli", "run", stdlib_corpus, "--queries", queries,
                "--out", str(out), "--model", SIM_MODEL, "--api-base", server.base_url,
-               "--concurrency", "2", "--no-progress"]
+               "--concurrency", "2", "--no-progress", "--lease-ttl", "5"]
     env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address)
     first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
@@ -125,7 +125,9 @@ def test_sigkilled_driver_resumes_with_every_question_once_and_nothing_paid_twic
     _wait_no_actors()  # the dead driver's actors are gone: nothing of run 1 still calls out
     before = server.stats()
 
-    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    # The killed driver's lease blocks the folder until it expires (test_batch_lease.py).
+    second = subprocess.run(command + ["--lease-wait", "120"], env=env, capture_output=True,
+                            text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-2000:]
     after = server.stats()
     rows = _raw_answers(out)
@@ -278,3 +280,38 @@ def test_bench_batch_prints_its_figures(ray_session, tmp_path, stdlib_dir, capsy
     for figure in ("questions/min", "rate-limit utilisation", "driver peak RSS", "terminal rows"):
         assert figure in out
     assert "terminal rows" in out and " 3\n" in out
+
+
+@pytest.mark.timeout(600)
+def test_questions_in_flight_are_loops_in_one_host_actor_per_node(ray_session, sim, stdlib_subset,
+                                                                   tmp_path):
+    """Concurrency is questions, not processes: 8 questions in flight on this
+    one-node cluster run inside one RLMActor (each with its own sandbox)."""
+    from rlm_ray.corpus import ingest
+
+    _wait_no_actors()
+    corpus = str(tmp_path / "corpus")
+    ingest([str(stdlib_subset)], corpus)
+    queries = str(write_jsonl(define_questions(stdlib_subset, 8, seed=21), tmp_path / "q.jsonl"))
+    server = sim(latency_ms=1500)   # slow calls: all 8 questions are waiting at once
+    most_actors = []
+    done = threading.Event()
+
+    def count_actors() -> None:
+        while not done.is_set():
+            most_actors.append(len(_alive_rlm_actors()))
+            time.sleep(0.3)
+
+    counter = threading.Thread(target=count_actors, daemon=True)
+    counter.start()
+    try:
+        summary = run(corpus, queries, str(tmp_path / "results"), rlm=_rlm(server, None),
+                      concurrency=8, progress=False)
+    finally:
+        done.set()
+        counter.join(timeout=10)
+    assert summary.statuses == {"ok": 8}
+    assert summary.peak_in_flight == 8
+    assert max(most_actors) == 1                           # one host process, not 8
+    assert server.stats()["max_concurrency"] >= 4           # and the questions really overlap
+    assert len(summary.answered_by_node) == 1 and sum(summary.answered_by_node.values()) == 8

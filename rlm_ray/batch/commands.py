@@ -37,7 +37,14 @@ def register(commands, bench) -> None:
     run.add_argument("--queries", required=True, help=".jsonl / .csv / .parquet questions")
     run.add_argument("--out", required=True, help="results folder (local path or s3://)")
     add_model_arguments(run)
-    run.add_argument("--concurrency", type=int, default=8, help="RLM actors (questions in flight)")
+    run.add_argument("--concurrency", type=int, default=8,
+                     help="questions in flight (run as loops inside a few RLM host actors)")
+    run.add_argument("--lease-wait", type=float, default=0.0, metavar="SECONDS",
+                     help="if another run holds the results folder, wait this long for it "
+                          "(default: refuse at once, naming the holder)")
+    run.add_argument("--lease-ttl", type=float, default=60.0, metavar="SECONDS",
+                     help="lease expiry: a crashed driver's folder is taken over this long "
+                          "after its last heartbeat")
     run.add_argument("--budget-usd", type=float, default=None,
                      help="whole-batch dollar budget: no new question starts past it")
     run.add_argument("--retry-failed", action="store_true",
@@ -57,11 +64,14 @@ def register(commands, bench) -> None:
     show.add_argument("--html", default=None, help="write a self-contained HTML page here")
     show.set_defaults(func=show_command)
 
-    bb = bench.add_parser("batch", help="batch throughput and rate-limit utilisation (SIMULATOR)")
-    bb.add_argument("--questions", type=int, default=200)
-    bb.add_argument("--rpm", type=float, default=600.0, help="the simulated provider's RPM")
-    bb.add_argument("--latency-ms", type=float, default=50.0, help="simulated latency per call")
-    bb.add_argument("--concurrency", type=int, default=16)
+    bb = bench.add_parser("batch", help="batch throughput, rate-limit utilisation and memory "
+                                        "per question in flight (SIMULATOR)")
+    bb.add_argument("--questions", type=int, default=None,
+                    help="questions per concurrency level (default: 3 waves, 3 x concurrency)")
+    bb.add_argument("--rpm", type=float, default=30000.0, help="the simulated provider's RPM")
+    bb.add_argument("--latency-ms", type=float, default=3000.0, help="simulated latency per call")
+    bb.add_argument("--concurrency", default="8,128",
+                    help="comma-separated questions in flight, one batch per level")
     bb.add_argument("--source", default=None, help="codebase to ingest (default: the stdlib)")
     bb.add_argument("--workdir", default=".bench/batch", help="where corpus and results go")
     bb.set_defaults(func=bench_command)
@@ -108,14 +118,16 @@ def run_command(args: argparse.Namespace) -> int:
     from rlm_ray.batch.progress import print_summary
     from rlm_ray.batch.runner import run
 
-    _check_positive(args, "concurrency", "budget_usd", "max_attempts", "calls_per_question")
+    _check_positive(args, "concurrency", "budget_usd", "max_attempts", "calls_per_question",
+                    "lease_ttl")
     rlm, server = rlm_settings(args, args.out)
     try:
         summary = run(args.corpus, args.queries, args.out, rlm=rlm,
                       concurrency=args.concurrency, retry_failed=args.retry_failed,
                       dry_run=args.dry_run, progress=not args.no_progress,
                       budget_usd=args.budget_usd, max_attempts=args.max_attempts,
-                      calls_per_question=args.calls_per_question)
+                      calls_per_question=args.calls_per_question,
+                      lease_wait_s=args.lease_wait, lease_ttl_s=args.lease_ttl)
     finally:
         if server is not None:
             server.stop()
@@ -138,6 +150,15 @@ def show_command(args: argparse.Namespace) -> int:
 def bench_command(args: argparse.Namespace) -> int:
     from rlm_ray.batch.benchmark import run_bench
 
-    _check_positive(args, "questions", "rpm", "concurrency")
+    from rlm_ray.errors import UserError
+
+    try:
+        levels = [int(x) for x in str(args.concurrency).split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--concurrency must be integers separated by commas, "
+                        f"got {args.concurrency!r}") from None
+    if not levels or min(levels) < 1:
+        raise UserError(f"--concurrency levels must be >= 1, got {args.concurrency!r}")
+    _check_positive(args, "questions", "rpm")
     return run_bench(questions=args.questions, rpm=args.rpm, latency_ms=args.latency_ms,
-                     concurrency=args.concurrency, source=args.source, workdir=args.workdir)
+                     concurrency=levels, source=args.source, workdir=args.workdir)

@@ -6,7 +6,9 @@ only those new or changed since earlier dates: a question is unchanged when
 its query_id, question text and the corpus content all match an earlier
 date's `ok` answer), and writes a batch under `<output>/run_date=<date>/`.
 A date whose partition is complete is never touched again, so a scheduler
-that fires twice changes nothing; an incomplete one (a crash) resumes.
+that fires twice changes nothing; an incomplete one (a crash) resumes. Two
+fires of one date at the same moment meet at the partition's lease: the
+second refuses with the holder's name instead of answering everything twice.
 """
 from __future__ import annotations
 
@@ -170,13 +172,28 @@ class PipelineOutcome:
 
 
 def run_pipeline(spec: PipelineSpec, run_date: str, *, progress: bool = False,
-                 rlm_override: dict | None = None) -> PipelineOutcome:
-    from rlm_ray.batch.runner import run
-    from rlm_ray.corpus import ingest
+                 rlm_override: dict | None = None, hosts: Any = None,
+                 lease_wait_s: float = 0.0) -> PipelineOutcome:
+    """One date. The date's partition is leased before anything else: a second
+    fire of the same date while the first runs refuses (LeaseHeld, naming the
+    holder) or, with `lease_wait_s`, waits and then finds the date complete.
+    `hosts`: a batch.pool.HostPool kept by the caller across dates."""
+    from rlm_ray.batch.lease import Lease
 
     partition = partition_uri(spec, run_date)
     if is_complete(read_run_info(partition)):
         return PipelineOutcome(run_date, partition, True, 0, 0)
+    with Lease(partition).acquire(wait_s=lease_wait_s) as lease:
+        if is_complete(read_run_info(partition)):   # finished while we waited
+            return PipelineOutcome(run_date, partition, True, 0, 0)
+        return _run_date(spec, run_date, partition, progress, rlm_override, hosts, lease)
+
+
+def _run_date(spec: PipelineSpec, run_date: str, partition: str, progress: bool,
+              rlm_override: dict | None, hosts: Any, lease: Any) -> PipelineOutcome:
+    from rlm_ray.batch.runner import run
+    from rlm_ray.corpus import ingest
+
     manifest = ingest(spec.sources, spec.corpus, chunk_tokens=spec.chunk_tokens,
                       exclude=spec.exclude, name=spec.name)
     corpus_hash = corpus_content_hash(manifest)
@@ -197,7 +214,8 @@ def run_pipeline(spec: PipelineSpec, run_date: str, *, progress: bool = False,
             if not storage.exists(queries_uri):
                 _write_queries(selected, queries_uri)
             summary = run(spec.corpus, queries_uri, partition, rlm=rlm, concurrency=concurrency,
-                          progress=progress, budget_usd=spec.budget_usd, extra_info=extra)
+                          progress=progress, budget_usd=spec.budget_usd, extra_info=extra,
+                          hosts=hosts, lease=lease)
         else:
             from rlm_ray.batch.runner import record_empty_run
 

@@ -1,13 +1,15 @@
-"""`run(...)`: many questions over one corpus, through a pool of RLM actors.
+"""`run(...)`: many questions over one corpus, through a few RLM host actors.
 
-The driver keeps `concurrency` questions in flight (one per actor), writes
-each finished question into the result tables (see tables.py for why a crash
-loses at most the in-flight ones), and survives what a long batch meets: an
-actor or its node dying (a fresh actor retries the question, up to
-`max_attempts`, then a dead-letter `error` row), a question hanging past its
-wall limit (the actor is killed), SIGTERM/Ctrl-C (flush, then exit). A rerun
-of the same command skips finished query ids; the gateway's response cache
-(default `RESULTS/cache/`) makes replayed model calls free.
+The driver keeps `concurrency` questions in flight (many per host actor, see
+pool.py), writes each finished question into the result tables (see tables.py
+for why a crash loses at most the in-flight ones), and survives what a long
+batch meets: a host or its node dying (its questions are retried on a fresh
+REPL on another host, up to `max_attempts`, then a dead-letter `error` row), a
+question hanging past its wall limit (its host is retired), SIGTERM/Ctrl-C
+(flush, then exit). A run holds a lease on its results folder (lease.py), so
+two drivers never answer the same folder's questions twice. A rerun of the
+same command skips finished query ids; the gateway's response cache (default
+`RESULTS/cache/`) makes replayed model calls free.
 """
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlm_ray.batch import rows
+from rlm_ray.batch.lease import DEFAULT_TTL_S, Lease
 from rlm_ray.batch.manifest import write_run_info
+from rlm_ray.batch.pool import HostPool
 from rlm_ray.batch.progress import Progress, Tally
 from rlm_ray.batch.queries import Query, load_queries
 from rlm_ray.batch.scoring import Accuracy, accuracy_of
@@ -48,6 +52,8 @@ class Summary:
     budget_stopped: bool = False
     plan: dict | None = None     # dry runs only
     retried_after_failure: int = 0
+    peak_in_flight: int = 0      # most questions running at once
+    answered_by_node: dict = field(default_factory=dict)   # Ray node id -> questions answered
 
     @property
     def all_terminal(self) -> bool:
@@ -57,7 +63,7 @@ class Summary:
 @dataclass
 class _InFlight:
     query: Query
-    actor: Any
+    host: Any
     attempt: int
     started_at: dt.datetime
     deadline: float | None
@@ -65,9 +71,9 @@ class _InFlight:
 
 @dataclass
 class BatchOptions:
-    concurrency: int = 4
+    concurrency: int = 4             # questions in flight (not processes)
     retry_failed: bool = False
-    max_attempts: int = 3            # per question, across actor deaths and driver-side errors
+    max_attempts: int = 3            # per question, across host deaths and driver-side errors
     budget_usd: float | None = None  # whole batch: stop starting questions past it
     flush_every: int = 8
     flush_s: float = 5.0
@@ -109,41 +115,49 @@ class _Interrupt:
 
 class _Batch:
     def __init__(self, corpus, todo: list[Query], out_uri: str, rlm: dict,
-                 opts: BatchOptions, tally: Tally) -> None:
-        from rlm_ray.batch.pool import ActorPool
+                 opts: BatchOptions, tally: Tally, hosts: HostPool, lease: Lease) -> None:
+        import ray
 
-        self.corpus = corpus
+        self.corpus = ray.put(corpus)   # one copy in the object store, not one per question
+        hosts.warm(self.corpus, rlm)    # start-up paid once, before the first wave
         self.queue: deque[tuple[Query, int]] = deque((q, 1) for q in todo)
         self.rlm = rlm
         self.model = rlm.get("model")
         self.opts = opts
         self.tally = tally
         self.writer = TableWriter(out_uri, opts.flush_every, opts.flush_s)
-        self.pool = ActorPool(size=min(opts.concurrency, len(todo)) or 1)
+        self.hosts = hosts
+        self.lease = lease
         self.in_flight: dict[Any, _InFlight] = {}
         self.budget_stopped = False
         self.retried = 0
+        self.peak_in_flight = 0
 
     def _launch(self) -> None:
-        while self.queue and self.pool.has_idle():
+        while self.queue and len(self.in_flight) < self.opts.concurrency:
             if self.opts.budget_usd is not None and self.tally.cost_usd >= self.opts.budget_usd:
                 self.budget_stopped = True
                 return
             query, attempt = self.queue.popleft()
             spec = {**self.rlm, **query.options}
-            actor = self.pool.acquire()
-            ref = self.pool.submit(actor, self.corpus, query, spec)
-            self.in_flight[ref] = _InFlight(query, actor, attempt, rows.utc_now(),
+            host = self.hosts.pick()
+            ref = self.hosts.submit(host, self.corpus, query, spec)
+            self.in_flight[ref] = _InFlight(query, host, attempt, rows.utc_now(),
                                             _hard_deadline(spec))
+        self.peak_in_flight = max(self.peak_in_flight, len(self.in_flight))
 
     def _finish(self, finished: FinishedQuestion) -> None:
         self.writer.add(finished)
         self.tally.record(finished.answer)
+        self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        self.lease.ensure_held()   # never write after another driver may have taken over
         self.writer.maybe_flush()
 
     def _failed(self, job: _InFlight, error: str, status: str = "error") -> None:
-        """The actor died or the call broke: retry on a fresh actor, or dead-letter."""
-        self.pool.replace(job.actor)
+        """The question's host died or the call broke: retry on a fresh REPL (another
+        host when this one is gone), or dead-letter."""
         if job.attempt < self.opts.max_attempts:
             self.retried += 1
             log.warning("query %s attempt %d failed (%s); retrying", job.query.query_id,
@@ -156,27 +170,33 @@ class _Batch:
     def _collect(self, timeout_s: float) -> None:
         import ray
 
-        ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=timeout_s)
+        refs = list(self.in_flight)
+        ready, _ = ray.wait(refs, num_returns=1, timeout=timeout_s)
+        if ready:   # take everything already done, not one per wait
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
         for ref in ready:
             job = self.in_flight.pop(ref)
             try:
                 result = ray.get(ref)
-            except Exception as exc:  # noqa: BLE001  (actor death, node loss, engine bug)
-                self._failed(job, self.pool.describe_error(exc))
+            except Exception as exc:  # noqa: BLE001  (host death, node loss, engine bug)
+                self.hosts.failed(job.host, ref, host_lost=self.hosts.is_host_loss(exc))
+                self._failed(job, self.hosts.describe_error(exc))
                 continue
-            self.pool.release(job.actor)
+            self.hosts.finished(job.host, ref)
             self._finish(rows.from_result(job.query, result, job.started_at, self.model))
         now = time.monotonic()
         for ref, job in list(self.in_flight.items()):
             if job.deadline is not None and now > job.deadline:
                 del self.in_flight[ref]
-                self._failed(job, "exceeded the question's wall-time limit; actor killed",
+                self.hosts.failed(job.host, ref, host_lost=False, stuck=True)
+                self._failed(job, "exceeded the question's wall-time limit; its host was retired",
                              status="timeout")
 
     def drive(self) -> None:
         progress = Progress(self.tally, enabled=self.opts.progress)
         try:
             while self.queue or self.in_flight:
+                self.lease.ensure_held()
                 self._launch()
                 if not self.in_flight:
                     break  # budget reached with nothing running
@@ -184,12 +204,15 @@ class _Batch:
                 self._collect(timeout_s=1.0)
                 self.tally.in_flight = len(self.in_flight)
                 progress.update()
-                self.writer.maybe_flush()
+                self._maybe_flush()
         finally:
-            # Interrupted or not: everything that finished reaches the tables.
-            self.writer.flush()
+            # Interrupted or not: everything that finished reaches the tables,
+            # unless the folder now belongs to another driver.
+            if not self.lease.lost_reason():
+                self.writer.flush()
             progress.close()
-            self.pool.shutdown()
+            for ref, job in self.in_flight.items():   # abandoned loops: retire their hosts
+                self.hosts.failed(job.host, ref, host_lost=False, stuck=True)
 
 
 def _open_corpus(corpus_uri: str):
@@ -201,51 +224,90 @@ def _open_corpus(corpus_uri: str):
 def run(corpus_uri: str, queries_path: str, out_uri: str, *, rlm: dict, concurrency: int = 4,
         retry_failed: bool = False, dry_run: bool = False, progress: bool = True,
         budget_usd: float | None = None, max_attempts: int = 3,
-        calls_per_question: int = 10, extra_info: dict | None = None) -> Summary:
-    """Answer every question of `queries_path` over the corpus into `out_uri`."""
+        calls_per_question: int = 10, extra_info: dict | None = None,
+        hosts: HostPool | None = None, lease: Lease | None = None,
+        lease_wait_s: float = 0.0, lease_ttl_s: float = DEFAULT_TTL_S) -> Summary:
+    """Answer every question of `queries_path` over the corpus into `out_uri`.
+
+    `concurrency` is questions in flight, spread over `hosts` (a HostPool the
+    caller keeps for several batches; by default one is started and stopped
+    here). The run holds a lease on `out_uri` (or uses the caller's `lease`):
+    another live driver on the same folder makes this one wait `lease_wait_s`
+    and then refuse with LeaseHeld."""
     started = time.monotonic()
     query_file = load_queries(queries_path)
-    statuses = finished_statuses(out_uri)
-    todo = _select(query_file.queries, statuses, retry_failed)
-    total = len(query_file.queries)
     corpus = _open_corpus(corpus_uri)   # reads the manifest only: a wrong URI fails here
     if dry_run:
         from rlm_ray.batch.plan import estimate
 
+        statuses = finished_statuses(out_uri)
+        todo = _select(query_file.queries, statuses, retry_failed)
+        total = len(query_file.queries)
         plan = estimate(todo, rlm, calls_per_question=calls_per_question,
                         total=total, concurrency=concurrency)
         plan = {"corpus": corpus_uri, "corpus_tokens": len(corpus), **plan}
         return Summary(out_uri, total, total - len(todo), 0, Counter(statuses.values()), 0, 0,
                        0.0, time.monotonic() - started, None, plan=plan)
+    own_lease = lease is None
+    lease = lease or Lease(out_uri, ttl_s=lease_ttl_s).acquire(wait_s=lease_wait_s)
+    try:
+        return _run_leased(corpus_uri, corpus, query_file, out_uri, rlm, concurrency,
+                           retry_failed, progress, budget_usd, max_attempts, extra_info,
+                           hosts, lease, started)
+    finally:
+        if own_lease:
+            lease.release()
+
+
+def _run_leased(corpus_uri, corpus, query_file, out_uri, rlm, concurrency, retry_failed,
+                progress, budget_usd, max_attempts, extra_info, hosts, lease,
+                started) -> Summary:
+    # Read what is finished only under the lease: a driver that held the folder
+    # a moment ago has flushed everything it will ever write.
+    statuses = finished_statuses(out_uri)
+    todo = _select(query_file.queries, statuses, retry_failed)
+    total = len(query_file.queries)
     opts = BatchOptions(concurrency=max(1, concurrency), retry_failed=retry_failed,
                         max_attempts=max_attempts, budget_usd=budget_usd, progress=progress,
                         extra_info=extra_info or {})
     info = {"corpus_uri": corpus_uri, "corpus_name": corpus.manifest.get("name"),
-            "queries": queries_path, "queries_sha256": query_file.sha256, "out": out_uri,
+            "queries": query_file.path, "queries_sha256": query_file.sha256, "out": out_uri,
             "questions_total": total,
             "rlm": rlm, "concurrency": concurrency, "budget_usd": budget_usd,
+            "lease": {"holder": lease.record.holder, "run_id": lease.record.run_id,
+                      "generation": lease.record.generation} if lease.record else None,
             "started_at": rows.utc_now().isoformat(), "status": "running", **opts.extra_info}
     write_run_info(out_uri, info)
     tally = Tally(total=total, skipped=total - len(todo))
     interrupted = False
-    batch = _Batch(corpus, todo, out_uri, rlm, opts, tally) if todo else None
+    own_hosts = hosts is None and bool(todo)
+    if own_hosts:
+        hosts = HostPool(concurrency=opts.concurrency)
+    batch = _Batch(corpus, todo, out_uri, rlm, opts, tally, hosts, lease) if todo else None
     try:
         with _Interrupt():
             if batch:
                 batch.drive()
     except KeyboardInterrupt:
         interrupted = True
+    finally:
+        if own_hosts:
+            hosts.shutdown()
+    lease.ensure_held()
     final = read_run(out_uri, with_details=False).answers
     final_statuses = Counter(final.column("status").to_pylist())
     summary = Summary(
         out_uri, total, tally.skipped, tally.done, final_statuses, tally.llm_calls,
         tally.tokens, tally.cost_usd, time.monotonic() - started, accuracy_of(final),
         interrupted=interrupted, budget_stopped=bool(batch and batch.budget_stopped),
-        retried_after_failure=batch.retried if batch else 0)
+        retried_after_failure=batch.retried if batch else 0,
+        peak_in_flight=batch.peak_in_flight if batch else 0,
+        answered_by_node=dict(hosts.answered_by_node) if batch else {})
     info.update(status="interrupted" if interrupted else "finished",
                 finished_at=rows.utc_now().isoformat(), answered=final.num_rows,
                 statuses=dict(final_statuses), cost_usd_this_run=tally.cost_usd,
-                budget_stopped=summary.budget_stopped)
+                budget_stopped=summary.budget_stopped,
+                answered_by_node=summary.answered_by_node)
     write_run_info(out_uri, info)  # the manifest is written last
     if interrupted:
         raise KeyboardInterrupt

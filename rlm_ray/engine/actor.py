@@ -1,15 +1,26 @@
-"""`RLMActor`: a Ray actor hosting one RLM (its sandbox, its root loop) for one
-question at a time, and the launcher that starts child RLMs as more actors.
+"""`RLMActor`: a Ray actor hosting many RLM root loops at once (threads), and
+the launchers that start child RLMs.
+
+A question in flight costs one thread, its sandbox worker and its history, not
+a Ray worker process (~120 MB each): the actor is started once and answers up
+to HOST_MAX_QUESTIONS questions concurrently, each with its own sandbox,
+budget, recorder and stop signal (all per-call objects in `answer_question`).
+What the loops do share is process-wide and thread-safe: the sandbox spawner
+thread, the gateway's private litellm event loop, and one Corpus handle per
+corpus (a DuckDB database read through a cursor per call).
 
 num_cpus=0: an RLM mostly waits on models, and a 2-core node must host many.
-The question runs in one actor thread that also serves the sandbox's host
-calls inline; max_concurrency > 1 only so `pid`/`rss_bytes` answer while a
-question is running (benchmarks sample the actor's memory).
+Children of `rlm_query` run as more loops in the same actor (threads) unless
+`reuse_actors=False`, which keeps the isolated one-actor-per-RLM mode (named
+`rlm-child-<query_id>-*`, findable and killable one by one).
 """
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import os
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -23,21 +34,94 @@ from rlm_ray.engine.subcalls import ChildJob, ChildOutcome
 NAMESPACE = "rlm_ray"
 ROOT_NAME_PREFIX = "rlm-root-"
 CHILD_NAME_PREFIX = "rlm-child-"
-MAX_CHILDREN_IN_FLIGHT = 8     # each child is a process (~120 MB): bound a batch's footprint
+HOST_MAX_QUESTIONS = 512       # concurrent root loops (threads) one host actor accepts
+MAX_CHILDREN_IN_FLIGHT = 8     # children of one rlm_query_batched call running at once
 DEADLINE_GRACE_S = 60.0        # how long past the deadline we wait for a child to wrap up
 PING_TIMEOUT_S = 10.0
 
 
-@ray.remote(num_cpus=0, max_concurrency=4, max_restarts=0)
+class _Corpora:
+    """One Corpus handle per corpus per process: every question unpickles its
+    own handle, and each would open its own DuckDB database (tens of MB once
+    warm); the loops of one host share one, through a cursor per call."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_key: dict[tuple, Any] = {}
+
+    def shared(self, context: Any) -> Any:
+        manifest = getattr(context, "manifest", None)
+        if not isinstance(manifest, dict):
+            return context      # a plain string, or anything that is not a Corpus
+        shards = tuple(sorted(str(s.get("key") or s.get("file")) for s in
+                              manifest.get("shards") or []))
+        key = (context.uri, str(manifest.get("docs_file")), shards)
+        with self._lock:
+            return self._by_key.setdefault(key, context)
+
+
+@ray.remote(num_cpus=0, max_concurrency=HOST_MAX_QUESTIONS, max_restarts=0)
 class RLMActor:
+    # State lives on the instance: Ray pickles this class by value, and a
+    # module-level lock would not pickle.
+    def __init__(self) -> None:
+        self._in_flight = 0
+        self._lock = threading.Lock()
+        self._corpora = _Corpora()
+
     def answer(self, context: Any, question: str, query_id: str, spec: RunSpec) -> Result:
-        return answer_question(context, question, query_id, spec, launch_children)
+        with self._lock:
+            self._in_flight += 1
+        try:
+            return answer_question(self._corpora.shared(context), question, query_id, spec,
+                                   functools.partial(launch_children, corpora=self._corpora))
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def warm(self, context: Any = None, gateway: Any = None, models: tuple = ()) -> float:
+        """Pay this host's one-time start-up before its first question, so the
+        first wave of a batch costs what the second does: imports (litellm,
+        tiktoken), the corpus's DuckDB database, one sandbox start (its modules
+        and bwrap in the page cache), this node's gateway actors and the
+        models' limiter actors. Seconds spent, for figures."""
+        started = time.monotonic()
+        from rlm_ray.llm._litellm import litellm
+        from rlm_ray.tokens import count_tokens
+        from sandbox import Sandbox
+
+        litellm()
+        count_tokens("warm")
+        if context is not None and not isinstance(context, str):
+            self._corpora.shared(context).sql("SELECT path FROM docs LIMIT 1")
+        with Sandbox(timeout_s=60) as sandbox:
+            sandbox.run("pass")
+        if gateway is not None:
+            _warm_gateway(gateway, models)
+        return time.monotonic() - started
 
     def pid(self) -> int:
         return os.getpid()
 
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def in_flight(self) -> int:
+        return self._in_flight
+
     def rss_bytes(self) -> int:
         return psutil.Process().memory_info().rss
+
+
+def _warm_gateway(gateway: Any, models: tuple) -> None:
+    from rlm_ray.llm.fanout import gateway_actors
+    from rlm_ray.llm.limiter_client import _limits, limiter_actor
+
+    pings = [a.ping.remote(True) for a in gateway_actors(gateway.gateway_actors)]
+    if gateway.rpm or gateway.tpm:
+        pings += [limiter_actor(gateway.limiter_key(m), _limits(gateway)).stats.remote()
+                  for m in dict.fromkeys(models) if m]
+    ray.get(pings, timeout=600)
 
 
 def actor_name(prefix: str, key: str) -> str:
@@ -45,9 +129,9 @@ def actor_name(prefix: str, key: str) -> str:
 
 
 class ActorPool:
-    """Idle RLMActors kept warm between questions: a fresh actor costs a process
-    start plus the litellm import (seconds on a busy node), a warm one ~1 ms.
-    Each question still gets a fresh sandbox and a fresh Corpus connection."""
+    """Idle RLMActors kept warm between `RLM.answer` calls of one process: a
+    fresh actor costs a process start plus the litellm import (seconds on a
+    busy node), a warm one ~1 ms. Each question still gets a fresh sandbox."""
 
     def __init__(self, max_idle: int) -> None:
         self.max_idle = max_idle
@@ -78,7 +162,6 @@ class ActorPool:
 
 
 DRIVER_POOL = ActorPool(max_idle=2)
-CHILD_POOL = ActorPool(max_idle=2)   # per parent actor process
 
 
 def wait_timeout(spec: RunSpec) -> float | None:
@@ -86,25 +169,44 @@ def wait_timeout(spec: RunSpec) -> float | None:
     return None if left is None else max(0.0, left) + DEADLINE_GRACE_S
 
 
-def launch_children(jobs: list[ChildJob]) -> list[ChildOutcome]:
-    """Run child RLMs as actors, at most MAX_CHILDREN_IN_FLIGHT at a time; a
-    dead or stuck child becomes an error outcome in its slot."""
+def launch_children(jobs: list[ChildJob], corpora: _Corpora | None = None) -> list[ChildOutcome]:
+    """Child RLMs as more loops of this host (threads, each with its own
+    sandbox), or, with reuse_actors=False, as one fresh named actor each."""
+    if all(job.spec.settings.reuse_actors for job in jobs):
+        return launch_in_threads(jobs, corpora or _Corpora())
     outcomes: list[ChildOutcome] = []
     for start in range(0, len(jobs), MAX_CHILDREN_IN_FLIGHT):
-        outcomes.extend(_run_wave(jobs[start:start + MAX_CHILDREN_IN_FLIGHT]))
+        outcomes.extend(_run_isolated_wave(jobs[start:start + MAX_CHILDREN_IN_FLIGHT]))
     return outcomes
 
 
-def _run_wave(jobs: list[ChildJob]) -> list[ChildOutcome]:
-    reuse = all(job.spec.settings.reuse_actors for job in jobs)
-    actors = [CHILD_POOL.acquire(CHILD_NAME_PREFIX, job.query_id, reuse)[0] for job in jobs]
+def launch_in_threads(jobs: list[ChildJob], corpora: _Corpora) -> list[ChildOutcome]:
+    """Children in this process: same code path as a root, threads instead of actors."""
+    grandchildren = functools.partial(launch_in_threads, corpora=corpora)
+
+    def one(job: ChildJob) -> ChildOutcome:
+        try:
+            return ChildOutcome(result=answer_question(corpora.shared(job.context), job.question,
+                                                       job.query_id, job.spec, grandchildren))
+        except Exception as exc:  # noqa: BLE001 - any failure is the parent model's to handle
+            return ChildOutcome(error=f"{type(exc).__name__}: {_first_line(exc)}")
+
+    if not jobs:
+        return []
+    workers = min(MAX_CHILDREN_IN_FLIGHT, len(jobs))
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="rlm-child") as pool:
+        return list(pool.map(one, jobs))
+
+
+def _run_isolated_wave(jobs: list[ChildJob]) -> list[ChildOutcome]:
+    actors = [RLMActor.options(name=actor_name(CHILD_NAME_PREFIX, job.query_id),
+                               namespace=NAMESPACE).remote() for job in jobs]
     refs = [actor.answer.remote(job.context, job.question, job.query_id, job.spec)
             for actor, job in zip(actors, jobs)]
     outcomes = []
     for actor, ref, job in zip(actors, refs, jobs):
-        outcome = _await(ref, wait_timeout(job.spec))
-        outcomes.append(outcome)
-        CHILD_POOL.release(actor, healthy=reuse and outcome.result is not None)
+        outcomes.append(_await(ref, wait_timeout(job.spec)))
+        ray.kill(actor)
     return outcomes
 
 

@@ -50,7 +50,10 @@ class GatewayActor:
                   budget: Budget | None, params: dict) -> list[Outcome]:
         return await acomplete_many(requests, model, config=config, budget=budget, **params)
 
-    def ping(self) -> bool:
+    def ping(self, warm: bool = False) -> bool:
+        if warm:   # pay litellm's import now, not inside a batch's first sub-calls
+            from rlm_ray.llm._litellm import litellm
+            litellm()
         return True
 
 
