@@ -249,3 +249,77 @@ def test_dollar_budget_stops_at_the_exact_billed_amount_with_caching(ray_session
         LONG + " ", "grow until the money runs out")
     assert uncached.status == "budget_exceeded"
     assert uncached.iterations <= result.iterations
+
+
+# ---- batch: new columns, summary figures, dry-run estimate ------------------------------
+@register_policy("test/cost-three-turns")
+def three_turns(messages):
+    """Two turns that print ~800 tokens, then FINAL: a cacheable three-turn root loop."""
+    turn = sum(1 for m in messages if m["role"] == "assistant") + 1
+    if turn >= 3:
+        return "```repl\nFINAL('done')\n```"
+    return f"Turn {turn}.\n```repl\nprint('row ' * 800)\n```"
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory) -> str:
+    from rlm_ray.corpus import ingest
+
+    root = tmp_path_factory.mktemp("cost_corpus")
+    (root / "src").mkdir()
+    (root / "src" / "a.py").write_text("def a():\n    return 1\n")
+    (root / "src" / "b.py").write_text("def b():\n    return 2\n")
+    ingest([str(root / "src")], str(root / "corpus"))
+    return str(root / "corpus")
+
+
+@pytest.mark.timeout(300)
+def test_batch_records_cache_columns_and_summarises_them(ray_session, sim, tiny_corpus, tmp_path):
+    from rlm_ray.batch.progress import summary_rows
+    from rlm_ray.batch.runner import run
+    from rlm_ray.batch.tables import read_run
+
+    server = sim(bill_like={"test/cost-three-turns": "claude-sonnet-4-5"})
+    model = "openai/test/cost-three-turns"
+    queries = tmp_path / "q.jsonl"
+    queries.write_text("".join(json.dumps({"query_id": f"q{i}", "question": f"question {i}"}) + "\n"
+                               for i in range(2)))
+    gateway = GatewayConfig(api_base=server.base_url, price_like={model: "claude-sonnet-4-5"})
+    rlm = {"model": model, "api_base": server.base_url, "max_iterations": 5, "gateway": gateway}
+    out = tmp_path / "out"
+    summary = run(tiny_corpus, str(queries), str(out), rlm=rlm, concurrency=2, progress=False)
+    tables = read_run(str(out))
+    calls, answers = tables.calls.to_pylist(), tables.answers.to_pylist()
+    assert [a["status"] for a in answers] == ["ok", "ok"]
+    stats = server.stats()
+    assert sum(c["cached_tokens"] for c in calls) == stats["cached_tokens"] > 0
+    assert sum(c["cache_write_tokens"] for c in calls) == stats["cache_write_tokens"] > 0
+    for answer in answers:
+        mine = [c for c in calls if c["query_id"] == answer["query_id"]]
+        assert answer["cached_tokens"] == sum(c["cached_tokens"] for c in mine)
+        assert answer["cache_saved_usd"] == pytest.approx(sum(c["cache_saved_usd"] for c in mine))
+        assert answer["cost_usd"] == pytest.approx(sum(c["cost_usd"] for c in mine))
+    share = stats["cached_tokens"] / stats["prompt_tokens"]
+    assert summary.cost["cached_share"] == pytest.approx(share)
+    rows = dict(summary_rows(summary))
+    assert rows["cached input share"] == f"{share:.1%}"
+    assert rows["dry-run estimate"].startswith("$")
+
+
+def test_dry_run_prices_tier_and_caching(tmp_path, capsys, tiny_corpus):
+    from rlm_ray.cli import main
+
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"query_id": "a", "question": "q?"}) + "\n")
+    base = ["run", tiny_corpus, "--queries", str(queries), "--out", str(tmp_path / "o"),
+            "--dry-run", "--model", "gpt-5-mini", "--calls-per-question", "4"]
+
+    def estimate(*extra: str) -> float:
+        assert main(base + list(extra)) == 0
+        out = capsys.readouterr().out
+        return float(next(line for line in out.splitlines() if "estimated_cost_usd" in line).split()[-1])
+
+    off, auto = estimate("--prompt-cache", "off"), estimate()
+    flex = estimate("--prompt-cache", "off", "--service-tier", "flex")
+    assert auto < off and flex == pytest.approx(off / 2, abs=1e-4)
+    assert not (tmp_path / "o").exists()

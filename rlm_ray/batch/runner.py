@@ -48,6 +48,7 @@ class Summary:
     budget_stopped: bool = False
     plan: dict | None = None     # dry runs only
     retried_after_failure: int = 0
+    cost: dict = field(default_factory=dict)   # cached share, $ saved, dry-run estimate (batch/plan.py)
 
     @property
     def all_terminal(self) -> bool:
@@ -227,6 +228,10 @@ def run(corpus_uri: str, queries_path: str, out_uri: str, *, rlm: dict, concurre
             "started_at": rows.utc_now().isoformat(), "status": "running", **opts.extra_info}
     write_run_info(out_uri, info)
     tally = Tally(total=total, skipped=total - len(todo))
+    from rlm_ray.batch.plan import estimate
+
+    estimated = estimate(todo, rlm, calls_per_question=calls_per_question, total=total,
+                         concurrency=concurrency)["estimated_cost_usd"]
     interrupted = False
     batch = _Batch(corpus, todo, out_uri, rlm, opts, tally) if todo else None
     try:
@@ -241,11 +246,12 @@ def run(corpus_uri: str, queries_path: str, out_uri: str, *, rlm: dict, concurre
         out_uri, total, tally.skipped, tally.done, final_statuses, tally.llm_calls,
         tally.tokens, tally.cost_usd, time.monotonic() - started, accuracy_of(final),
         interrupted=interrupted, budget_stopped=bool(batch and batch.budget_stopped),
-        retried_after_failure=batch.retried if batch else 0)
+        retried_after_failure=batch.retried if batch else 0,
+        cost=tally.cost_figures(estimated))
     info.update(status="interrupted" if interrupted else "finished",
                 finished_at=rows.utc_now().isoformat(), answered=final.num_rows,
                 statuses=dict(final_statuses), cost_usd_this_run=tally.cost_usd,
-                budget_stopped=summary.budget_stopped)
+                budget_stopped=summary.budget_stopped, cost=summary.cost)
     write_run_info(out_uri, info)  # the manifest is written last
     if interrupted:
         raise KeyboardInterrupt
