@@ -323,3 +323,37 @@ def test_dry_run_prices_tier_and_caching(tmp_path, capsys, tiny_corpus):
     flex = estimate("--prompt-cache", "off", "--service-tier", "flex")
     assert auto < off and flex == pytest.approx(off / 2, abs=1e-4)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.timeout(400)
+def test_batch_budget_stops_at_the_billed_amount_with_caching(ray_session, sim, tiny_corpus,
+                                                              tmp_path):
+    from rlm_ray.batch.runner import run
+    from rlm_ray.batch.tables import read_run
+    from rlm_ray.llm.cost import price_for
+    from rlm_ray.llm.limiter import DEFAULT_OUTPUT_TOKENS
+
+    server = sim(bill_like={"test/cost-grow": "gpt-5-mini"})
+    model = "openai/test/cost-grow"
+    queries = tmp_path / "q.jsonl"
+    queries.write_text("".join(json.dumps({"query_id": f"q{i}", "question": f"grow {i}"}) + "\n"
+                               for i in range(3)))
+    gateway = GatewayConfig(api_base=server.base_url, price_like={model: "gpt-5-mini"})
+    rlm = {"model": model, "api_base": server.base_url, "max_iterations": 200, "gateway": gateway}
+    limit = 0.006
+    summary = run(tiny_corpus, str(queries), str(tmp_path / "out"), rlm=rlm, concurrency=1,
+                  progress=False, budget_usd=limit)
+    assert summary.budget_stopped
+    calls = read_run(str(tmp_path / "out")).calls.to_pylist()
+    billed = sum(c["cost_usd"] for c in calls)
+    assert sum(c["cached_tokens"] for c in calls) > 0
+    s = server.stats()
+    raw = {"prompt_tokens": s["prompt_tokens"], "completion_tokens": s["completion_tokens"],
+           "total_tokens": s["prompt_tokens"] + s["completion_tokens"],
+           "prompt_tokens_details": {"cached_tokens": s["cached_tokens"]}}
+    assert billed == pytest.approx(_litellm_own_cost(raw, "gpt-5-mini"), rel=1e-9)
+    assert billed <= limit
+    one_call = price_for(model, gateway).worst_case(
+        max(c["prompt_tokens"] for c in calls) + 2_000, DEFAULT_OUTPUT_TOKENS)
+    assert limit - billed < one_call
+    assert summary.cost_usd == pytest.approx(billed)

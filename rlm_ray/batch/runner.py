@@ -127,7 +127,8 @@ class _Batch:
 
     def _launch(self) -> None:
         while self.queue and self.pool.has_idle():
-            if self.opts.budget_usd is not None and self.tally.cost_usd >= self.opts.budget_usd:
+            if self.opts.budget_usd is not None and (self.tally.cost_usd >= self.opts.budget_usd
+                                                     or _cap_refused(self.rlm)):
                 self.budget_stopped = True
                 return
             query, attempt = self.queue.popleft()
@@ -221,6 +222,7 @@ def run(corpus_uri: str, queries_path: str, out_uri: str, *, rlm: dict, concurre
     opts = BatchOptions(concurrency=max(1, concurrency), retry_failed=retry_failed,
                         max_attempts=max_attempts, budget_usd=budget_usd, progress=progress,
                         extra_info=extra_info or {})
+    rlm = _with_spend_cap(rlm, budget_usd)
     info = {"corpus_uri": corpus_uri, "corpus_name": corpus.manifest.get("name"),
             "queries": queries_path, "queries_sha256": query_file.sha256, "out": out_uri,
             "questions_total": total,
@@ -256,6 +258,25 @@ def run(corpus_uri: str, queries_path: str, out_uri: str, *, rlm: dict, concurre
     if interrupted:
         raise KeyboardInterrupt
     return summary
+
+
+def _with_spend_cap(rlm: dict, budget_usd: float | None) -> dict:
+    """The batch's dollar budget as a Budget every model call of the batch draws from
+    (reserved at the worst case, settled at the billed figure): it stops within one call."""
+    if budget_usd is None:
+        return rlm
+    from rlm_ray._ray import ensure_ray
+    from rlm_ray.llm.budget import Budget
+    from rlm_ray.llm.config import GatewayConfig
+
+    ensure_ray()   # the cap must live in the cluster's budget bank, not in this process
+    gateway = rlm.get("gateway") or GatewayConfig()
+    return {**rlm, "gateway": gateway.with_(spend_cap=Budget(usd=budget_usd))}
+
+
+def _cap_refused(rlm: dict) -> bool:
+    cap = getattr(rlm.get("gateway"), "spend_cap", None)
+    return cap is not None and cap.snapshot().get("refusals", 0) > 0
 
 
 def record_empty_run(out_uri: str, corpus_uri: str, extra_info: dict) -> Summary:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from rlm_ray.errors import UserError
@@ -35,6 +35,9 @@ class GatewayConfig:
     context_windows: dict | None = None  # {model: max input tokens} overrides litellm's table
     shared_limiter: bool | None = None  # None: the Ray limiter actor when Ray is up, else in-process
     gateway_actors: int = 2             # async actors per node that complete_many spreads over
+    # A Budget every call made with this config also draws from (a batch's --budget-usd):
+    # reserved at the worst case, settled at the billed figure, shared cluster-wide.
+    spend_cap: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.cache_mode not in CACHE_MODES:

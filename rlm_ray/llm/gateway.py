@@ -208,24 +208,31 @@ async def _paid_call(messages: list[dict], model: str, config: GatewayConfig,
     if config.service_tier and "service_tier" not in params:
         params = {**params, "service_tier": config.service_tier}
     messages, params = prompt_caching.apply(messages, params, model, config, prompt_cache)
-    reservation = None
-    if budget is not None:
+    budgets = [b for b in (budget, config.spend_cap) if b is not None]
+    reservations = []
+    if budgets:
         output_estimate = _max_output(params) or DEFAULT_OUTPUT_TOKENS
         price = price_for(model, config, params.get("service_tier"))
         # The most this call can cost (cache writes included): concurrent callers never overshoot.
         est_usd = price.worst_case(prompt_estimate, output_estimate) if price else None
-        reservation = await budget.areserve(est_usd, prompt_estimate + output_estimate, 1)
+        try:
+            for held in budgets:
+                reservations.append(await held.areserve(est_usd, prompt_estimate + output_estimate, 1))
+        except BaseException:
+            for held, reservation in zip(budgets, reservations):
+                await held.asettle(reservation, 0.0, 0, 0)   # never sent: release, charge nothing
+            raise
     try:
         text, usage, retries = await _call_with_retries(
             model, messages, params, config, prompt_estimate)
     except BaseException:
-        if reservation is not None:
+        for held, reservation in zip(budgets, reservations):
             # The call failed for good: it used a call slot, but no billed tokens.
-            await budget.asettle(reservation, 0.0, 0, 1)
+            await held.asettle(reservation, 0.0, 0, 1)
         raise
     cost, saved = _bill(model, usage, config)
-    if reservation is not None:
-        await budget.asettle(reservation, cost, usage.prompt_tokens + usage.completion_tokens, 1)
+    for held, reservation in zip(budgets, reservations):
+        await held.asettle(reservation, cost, usage.prompt_tokens + usage.completion_tokens, 1)
     return Completion(text, usage.prompt_tokens, usage.completion_tokens, cost,
                       time.perf_counter() - started, retries, False, model,
                       usage.cached_tokens, usage.cache_write_tokens, usage.reasoning_tokens,
