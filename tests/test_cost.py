@@ -357,3 +357,22 @@ def test_batch_budget_stops_at_the_billed_amount_with_caching(ray_session, sim, 
         max(c["prompt_tokens"] for c in calls) + 2_000, DEFAULT_OUTPUT_TOKENS)
     assert limit - billed < one_call
     assert summary.cost_usd == pytest.approx(billed)
+
+
+def test_pipeline_spec_sets_service_tier_and_prompt_cache(tmp_path):
+    from rlm_ray.batch.pipeline import load_spec, rlm_from_spec
+    from rlm_ray.errors import UserError
+
+    spec_path = tmp_path / "spec.yaml"
+    body = ("name: nightly\nsources: [src]\ncorpus: c\noutput: {out}\nquestions: q.jsonl\n"
+            "model: openai/my-proxy-model\nservice_tier: {tier}\nprompt_cache: 'off'\n"
+            "price_like: gpt-5-mini\n")
+    spec_path.write_text(body.format(out=tmp_path / "out", tier="flex"))
+    rlm, server, _ = rlm_from_spec(load_spec(str(spec_path)), str(tmp_path / "out" / "p"))
+    assert server is None
+    gateway = rlm["gateway"]
+    assert (gateway.service_tier, gateway.prompt_cache) == ("flex", "off")
+    assert gateway.price_like == {"openai/my-proxy-model": "gpt-5-mini"}
+    spec_path.write_text(body.format(out=tmp_path / "out", tier="cheapest"))
+    with pytest.raises(UserError, match="service_tier"):
+        rlm_from_spec(load_spec(str(spec_path)), str(tmp_path / "out" / "p"))
