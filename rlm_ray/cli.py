@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "rlm_ray.engine.commands",
     "rlm_ray.batch.commands",
     "rlm_ray.bench.commands",
+    "rlm_ray.bench.cost",
 )
 
 

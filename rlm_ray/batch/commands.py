@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from rlm_ray.errors import UserError
+from rlm_ray.llm.options import add_cost_arguments, cost_fields
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +23,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tpm", type=float, default=None, help="provider tokens/minute")
     parser.add_argument("--cache", default=None,
                         help="response cache URI (default RESULTS/cache; 'off' disables)")
+    add_cost_arguments(parser)
     from rlm_ray.engine.commands import add_dialect_args
 
     add_dialect_args(parser)   # --system-prompt FILE, --allow-model M
@@ -102,7 +104,8 @@ def rlm_settings(args: argparse.Namespace, out_uri: str) -> tuple[dict, object |
               "(not a real model)", file=sys.stderr)
     cache = None if args.cache == "off" else (args.cache or storage.join(out_uri, "cache"))
     gateway = GatewayConfig(rpm=args.rpm, tpm=args.tpm, cache_uri=cache, api_base=api_base,
-                            cache_mode="off" if cache is None else "auto")
+                            cache_mode="off" if cache is None else "auto",
+                            **cost_fields(args, model))
     from rlm_ray.engine.commands import allowed_models, read_system_prompt
 
     rlm = {"model": model, "sub_model": sub_model, "api_base": api_base,

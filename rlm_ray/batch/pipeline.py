@@ -47,6 +47,9 @@ class PipelineSpec:
     exclude: list[str] = field(default_factory=list)
     chunk_tokens: int = 2000
     limits: dict[str, Any] = field(default_factory=dict)
+    prompt_cache: str = "auto"          # cost levers (llm/options.py): auto | off
+    service_tier: str | None = None     # e.g. flex: a scheduled batch can wait
+    price_like: Any = None              # ENTRY or {model: ENTRY}
 
     LIMIT_KEYS = ("max_depth", "max_iterations", "timeout_s", "question_budget_usd",
                   "rpm", "tpm", "concurrency")
@@ -144,6 +147,7 @@ def _write_queries(queries: list[Query], uri: str) -> None:
 def rlm_from_spec(spec: PipelineSpec, partition: str) -> tuple[dict, Any, int]:
     """(RLM settings, in-process simulator to stop or None, concurrency)."""
     from rlm_ray.llm.config import GatewayConfig
+    from rlm_ray.llm.options import cost_fields
     from rlm_ray.sim import resolve_model
 
     limits = spec.limits
@@ -152,7 +156,8 @@ def rlm_from_spec(spec: PipelineSpec, partition: str) -> tuple[dict, Any, int]:
     # One cache for every date: an unchanged call made on Monday is free on Tuesday.
     cache = None if spec.cache == "off" else (spec.cache or storage.join(spec.output, "cache"))
     gateway = GatewayConfig(rpm=limits.get("rpm"), tpm=limits.get("tpm"), cache_uri=cache,
-                            api_base=api_base, cache_mode="off" if cache is None else "auto")
+                            api_base=api_base, cache_mode="off" if cache is None else "auto",
+                            **cost_fields(vars(spec), model))
     rlm = {"model": model, "sub_model": sub_model, "api_base": api_base,
            "max_depth": int(limits.get("max_depth", 1)),
            "max_iterations": int(limits.get("max_iterations", 20)),

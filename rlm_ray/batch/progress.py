@@ -21,6 +21,9 @@ class Tally:
     cost_usd: float = 0.0
     tokens: int = 0
     llm_calls: int = 0
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    cache_saved_usd: float = 0.0
     statuses: Counter = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
 
@@ -29,7 +32,16 @@ class Tally:
         self.cost_usd += answer.get("cost_usd") or 0.0
         self.tokens += (answer.get("input_tokens") or 0) + (answer.get("output_tokens") or 0)
         self.llm_calls += answer.get("llm_calls") or 0
+        self.input_tokens += answer.get("input_tokens") or 0
+        self.cached_tokens += answer.get("cached_tokens") or 0
+        self.cache_saved_usd += answer.get("cache_saved_usd") or 0.0
         self.statuses[answer.get("status") or "error"] += 1
+
+    def cost_figures(self, estimated_usd) -> dict:
+        """This run's caching figures and the dry-run estimate, for the summary."""
+        share = self.cached_tokens / self.input_tokens if self.input_tokens else 0.0
+        return {"cached_share": share, "cache_saved_usd": self.cache_saved_usd,
+                "estimated_cost_usd": estimated_usd}
 
     @property
     def todo(self) -> int:
@@ -107,6 +119,7 @@ def summary_rows(summary) -> list[tuple[str, str]]:
     rows += [("model calls", str(summary.llm_calls)),
              ("tokens", f"{summary.tokens:,}"),
              ("cost (this run)", f"${summary.cost_usd:.4f}"),
+             *cost_rows(getattr(summary, "cost", None) or {}),
              ("wall", f"{summary.wall_s:.1f}s")]
     acc = summary.accuracy
     if acc is not None and acc.scored:
@@ -116,6 +129,16 @@ def summary_rows(summary) -> list[tuple[str, str]]:
                                       f"({acc.normalized_rate:.1%})")]
     rows.append(("results", summary.out_uri))
     return rows
+
+
+def cost_rows(cost: dict) -> list[tuple[str, str]]:
+    if not cost:
+        return []
+    estimated = cost.get("estimated_cost_usd")
+    return [("cached input share", f"{cost['cached_share']:.1%}"),
+            ("saved by prompt caching", f"${cost['cache_saved_usd']:.4f}"),
+            ("dry-run estimate", "unknown" if not isinstance(estimated, (int, float))
+             else f"${estimated:.4f}")]
 
 
 def print_summary(summary, stream: TextIO | None = None) -> None:

@@ -54,6 +54,7 @@ class Summary:
     retried_after_failure: int = 0
     peak_in_flight: int = 0      # most questions running at once
     answered_by_node: dict = field(default_factory=dict)   # Ray node id -> questions answered
+    cost: dict = field(default_factory=dict)   # cached share, $ saved, dry-run estimate (batch/plan.py)
 
     @property
     def all_terminal(self) -> bool:
@@ -135,7 +136,8 @@ class _Batch:
 
     def _launch(self) -> None:
         while self.queue and len(self.in_flight) < self.opts.concurrency:
-            if self.opts.budget_usd is not None and self.tally.cost_usd >= self.opts.budget_usd:
+            if self.opts.budget_usd is not None and (self.tally.cost_usd >= self.opts.budget_usd
+                                                     or _cap_refused(self.rlm)):
                 self.budget_stopped = True
                 return
             query, attempt = self.queue.popleft()
@@ -270,6 +272,7 @@ def _run_leased(corpus_uri, corpus, query_file, out_uri, rlm, concurrency, retry
     opts = BatchOptions(concurrency=max(1, concurrency), retry_failed=retry_failed,
                         max_attempts=max_attempts, budget_usd=budget_usd, progress=progress,
                         extra_info=extra_info or {})
+    rlm = _with_spend_cap(rlm, budget_usd)
     info = {"corpus_uri": corpus_uri, "corpus_name": corpus.manifest.get("name"),
             "queries": query_file.path, "queries_sha256": query_file.sha256, "out": out_uri,
             "questions_total": total,
@@ -279,6 +282,10 @@ def _run_leased(corpus_uri, corpus, query_file, out_uri, rlm, concurrency, retry
             "started_at": rows.utc_now().isoformat(), "status": "running", **opts.extra_info}
     write_run_info(out_uri, info)
     tally = Tally(total=total, skipped=total - len(todo))
+    from rlm_ray.batch.plan import estimate
+
+    estimated = estimate(todo, rlm, calls_per_question=calls_per_question, total=total,
+                         concurrency=concurrency)["estimated_cost_usd"]
     interrupted = False
     own_hosts = hosts is None and bool(todo)
     if own_hosts:
@@ -302,16 +309,36 @@ def _run_leased(corpus_uri, corpus, query_file, out_uri, rlm, concurrency, retry
         interrupted=interrupted, budget_stopped=bool(batch and batch.budget_stopped),
         retried_after_failure=batch.retried if batch else 0,
         peak_in_flight=batch.peak_in_flight if batch else 0,
-        answered_by_node=dict(hosts.answered_by_node) if batch else {})
+        answered_by_node=dict(hosts.answered_by_node) if batch else {},
+        cost=tally.cost_figures(estimated))
     info.update(status="interrupted" if interrupted else "finished",
                 finished_at=rows.utc_now().isoformat(), answered=final.num_rows,
                 statuses=dict(final_statuses), cost_usd_this_run=tally.cost_usd,
                 budget_stopped=summary.budget_stopped,
-                answered_by_node=summary.answered_by_node)
+                answered_by_node=summary.answered_by_node, cost=summary.cost)
     write_run_info(out_uri, info)  # the manifest is written last
     if interrupted:
         raise KeyboardInterrupt
     return summary
+
+
+def _with_spend_cap(rlm: dict, budget_usd: float | None) -> dict:
+    """The batch's dollar budget as a Budget every model call of the batch draws from
+    (reserved at the worst case, settled at the billed figure): it stops within one call."""
+    if budget_usd is None:
+        return rlm
+    from rlm_ray._ray import ensure_ray
+    from rlm_ray.llm.budget import Budget
+    from rlm_ray.llm.config import GatewayConfig
+
+    ensure_ray()   # the cap must live in the cluster's budget bank, not in this process
+    gateway = rlm.get("gateway") or GatewayConfig()
+    return {**rlm, "gateway": gateway.with_(spend_cap=Budget(usd=budget_usd))}
+
+
+def _cap_refused(rlm: dict) -> bool:
+    cap = getattr(rlm.get("gateway"), "spend_cap", None)
+    return cap is not None and cap.snapshot().get("refusals", 0) > 0
 
 
 def record_empty_run(out_uri: str, corpus_uri: str, extra_info: dict) -> Summary:

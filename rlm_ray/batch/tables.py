@@ -35,6 +35,9 @@ ANSWERS = pa.schema([
     ("started_at", TS), ("finished_at", TS),
     # Scoring (null when the queries file gave no expected answer).
     ("expected", pa.string()), ("exact_match", pa.bool_()), ("normalized_match", pa.bool_()),
+    # Prompt caching: input tokens billed as cache reads / writes, dollars it saved.
+    ("cached_tokens", pa.int64()), ("cache_write_tokens", pa.int64()),
+    ("cache_saved_usd", pa.float64()),
 ])
 CALLS = pa.schema([
     ("query_id", pa.string()), ("call_id", pa.string()), ("parent_call_id", pa.string()),
@@ -42,6 +45,10 @@ CALLS = pa.schema([
     ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
     ("cost_usd", pa.float64()), ("latency_s", pa.float64()), ("retries", pa.int64()),
     ("cache_hit", pa.bool_()), ("status", pa.string()),
+    # Added by issue 13 (columns are only ever appended): the provider's billing detail.
+    ("cached_tokens", pa.int64()), ("cache_write_tokens", pa.int64()),
+    ("reasoning_tokens", pa.int64()), ("service_tier", pa.string()),
+    ("cache_saved_usd", pa.float64()),
 ])
 STEPS = pa.schema([
     ("query_id", pa.string()), ("call_id", pa.string()), ("iteration", pa.int64()),
@@ -123,11 +130,19 @@ def _part_names(out_uri: str, table: str) -> list[str]:
     return sorted(n for n in names if n.startswith("part-") and n.endswith(".parquet"))
 
 
+def _to_schema(part: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A part written before a column was added gets that column as nulls."""
+    for field_ in schema:
+        if field_.name not in part.column_names:
+            part = part.append_column(field_, pa.nulls(part.num_rows, type=field_.type))
+    return part.select(schema.names).cast(schema)
+
+
 def _read_parts(out_uri: str, table: str, names: Iterable[str]) -> pa.Table:
     tables = []
     for name in names:
         data = storage.read_bytes(storage.join(out_uri, table, name))
-        part = pq.read_table(io.BytesIO(data)).cast(SCHEMAS[table])
+        part = _to_schema(pq.read_table(io.BytesIO(data)), SCHEMAS[table])
         tables.append(part.append_column(PART_COLUMN, pa.array([name] * part.num_rows,
                                                               type=pa.string())))
     if not tables:

@@ -6,6 +6,8 @@ import json
 import sys
 from contextlib import ExitStack
 
+from rlm_ray.llm.options import add_cost_arguments
+
 DEFAULT_TRAJECTORY_DIR = ".rlm-ray/trajectories"
 
 
@@ -78,6 +80,7 @@ def register(commands, bench) -> None:
                        help="use the content of FILE as a plain string context")
     add_model_args(query)
     add_limit_args(query)
+    add_cost_arguments(query)
     query.add_argument("--trajectory", default=None, metavar="FILE",
                        help="where to write the trajectory JSON "
                             f"(default {DEFAULT_TRAJECTORY_DIR}/ID.json)")
@@ -156,6 +159,8 @@ def _query(args) -> int:
 
     from rlm_ray.engine import RLM, Limits
     from rlm_ray.textsafe import terminal_safe
+    from rlm_ray.llm.config import GatewayConfig
+    from rlm_ray.llm.options import cost_fields
 
     # Bad limits are user errors: report them before anything starts.
     Limits(max_depth=args.max_depth, max_iterations=args.max_iterations,
@@ -169,7 +174,8 @@ def _query(args) -> int:
                   max_iterations=args.max_iterations, max_sub_calls=args.max_sub_calls,
                   budget_usd=args.budget_usd, budget_tokens=args.budget_tokens,
                   timeout_s=args.timeout, local=args.local, system_prompt=system_prompt,
-                  allowed_models=allowed_models(args.allow_model, api_base))
+                  allowed_models=allowed_models(args.allow_model, api_base),
+                  gateway=GatewayConfig(**cost_fields(args, model)))
         query_id = uuid.uuid4().hex[:12]
         result = rlm.answer(context, question, query_id=query_id)
     path = args.trajectory or f"{DEFAULT_TRAJECTORY_DIR}/{query_id}.json"

@@ -91,6 +91,7 @@ class RootLoop:
         row.completion_tokens = completion.completion_tokens
         row.cost_usd, row.latency_s = completion.cost_usd, round(completion.latency_s, 6)
         row.retries, row.cache_hit = completion.retries, completion.cache_hit
+        row.take_billing(completion)
         self.recorder.add_call(row)
         return row.call_id, completion.text
 

@@ -40,6 +40,17 @@ class CallRow:
     retries: int = 0
     cache_hit: bool = False
     status: str = "ok"
+    cached_tokens: int = 0               # of prompt_tokens, billed as cache reads
+    cache_write_tokens: int = 0          # of prompt_tokens, billed as cache writes
+    reasoning_tokens: int = 0            # of completion_tokens
+    service_tier: str | None = None
+    cache_saved_usd: float | None = None  # the same call uncached, minus cost_usd
+
+    def take_billing(self, completion) -> None:
+        """The cache, reasoning and tier figures of a gateway Completion."""
+        for name in ("cached_tokens", "cache_write_tokens", "reasoning_tokens", "service_tier",
+                     "cache_saved_usd"):
+            setattr(self, name, getattr(completion, name, getattr(self, name)))
 
 
 @dataclass
@@ -117,6 +128,7 @@ def usage_of(calls: list[dict]) -> dict:
     """Totals over model calls (`rlm` rows aggregate their subtree: not counted twice)."""
     model_calls = [c for c in calls if c["kind"] != "rlm"]
     costs = [c["cost_usd"] for c in model_calls if c["cost_usd"] is not None]
+    saved = [c.get("cache_saved_usd") for c in model_calls if c.get("cache_saved_usd") is not None]
     return {
         "llm_calls": len(model_calls),
         "root_calls": sum(c["kind"] == "root" for c in model_calls),
@@ -126,4 +138,7 @@ def usage_of(calls: list[dict]) -> dict:
         "output_tokens": sum(c["completion_tokens"] for c in model_calls),
         "cost_usd": sum(costs) if costs else (None if model_calls else 0.0),
         "cache_hits": sum(bool(c["cache_hit"]) for c in model_calls),
+        "cached_tokens": sum(c.get("cached_tokens") or 0 for c in model_calls),
+        "cache_write_tokens": sum(c.get("cache_write_tokens") or 0 for c in model_calls),
+        "cache_saved_usd": sum(saved) if saved else None,
     }

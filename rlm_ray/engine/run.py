@@ -91,5 +91,6 @@ def _root_caller(spec: RunSpec):
 
         return llm.complete(messages, spec.model, config=spec.gateway,
                             budget=spec.budget.gateway_budget,
-                            temperature=spec.settings.temperature)
+                            temperature=spec.settings.temperature,
+                            prompt_cache=spec.gateway.prompt_cache)
     return call

@@ -170,6 +170,7 @@ class SubCalls:
             row.completion_tokens = outcome.completion_tokens
             row.cost_usd, row.latency_s = outcome.cost_usd, round(outcome.latency_s, 6)
             row.retries, row.cache_hit = outcome.retries, outcome.cache_hit
+            row.take_billing(outcome)
             self.recorder.add_call(row)
             return outcome.text
         if isinstance(outcome, BudgetExceeded):
@@ -240,6 +241,8 @@ class SubCalls:
         usage = usage_of(result.calls)
         row.prompt_tokens, row.completion_tokens = usage["input_tokens"], usage["output_tokens"]
         row.cost_usd, row.status = usage["cost_usd"], result.status
+        row.cached_tokens, row.cache_write_tokens = usage["cached_tokens"], usage["cache_write_tokens"]
+        row.cache_saved_usd = usage["cache_saved_usd"]
         row.latency_s = round(result.wall_s, 6)
         row.cache_hit = bool(usage["llm_calls"]) and usage["cache_hits"] == usage["llm_calls"]
         self.recorder.add_call(row)

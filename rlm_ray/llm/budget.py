@@ -27,6 +27,7 @@ class Ledger:
     used: dict[str, float] = field(default_factory=lambda: dict.fromkeys(KINDS, 0.0))
     reserved: dict[str, float] = field(default_factory=lambda: dict.fromkeys(KINDS, 0.0))
     touched: float = field(default_factory=time.time)
+    refusals: int = 0
 
     def reserve(self, amounts: dict[str, float]) -> tuple | None:
         """Take `amounts` or nothing; returns the refusal (kind, limit, used, asked) or None."""
@@ -35,6 +36,7 @@ class Ledger:
             limit = self.limits.get(kind)
             taken = self.used[kind] + self.reserved[kind]
             if limit is not None and taken + amount > limit + 1e-12:
+                self.refusals += 1
                 return (kind, limit, taken, amount)
         for kind, amount in amounts.items():
             self.reserved[kind] += amount
@@ -53,7 +55,7 @@ class Ledger:
 
     def snapshot(self) -> dict:
         return {"limits": dict(self.limits), "used": dict(self.used), "reserved": dict(self.reserved),
-                "remaining": self.remaining()}
+                "remaining": self.remaining(), "refusals": self.refusals}
 
 
 class BudgetBank:

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from rlm_ray.errors import UserError
 
 CacheMode = Literal["auto", "always", "off"]
 CACHE_MODES = ("auto", "always", "off")
+PROMPT_CACHE_MODES = ("auto", "off")
+SERVICE_TIERS = ("auto", "default", "flex", "priority")
+_PRICE_KEYS = ("input_per_1m", "output_per_1m", "cached_input_per_1m", "cache_write_per_1m")
 
 
 @dataclass(frozen=True)
@@ -17,7 +20,12 @@ class GatewayConfig:
     tpm: float | None = None            # tokens (prompt + completion) per window_s
     cache_uri: str | None = None        # local dir or s3:// prefix; None = no response cache
     cache_mode: CacheMode = "auto"      # auto: only deterministic calls (temperature 0 or seed)
-    prices: dict | None = None          # {model: {"input_per_1m": x, "output_per_1m": y}}
+    # {model: {"input_per_1m": x, "output_per_1m": y[, "cached_input_per_1m": r,
+    #  "cache_write_per_1m": w]}}: wins over litellm's table
+    prices: dict | None = None
+    price_like: dict | None = None      # {served model: litellm model it is billed as}
+    prompt_cache: str = "auto"          # root loops: cache marks / keys (auto) or none (off)
+    service_tier: str | None = None     # sent with every call (e.g. "flex"); priced by litellm
     max_retries: int = 8
     backoff_s: float = 0.5              # first retry waits up to this (full jitter), doubling
     timeout_s: float = 120.0            # per attempt: a hung connection becomes a retryable Timeout
@@ -27,6 +35,9 @@ class GatewayConfig:
     context_windows: dict | None = None  # {model: max input tokens} overrides litellm's table
     shared_limiter: bool | None = None  # None: the Ray limiter actor when Ray is up, else in-process
     gateway_actors: int = 2             # async actors per node that complete_many spreads over
+    # A Budget every call made with this config also draws from (a batch's --budget-usd):
+    # reserved at the worst case, settled at the billed figure, shared cluster-wide.
+    spend_cap: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.cache_mode not in CACHE_MODES:
@@ -44,6 +55,15 @@ class GatewayConfig:
         for model, price in (self.prices or {}).items():
             if not isinstance(price, dict) or {"input_per_1m", "output_per_1m"} - price.keys():
                 raise UserError(f"price for {model!r} needs input_per_1m and output_per_1m (USD per 1M tokens)")
+            for key, value in price.items():
+                if key not in _PRICE_KEYS or not isinstance(value, (int, float)) or value < 0:
+                    raise UserError(f"price for {model!r}: {key} must be one of {', '.join(_PRICE_KEYS)} "
+                                    f"with a number >= 0 (USD per 1M tokens), got {value!r}")
+        if self.prompt_cache not in PROMPT_CACHE_MODES:
+            raise UserError(f"prompt_cache must be auto or off, got {self.prompt_cache!r}")
+        if self.service_tier is not None and self.service_tier not in SERVICE_TIERS:
+            raise UserError(f"service_tier must be one of {', '.join(SERVICE_TIERS)}, "
+                            f"got {self.service_tier!r}")
 
     def with_(self, **changes) -> "GatewayConfig":
         return replace(self, **changes)

@@ -20,14 +20,16 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from rlm_ray.errors import UserError
 from rlm_ray.llm import cache as response_cache
+from rlm_ray.llm import prompt_cache as prompt_caching
 from rlm_ray.llm._litellm import litellm
 from rlm_ray.llm.budget import Budget
 from rlm_ray.llm.config import DEFAULT_CONFIG, GatewayConfig
-from rlm_ray.llm.cost import cost_usd, price_for
+from rlm_ray.llm.cost import billed_cost, price_for
 from rlm_ray.llm.limiter import DEFAULT_OUTPUT_TOKENS
 from rlm_ray.llm.limiter_client import limiter_for
 from rlm_ray.llm.retry import BACKOFF_MAX_S, Failure, MalformedResponse, classify, redact
 from rlm_ray.llm.types import Completion, LLMError
+from rlm_ray.llm.usage import CallUsage
 from rlm_ray.tokens import count_tokens
 
 # OpenAI's chat accounting: per-message overhead and the reply priming.
@@ -100,7 +102,7 @@ def _max_output(params: dict) -> int | None:
     return params.get("max_tokens") or params.get("max_completion_tokens")
 
 
-def _parse(response: Any) -> tuple[str, int | None, int | None]:
+def _parse(response: Any, prompt_estimate: int, requested_tier: str | None) -> tuple[str, CallUsage]:
     try:
         choice = response.choices[0]
         text = choice.message.content
@@ -108,14 +110,17 @@ def _parse(response: Any) -> tuple[str, int | None, int | None]:
         raise MalformedResponse("the provider returned no choices") from None
     if text is None and not getattr(choice.message, "tool_calls", None):
         raise MalformedResponse("the provider returned a choice without content")
-    usage = getattr(response, "usage", None)
-    prompt = getattr(usage, "prompt_tokens", None) if usage else None
-    completion = getattr(usage, "completion_tokens", None) if usage else None
-    return text or "", prompt or None, completion
+    text = text or ""
+    served_tier = getattr(response, "service_tier", None)
+    usage = CallUsage.from_response(
+        getattr(response, "usage", None), prompt_fallback=prompt_estimate,
+        completion_fallback=count_tokens(text),
+        service_tier=served_tier if isinstance(served_tier, str) else requested_tier)
+    return text, usage
 
 
 async def _call_provider(model: str, messages: list[dict], params: dict,
-                         config: GatewayConfig, prompt_estimate: int) -> tuple[str, int, int]:
+                         config: GatewayConfig, prompt_estimate: int) -> tuple[str, CallUsage]:
     """One attempt: limiter slot, the HTTP call, usage fed back to the limiter."""
     lib = litellm()   # the first import blocks for seconds: never while holding a slot
     limiter = limiter_for(model, config)
@@ -126,7 +131,7 @@ async def _call_provider(model: str, messages: list[dict], params: dict,
             model=model, messages=messages, api_base=config.api_base,
             api_key=_api_key(model, config), timeout=config.timeout_s,
             num_retries=0, max_retries=0, **params)
-        text, prompt, completion = _parse(response)
+        text, usage = _parse(response, prompt_estimate, params.get("service_tier"))
     except Exception as exc:   # (cancellation is a BaseException and passes through)
         failure = classify(exc)
         if limiter and failure.kind == "rate_limit":
@@ -135,12 +140,11 @@ async def _call_provider(model: str, messages: list[dict], params: dict,
             # A refused request costs no quota at the provider; anything else may have.
             limiter.settle(ticket, 0 if failure.kind == "rate_limit" else ticket.estimated_tokens, None)
         raise _Attempt(failure, exc) from None
-    prompt = prompt or prompt_estimate
-    completion = completion if completion is not None else count_tokens(text)
     if limiter and ticket:
         # Providers charge max_tokens against TPM when it is given, the output otherwise.
-        limiter.settle(ticket, prompt + (max_out or completion), completion)
-    return text, prompt, completion
+        limiter.settle(ticket, usage.prompt_tokens + (max_out or usage.completion_tokens),
+                       usage.completion_tokens)
+    return text, usage
 
 
 def _wait_strategy(has_limiter: bool, backoff_s: float):
@@ -168,8 +172,8 @@ def _final_error(model: str, attempt: _Attempt, retries: int, config: GatewayCon
 
 
 async def _call_with_retries(model: str, messages: list[dict], params: dict, config: GatewayConfig,
-                             prompt_estimate: int) -> tuple[str, int, int, int]:
-    """(text, prompt_tokens, completion_tokens, retries), or LLMError once retrying is over."""
+                             prompt_estimate: int) -> tuple[str, CallUsage, int]:
+    """(text, usage, retries), or LLMError once retrying is over."""
     has_limiter = bool(config.rpm or config.tpm)
     retrying = AsyncRetrying(
         stop=stop_after_attempt(config.max_retries + 1),
@@ -181,41 +185,64 @@ async def _call_with_retries(model: str, messages: list[dict], params: dict, con
         async for attempt in retrying:
             with attempt:
                 attempts += 1
-                text, prompt, completion = await _call_provider(
-                    model, messages, params, config, prompt_estimate)
+                text, usage = await _call_provider(model, messages, params, config, prompt_estimate)
     except _Attempt as failed:
         raise _final_error(model, failed, attempts - 1, config) from None
-    return text, prompt, completion, attempts - 1
+    return text, usage, attempts - 1
+
+
+def _bill(model: str, usage: CallUsage, config: GatewayConfig) -> tuple[float | None, float | None]:
+    """(what the provider bills, what caching saved against the same call uncached)."""
+    cost = billed_cost(model, usage, config)
+    if cost is None or not (usage.cached_tokens or usage.cache_write_tokens):
+        return cost, None if cost is None else 0.0
+    uncached = billed_cost(model, replace(usage, cached_tokens=0, cache_write_tokens=0), config)
+    return cost, None if uncached is None else uncached - cost
 
 
 async def _paid_call(messages: list[dict], model: str, config: GatewayConfig,
-                     budget: Budget | None, params: dict, started: float) -> Completion:
-    """Budget reserve -> retried provider call -> budget settle."""
+                     budget: Budget | None, params: dict, started: float,
+                     prompt_cache: str | None = None) -> Completion:
+    """Budget reserve -> retried provider call -> budget settle (on the billed figure)."""
     prompt_estimate = estimate_prompt_tokens(messages)
-    reservation = None
-    if budget is not None:
+    if config.service_tier and "service_tier" not in params:
+        params = {**params, "service_tier": config.service_tier}
+    messages, params = prompt_caching.apply(messages, params, model, config, prompt_cache)
+    budgets = [b for b in (budget, config.spend_cap) if b is not None]
+    reservations = []
+    if budgets:
         output_estimate = _max_output(params) or DEFAULT_OUTPUT_TOKENS
-        price = price_for(model, config)
-        est_usd = price.cost(prompt_estimate, output_estimate) if price else None
-        reservation = await budget.areserve(est_usd, prompt_estimate + output_estimate, 1)
+        price = price_for(model, config, params.get("service_tier"))
+        # The most this call can cost (cache writes included): concurrent callers never overshoot.
+        est_usd = price.worst_case(prompt_estimate, output_estimate) if price else None
+        try:
+            for held in budgets:
+                reservations.append(await held.areserve(est_usd, prompt_estimate + output_estimate, 1))
+        except BaseException:
+            for held, reservation in zip(budgets, reservations):
+                await held.asettle(reservation, 0.0, 0, 0)   # never sent: release, charge nothing
+            raise
     try:
-        text, prompt, completion, retries = await _call_with_retries(
+        text, usage, retries = await _call_with_retries(
             model, messages, params, config, prompt_estimate)
     except BaseException:
-        if reservation is not None:
+        for held, reservation in zip(budgets, reservations):
             # The call failed for good: it used a call slot, but no billed tokens.
-            await budget.asettle(reservation, 0.0, 0, 1)
+            await held.asettle(reservation, 0.0, 0, 1)
         raise
-    cost = cost_usd(model, prompt, completion, config)
-    if reservation is not None:
-        await budget.asettle(reservation, cost, prompt + completion, 1)
-    return Completion(text, prompt, completion, cost, time.perf_counter() - started,
-                      retries, False, model)
+    cost, saved = _bill(model, usage, config)
+    for held, reservation in zip(budgets, reservations):
+        await held.asettle(reservation, cost, usage.prompt_tokens + usage.completion_tokens, 1)
+    return Completion(text, usage.prompt_tokens, usage.completion_tokens, cost,
+                      time.perf_counter() - started, retries, False, model,
+                      usage.cached_tokens, usage.cache_write_tokens, usage.reasoning_tokens,
+                      usage.service_tier, saved)
 
 
 def _free(done: Completion, started: float) -> Completion:
     """The same answer, obtained without paying: from the cache or a twin call."""
-    return replace(done, cost_usd=0.0, retries=0, cache_hit=True,
+    return replace(done, cost_usd=0.0, retries=0, cache_hit=True, cached_tokens=0,
+                   cache_write_tokens=0, cache_saved_usd=0.0,
                    latency_s=time.perf_counter() - started)
 
 
@@ -224,13 +251,16 @@ _in_flight: dict[str, asyncio.Future] = {}
 
 
 async def acomplete_here(messages: list[dict], model: str, *, config: GatewayConfig | None = None,
-                         budget: Budget | None = None, **params) -> Completion:
-    """acomplete, on the current loop: only for code already on the gateway loop."""
+                         budget: Budget | None = None, prompt_cache: str | None = None,
+                         **params) -> Completion:
+    """acomplete, on the current loop: only for code already on the gateway loop.
+    `prompt_cache="auto"` asks the provider to cache the prompt's prefix (see
+    llm/prompt_cache.py); None or "off" sends the messages as they are."""
     config, params = _split_transport(config or DEFAULT_CONFIG, params)
     _check_messages(messages)
     started = time.perf_counter()
     if not (config.cache_uri and response_cache.should_cache(config.cache_mode, params)):
-        return await _paid_call(messages, model, config, budget, params, started)
+        return await _paid_call(messages, model, config, budget, params, started, prompt_cache)
 
     cache = response_cache.cache_for(config.cache_uri)
     key = response_cache.cache_key(model, messages, params)
@@ -245,7 +275,7 @@ async def acomplete_here(messages: list[dict], model: str, *, config: GatewayCon
     future.add_done_callback(lambda f: f.cancelled() or f.exception())  # no "never retrieved" noise
     _in_flight[key] = future
     try:
-        done = await _paid_call(messages, model, config, budget, params, started)
+        done = await _paid_call(messages, model, config, budget, params, started, prompt_cache)
         await asyncio.to_thread(cache.put, key, {
             "model": model, "text": done.text, "prompt_tokens": done.prompt_tokens,
             "completion_tokens": done.completion_tokens, "cost_usd": done.cost_usd,
@@ -300,10 +330,14 @@ async def on_gateway_loop(coro):
 
 
 async def acomplete(messages: list[dict], model: str, *, config: GatewayConfig | None = None,
-                    budget: Budget | None = None, **params) -> Completion:
-    return await on_gateway_loop(acomplete_here(messages, model, config=config, budget=budget, **params))
+                    budget: Budget | None = None, prompt_cache: str | None = None,
+                    **params) -> Completion:
+    return await on_gateway_loop(acomplete_here(messages, model, config=config, budget=budget,
+                                                prompt_cache=prompt_cache, **params))
 
 
 def complete(messages: list[dict], model: str, *, config: GatewayConfig | None = None,
-             budget: Budget | None = None, **params) -> Completion:
-    return run_sync(acomplete_here(messages, model, config=config, budget=budget, **params))
+             budget: Budget | None = None, prompt_cache: str | None = None,
+             **params) -> Completion:
+    return run_sync(acomplete_here(messages, model, config=config, budget=budget,
+                                   prompt_cache=prompt_cache, **params))

@@ -17,6 +17,11 @@ class Completion:
     retries: int
     cache_hit: bool
     model: str
+    cached_tokens: int = 0            # input tokens billed as cache reads
+    cache_write_tokens: int = 0       # input tokens billed as cache writes (breakpoint caching)
+    reasoning_tokens: int = 0         # part of completion_tokens (billed as output)
+    service_tier: str | None = None   # the tier the provider served
+    cache_saved_usd: float | None = None  # the same usage without caching, minus cost_usd
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from rlm_ray.sim import responses
+from rlm_ray.sim.caching import PromptCache, billing_style
 from rlm_ray.sim.config import SimConfig
 from rlm_ray.sim.faults import FAULT_HANDLERS, ConnectionDropped, FaultPicker
 from rlm_ray.sim.limits import SlidingWindow
 from rlm_ray.sim.registry import POLICIES, Policy, PolicyRefusal, load_policies
 from rlm_ray.sim.replay import REPLAY_MODEL, Replay
 from rlm_ray.sim.stats import SimStats, prompt_key
-from rlm_ray.sim.usage import prompt_tokens, truncate_to_tokens
+from rlm_ray.sim.usage import REPLY_PRIMING_TOKENS, boundary_tokens, truncate_to_tokens
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class Simulator:
     stats: SimStats = field(init=False)
     limiter: SlidingWindow = field(init=False)
     faults: FaultPicker = field(init=False)
+    prompt_cache: PromptCache = field(init=False)
     storm_until: float = 0.0
     storm_retry_after_s: float = 1.0
     replay: Replay | None = None     # serves the model `sim/replay` when set
@@ -53,6 +55,7 @@ class Simulator:
         self.stats = SimStats(self.config.window_s)
         self.limiter = SlidingWindow(self.config.window_s)
         self.faults = FaultPicker(self.config)
+        self.prompt_cache = PromptCache(self.config.cache_replicas, self.config.seed)
         self.latency_rng = random.Random(f"latency-{self.config.seed}")
 
     def policy(self, model) -> Policy | None:
@@ -133,7 +136,8 @@ async def _complete(request: web.Request, sim: Simulator, body: dict, model) -> 
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
         return responses.error(400, "'max_tokens' must be a positive integer.",
                                "invalid_request_error", "invalid_value")
-    n_prompt = prompt_tokens(messages)
+    boundaries = boundary_tokens(messages)
+    n_prompt = boundaries[-1] + REPLY_PRIMING_TOKENS
     window = sim.config.context_window
     if n_prompt + (max_tokens or 0) > window:
         return responses.error(
@@ -159,18 +163,39 @@ async def _complete(request: web.Request, sim: Simulator, body: dict, model) -> 
         return rejection
     await asyncio.sleep(sim.latency_s(n_completion))
 
-    answer = responses.completion(model, text, n_prompt, n_completion, "length" if cut else "stop")
+    billing = _bill_cache(sim, model, body, messages, boundaries)
+    tier = _served_tier(body)
+    answer = responses.completion(model, text, n_prompt, n_completion, "length" if cut else "stop",
+                                  usage_extra=billing.usage_fields(billing_style(
+                                      sim.config.billed_like(model))), service_tier=tier)
     if fault is not None:
         sim.stats.fault(fault)
         try:
             return await FAULT_HANDLERS[fault](request, json.dumps(answer).encode(), sim.config)
         except ConnectionDropped:
             return _dropped_marker()
-    sim.stats.completed(prompt_key(model, messages), n_prompt, n_completion)
+    sim.stats.completed(prompt_key(model, messages), n_prompt, n_completion,
+                        billing.cached_tokens, billing.cache_write_tokens, tier)
     if body.get("stream"):
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return await _stream(request, answer, include_usage)
     return web.json_response(answer)
+
+
+def _bill_cache(sim: Simulator, model: str, body: dict, messages: list[dict],
+                boundaries: list[int]):
+    """Prompt caching as the served model's provider family bills it (sim/caching.py)."""
+    key = body.get("prompt_cache_key")
+    return sim.prompt_cache.bill(model, billing_style(sim.config.billed_like(model)), messages,
+                                 boundaries, key if isinstance(key, str) and key else None)
+
+
+def _served_tier(body: dict) -> str | None:
+    """The tier a request asked for, as OpenAI reports it back ("auto" is served as "default")."""
+    tier = body.get("service_tier")
+    if not isinstance(tier, str) or not tier:
+        return None
+    return "default" if tier == "auto" else tier
 
 
 async def _stream(request: web.Request, answer: dict, include_usage: bool) -> web.StreamResponse:

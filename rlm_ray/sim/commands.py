@@ -56,6 +56,13 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replay", default=None, metavar="FILE",
                         help="serve the recorded conversations of this replay file as the "
                              "model sim/replay (format: docs/architecture.md)")
+    parser.add_argument("--bill-like", action="append", default=[], metavar="MODEL=ENTRY",
+                        help="report prompt caching for served MODEL like the provider of "
+                             "litellm price entry ENTRY (gpt-5-mini: automatic prefix caching; "
+                             "claude-sonnet-4-5: cache_control breakpoints); repeatable")
+    parser.add_argument("--cache-replicas", type=int, default=4,
+                        help="automatic caching: replicas that requests without a "
+                             "prompt_cache_key are spread over (each with its own cache)")
 
 
 def knobs_from_args(args: argparse.Namespace) -> dict:
@@ -66,7 +73,16 @@ def knobs_from_args(args: argparse.Namespace) -> dict:
     return {"latency_ms": args.latency_ms, "per_token_ms": args.per_token_ms,
             "jitter": args.jitter, "rpm": args.rpm, "tpm": args.tpm, "window_s": args.window_s,
             "fail_rate": args.fail_rate, "faults": faults, "fail_first_n": args.fail_first_n,
-            "hang_s": args.hang_s, "context_window": args.context_window, "seed": args.seed}
+            "hang_s": args.hang_s, "context_window": args.context_window, "seed": args.seed,
+            "bill_like": _bill_like(args.bill_like), "cache_replicas": args.cache_replicas}
+
+
+def _bill_like(items: list[str]) -> dict[str, str]:
+    pairs = [item.partition("=") for item in items]
+    bad = [item for item, (model, sep, entry) in zip(items, pairs) if not (model and sep and entry)]
+    if bad:
+        raise UserError(f"--bill-like takes MODEL=ENTRY (e.g. sim/rlm-policy=gpt-5-mini), got {bad[0]!r}")
+    return {model: entry for model, _, entry in pairs}
 
 
 def serve_command(args: argparse.Namespace) -> int:

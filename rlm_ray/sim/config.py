@@ -23,9 +23,17 @@ class SimConfig:
     hang_s: float = 30.0             # how long a "hang" holds the connection
     context_window: int = 128_000    # prompt + max_tokens above this -> 400
     seed: int = 0
+    # served model -> the price entry it bills like ("gpt-5-mini": automatic prefix
+    # caching; "claude-...": breakpoint caching); see sim/caching.py. Unlisted: no caching.
+    bill_like: tuple[tuple[str, str], ...] = ()
+    cache_replicas: int = 4          # cache routing: requests without prompt_cache_key spread here
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "faults", tuple(str(f) for f in self.faults))
+        pairs = self.bill_like.items() if isinstance(self.bill_like, dict) else self.bill_like
+        object.__setattr__(self, "bill_like", tuple((str(k), str(v)) for k, v in pairs))
+        if self.cache_replicas < 1:
+            raise UserError(f"simulator cache_replicas must be >= 1, got {self.cache_replicas}")
         unknown = sorted(set(self.faults) - set(FAULT_KINDS))
         if unknown:
             raise UserError(f"unknown simulator fault kind(s) {', '.join(unknown)} "
@@ -48,3 +56,6 @@ class SimConfig:
             raise UserError(f"simulator window_s must be > 0, got {self.window_s}")
         if self.context_window < 1:
             raise UserError(f"simulator context_window must be >= 1, got {self.context_window}")
+
+    def billed_like(self, model: str) -> str | None:
+        return dict(self.bill_like).get(model)

@@ -30,8 +30,9 @@ def rate_limited(retry_after_s: float, message: str) -> web.Response:
 
 
 def completion(model: str, text: str, prompt_tokens: int, completion_tokens: int,
-               finish_reason: str) -> dict:
-    return {
+               finish_reason: str, usage_extra: dict | None = None,
+               service_tier: str | None = None) -> dict:
+    body = {
         "id": f"chatcmpl-sim-{uuid.uuid4().hex[:24]}",
         "object": "chat.completion",
         "created": int(time.time()),
@@ -47,8 +48,12 @@ def completion(model: str, text: str, prompt_tokens: int, completion_tokens: int
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
+            **(usage_extra or {}),
         },
     }
+    if service_tier:
+        body["service_tier"] = service_tier
+    return body
 
 
 def stream_events(body: dict, include_usage: bool) -> list[bytes]:

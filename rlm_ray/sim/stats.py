@@ -39,6 +39,9 @@ class SimStats:
             self.models: Counter[str] = Counter()
             self.prompt_tokens = 0
             self.completion_tokens = 0
+            self.cached_tokens = 0
+            self.cache_write_tokens = 0
+            self.service_tiers: Counter[str] = Counter()
             self.in_flight = 0
             self.max_concurrency = 0
             self.repeated_prompts = 0
@@ -72,12 +75,17 @@ class SimStats:
         with self._lock:
             self.observed.record(now, tokens)
 
-    def completed(self, key: bytes, prompt_tokens: int, completion_tokens: int) -> None:
+    def completed(self, key: bytes, prompt_tokens: int, completion_tokens: int,
+                  cached_tokens: int = 0, cache_write_tokens: int = 0,
+                  service_tier: str | None = None) -> None:
         """A full, well-formed answer was delivered: this is what a provider bills."""
         with self._lock:
             self.completions += 1
             self.prompt_tokens += prompt_tokens
             self.completion_tokens += completion_tokens
+            self.cached_tokens += cached_tokens
+            self.cache_write_tokens += cache_write_tokens
+            self.service_tiers[service_tier or "none"] += 1
             if key in self._answered:
                 self.repeated_prompts += 1
             else:
@@ -94,6 +102,9 @@ class SimStats:
                 "models": dict(sorted(self.models.items())),
                 "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens,
+                "cached_tokens": self.cached_tokens,
+                "cache_write_tokens": self.cache_write_tokens,
+                "service_tiers": dict(sorted(self.service_tiers.items())),
                 "in_flight": self.in_flight,
                 "max_concurrency": self.max_concurrency,
                 "distinct_prompts": len(self._answered),

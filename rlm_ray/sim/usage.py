@@ -51,15 +51,25 @@ class _CountCache:
 _content_counts = _CountCache()
 
 
-def prompt_tokens(messages: list[dict]) -> int:
-    total = REPLY_PRIMING_TOKENS
-    for message in messages:
-        total += TOKENS_PER_MESSAGE
-        total += count_tokens(str(message.get("role", "")))
-        total += _content_counts.count(text_of(message.get("content")))
-        if message.get("name"):
-            total += TOKENS_PER_NAME + count_tokens(str(message["name"]))
+def message_tokens(message: dict) -> int:
+    total = TOKENS_PER_MESSAGE + count_tokens(str(message.get("role", "")))
+    total += _content_counts.count(text_of(message.get("content")))
+    if message.get("name"):
+        total += TOKENS_PER_NAME + count_tokens(str(message["name"]))
     return total
+
+
+def boundary_tokens(messages: list[dict]) -> list[int]:
+    """Prompt tokens up to and including each message (what a cached prefix holds)."""
+    running, out = 0, []
+    for message in messages:
+        running += message_tokens(message)
+        out.append(running)
+    return out
+
+
+def prompt_tokens(messages: list[dict]) -> int:
+    return REPLY_PRIMING_TOKENS + sum(message_tokens(m) for m in messages)
 
 
 def truncate_to_tokens(text: str, limit: int) -> tuple[str, int, bool]:

@@ -1,0 +1,153 @@
+"""`rlm-ray bench cost`: what prompt caching saves on the root loop.
+
+One seeded suite case (oolong at 1M tokens by default) is answered four
+times against the provider SIMULATOR, billing like an automatic-prefix-caching
+model (gpt-5-mini) and like a breakpoint-caching one (claude-sonnet-4-5), each
+with `--prompt-cache off` and `auto`. Every run gets a fresh simulator (a
+cold cache). Figures come from the batch's own `calls` table, priced by the
+gateway's litellm cost calculation: root input dollars per question (the
+part caching acts on), all dollars per question, the cached share of root
+input tokens, and whether the answers are identical across the two modes.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlm_ray.errors import UserError
+
+POLICY = "sim/rlm-policy"
+STYLES = ("gpt-5-mini", "claude-sonnet-4-5")
+MODES = ("off", "auto")
+
+
+@dataclass
+class CostRun:
+    billed_like: str
+    prompt_cache: str
+    questions: int
+    root_turns: float               # per question
+    root_input_tokens: float        # per question
+    cached_share: float             # of root input tokens
+    root_input_usd: float | None    # per question
+    total_usd: float | None         # per question, root + sub-calls
+    answers: dict
+    wall_s: float
+
+
+def register(commands, bench) -> None:
+    parser = bench.add_parser(
+        "cost", help="prompt caching on the root loop: $ per question, auto vs off (SIMULATOR)",
+        description="Answer one seeded suite case with --prompt-cache off and auto against "
+                    "the provider SIMULATOR billing like gpt-5-mini (automatic prefix caching) "
+                    "and like claude-sonnet-4-5 (cache_control breakpoints); print root input "
+                    "dollars per question and whether the answers are identical.")
+    parser.add_argument("--suite", default="oolong")
+    parser.add_argument("--size", default="2^20", help="corpus size in tokens (default 2^20)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--like", default=",".join(STYLES),
+                        help="comma-separated litellm price entries to bill like")
+    parser.add_argument("--concurrency", type=int, default=3, help="questions in flight")
+    parser.add_argument("--workdir", default=".bench", help="cache of generated corpora")
+    parser.add_argument("--out", default=".bench/results/cost", help="batch runs go here")
+    parser.set_defaults(func=cost_command)
+
+
+def _root_input_usd(call: dict, model: str, gateway) -> float | None:
+    """The input part of a root call's bill, by the same litellm calculation."""
+    from rlm_ray.llm.cost import billed_cost
+    from rlm_ray.llm.usage import CallUsage
+
+    usage = CallUsage(call["prompt_tokens"] or 0, 0, call["cached_tokens"] or 0,
+                      call["cache_write_tokens"] or 0, 0, call["service_tier"])
+    return billed_cost(model, usage, gateway)
+
+
+def run_one(case, like: str, mode: str, out: Path, concurrency: int) -> CostRun:
+    from rlm_ray.batch.runner import run
+    from rlm_ray.batch.tables import read_run
+    from rlm_ray.llm.config import GatewayConfig
+    from rlm_ray.sim.server import SimServer
+
+    model = f"openai/{POLICY}"
+    run_dir = out / f"{like}-{mode}"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)   # a benchmark measures; it never resumes
+    with SimServer(bill_like={POLICY: like}) as sim:   # fresh server: a cold cache
+        gateway = GatewayConfig(api_base=sim.base_url, cache_mode="off", prompt_cache=mode,
+                                price_like={model: like})
+        rlm = {"model": model, "sub_model": model, "api_base": sim.base_url, "max_depth": 1,
+               "max_iterations": 20, "timeout_s": None, "budget_usd": None, "gateway": gateway}
+        started = time.monotonic()
+        run(str(case.corpus), str(case.queries), str(run_dir), rlm=rlm,
+            concurrency=concurrency, progress=False)
+        wall = time.monotonic() - started
+    tables = read_run(str(run_dir))
+    answers = {a["query_id"]: a["answer"] for a in tables.answers.to_pylist()}
+    roots = [c for c in tables.calls.to_pylist() if c["kind"] == "root"]
+    n = max(len(answers), 1)
+    root_in = sum(c["prompt_tokens"] or 0 for c in roots)
+    cached = sum(c["cached_tokens"] or 0 for c in roots)
+    input_usd = [_root_input_usd(c, model, gateway) for c in roots]
+    costs = [a["cost_usd"] for a in tables.answers.to_pylist()]
+    return CostRun(
+        like, mode, len(answers), len(roots) / n, root_in / n, cached / root_in if root_in else 0.0,
+        None if any(x is None for x in input_usd) else sum(input_usd) / n,
+        None if any(x is None for x in costs) else sum(costs) / n, answers, wall)
+
+
+def _usd(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.5f}"
+
+
+def format_table(runs: list[CostRun]) -> str:
+    lines = ["| billed like | --prompt-cache | questions | root turns/q | root input tokens/q | "
+             "cached share | root input $/q | all $/q | root input saving | answers identical |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    off = {r.billed_like: r for r in runs if r.prompt_cache == "off"}
+    for r in runs:
+        base = off.get(r.billed_like)
+        saving = same = ""
+        if r.prompt_cache != "off" and base is not None:
+            if base.root_input_usd and r.root_input_usd is not None:
+                saving = f"{1 - r.root_input_usd / base.root_input_usd:.1%}"
+            same = "yes" if r.answers == base.answers else "NO"
+        lines.append(f"| {r.billed_like} | {r.prompt_cache} | {r.questions} | {r.root_turns:.1f} | "
+                     f"{r.root_input_tokens:,.0f} | {r.cached_share:.1%} | {_usd(r.root_input_usd)} | "
+                     f"{_usd(r.total_usd)} | {saving} | {same} |")
+    return "\n".join(lines)
+
+
+def cost_command(args: argparse.Namespace) -> int:
+    from rlm_ray.bench.commands import parse_size
+    from rlm_ray.bench.quality import prepare
+    from rlm_ray.bench.suites import SUITES
+
+    if args.suite not in SUITES:
+        raise UserError(f"unknown suite {args.suite!r}; choose from {', '.join(SUITES)}")
+    if args.concurrency < 1:
+        raise UserError("--concurrency must be at least 1")
+    styles = [s.strip() for s in args.like.split(",") if s.strip()]
+    if not styles:
+        raise UserError("--like needs at least one litellm price entry")
+    size = parse_size(args.size)
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    case = prepare(args.suite, args.seed, size, Path(args.workdir), log)
+    runs = []
+    for like in styles:
+        for mode in MODES:
+            log(f"{args.suite} {size:,} tokens, SIMULATOR billing like {like}, --prompt-cache {mode}")
+            result = run_one(case, like, mode, Path(args.out), args.concurrency)
+            log(f"  {result.questions} questions in {result.wall_s:.1f}s")
+            runs.append(result)
+    print(f"## prompt caching: {args.suite} at {case.meta['tokens']:,} tokens, seed {args.seed} "
+          f"(provider SIMULATOR, litellm prices)\n")
+    print(format_table(runs))
+    return 0

@@ -1,0 +1,48 @@
+"""The cost levers as CLI flags and pipeline-spec keys, turned into GatewayConfig
+fields in one place (`query`, `run` and scheduled pipelines share them)."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rlm_ray.errors import UserError
+from rlm_ray.llm.config import PROMPT_CACHE_MODES, SERVICE_TIERS
+
+SPEC_KEYS = ("prompt_cache", "service_tier", "price_like")
+
+
+def add_cost_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prompt-cache", choices=PROMPT_CACHE_MODES, default="auto",
+                        help="auto (default): cache breakpoints on the root loop's prompts for "
+                             "providers that need them (Claude), a stable prompt_cache_key for "
+                             "automatic prefix caching (OpenAI); off: neither")
+    parser.add_argument("--service-tier", choices=SERVICE_TIERS, default=None,
+                        help="provider service tier for every call (e.g. flex: OpenAI's "
+                             "half-price tier for work that can wait); priced from litellm")
+    parser.add_argument("--price-like", action="append", default=None, metavar="[MODEL=]ENTRY",
+                        help="bill MODEL (default: --model) like litellm's price entry ENTRY, "
+                             "e.g. a proxy alias or self-hosted deployment; repeatable")
+
+
+def parse_price_like(items: list[str] | str | dict | None, default_model: str | None) -> dict | None:
+    if not items:
+        return None
+    if isinstance(items, dict):
+        return {str(k): str(v) for k, v in items.items()}
+    out: dict[str, str] = {}
+    for item in [items] if isinstance(items, str) else items:
+        model, sep, entry = item.rpartition("=")
+        model = model if sep else default_model
+        if not model or not entry:
+            raise UserError(f"--price-like takes [MODEL=]ENTRY, got {item!r}")
+        out[model] = entry
+    return out
+
+
+def cost_fields(source: Any, model: str | None) -> dict:
+    """GatewayConfig keyword arguments from parsed args or a spec mapping."""
+    get = source.get if isinstance(source, dict) else (lambda k, d=None: getattr(source, k, d))
+    fields = {"prompt_cache": get("prompt_cache") or "auto",
+              "service_tier": get("service_tier"),
+              "price_like": parse_price_like(get("price_like"), model)}
+    return fields
