@@ -83,7 +83,9 @@ def ray_session(s3_endpoint):
     """The one Ray instance of the test session (start-up costs seconds)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
+    # address="local": always a fresh instance of our own, never a cluster some other
+    # process left in /tmp/ray (ray.init would try to join it and refuse num_cpus).
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False,
              log_to_driver=False)
     yield ray
     ray.shutdown()
