@@ -255,7 +255,7 @@ def run(corpus_uri: str, queries_path: str, out_uri: str, *, rlm: dict, concurre
     try:
         return _run_leased(corpus_uri, corpus, query_file, out_uri, rlm, concurrency,
                            retry_failed, progress, budget_usd, max_attempts, extra_info,
-                           hosts, lease, started)
+                           hosts, lease, started, calls_per_question)
     finally:
         if own_lease:
             lease.release()
@@ -263,7 +263,7 @@ def run(corpus_uri: str, queries_path: str, out_uri: str, *, rlm: dict, concurre
 
 def _run_leased(corpus_uri, corpus, query_file, out_uri, rlm, concurrency, retry_failed,
                 progress, budget_usd, max_attempts, extra_info, hosts, lease,
-                started) -> Summary:
+                started, calls_per_question) -> Summary:
     # Read what is finished only under the lease: a driver that held the folder
     # a moment ago has flushed everything it will ever write.
     statuses = finished_statuses(out_uri)
