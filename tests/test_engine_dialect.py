@@ -304,6 +304,10 @@ def test_allow_list_picks_models_and_refuses_others(sim):
     ("FINAL(\n  multi\n  line\n)", ("value", "multi\n  line")),
     ("FINAL(x)\nFINAL_VAR(y)", ("var", "y")),          # FINAL_VAR first, as the official parser
     ("I will call FINAL(x) once I know x.", None),      # not at the start of a line
+    # a real-model form (rlm#37, reply 5, paraphrased): FINAL_VAR named in a sentence before
+    # a verification block is a plan, not a finish
+    ("I will check it, then provide FINAL_VAR(output) as the answer.\n\n```repl\n"
+     "print(len(output))\n```\n", None),
     ("```repl\nprint(345)\n```\nFINAL 345", ("value", "345")),    # no parentheses
     ("FINAL ANSWER: Paris, France", ("value", "Paris, France")),
     ("FINAL_ANSWER is pending", None),
