@@ -208,7 +208,7 @@ def walk(question: str, outputs: list[str]) -> list[str]:
 
 @pytest.mark.parametrize("family", ["define", "label-count", "needle", "delegate"])
 def test_replies_read_like_a_real_model(family):
-    """The dialect of the real recordings (tests/fixtures/replay): prose around
+    """The dialect of the real recordings (tests/test_replay.py): prose around
     code, several blocks, `answer` used as a loop variable, and an unquoted
     FINAL_VAR(x) on its own line AFTER the prose, outside every code block."""
     outputs = ["candidates=2 ['a.py']\nSTEP_DONE {k}" if family == "define"

@@ -1,6 +1,12 @@
 """The replay suite: trajectories RECORDED FROM REAL MODELS running an RLM
-scaffold (tests/fixtures/replay/, sources in its README) replayed unchanged
-through the real engine by the provider SIMULATOR's `sim/replay` model.
+scaffold, replayed unchanged through the real engine by the provider
+SIMULATOR's `sim/replay` model.
+
+Recordings are other projects' data, so they are not committed here: they are
+read from `$RLM_RAY_REPLAY_DIR` or the workplace's `shared/replay/` beside the
+checkout (each folder with a README naming every file's source and licence);
+tests/fixtures/replay/ holds our converter and the provenance of the known set.
+Without recordings the replay tests skip and say where to put them.
 
 Every recording must end `ok` with the answer the original run recorded, through
 `rlm-ray query` and through `rlm-ray run`. The expected answers come from the
@@ -10,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -17,7 +24,18 @@ import pytest
 from rlm_ray.cli import main
 
 FIXTURES = Path(__file__).parent / "fixtures" / "replay"
-REPLAY_FILES = sorted(FIXTURES.glob("*.json"))
+
+
+def replay_dirs() -> list[Path]:
+    env = os.environ.get("RLM_RAY_REPLAY_DIR")
+    shared = Path(__file__).resolve().parents[2] / "shared" / "replay"
+    return [Path(env)] if env else [shared]
+
+
+REPLAY_FILES = sorted(p for d in replay_dirs() if d.is_dir() for p in d.glob("*.json"))
+NO_RECORDINGS = pytest.mark.skipif(
+    not REPLAY_FILES, reason="no recorded real-model trajectories: convert them with "
+    "tests/fixtures/replay/convert_rlm_log.py into $RLM_RAY_REPLAY_DIR or shared/replay/")
 
 
 def recordings() -> list[tuple[Path, int, dict]]:
@@ -55,13 +73,14 @@ def known_difference(path: Path, index: int):
     return [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
 
 
+@NO_RECORDINGS
 def test_the_suite_has_real_recordings_with_provenance():
     assert len(RECORDINGS) >= 4
     for path, _, recording in RECORDINGS:
         assert recording["answer"], f"{path.name}: every recording carries its recorded answer"
         assert recording["model"] and recording["source"]["log"] and recording["source"]["licence"]
-    readme = (FIXTURES / "README.md").read_text()
     for path in REPLAY_FILES:
+        readme = (path.parent / "README.md").read_text()
         assert path.name in readme, f"{path.name} has no provenance entry in the README"
 
 
@@ -87,6 +106,7 @@ def test_recording_replays_to_its_answer_through_query(tmp_path, capsys, path, i
     assert len(root_calls) == len(recording["root_replies"])
 
 
+@NO_RECORDINGS
 @pytest.mark.timeout(600)
 def test_every_recording_replays_to_its_answer_through_run(ray_session, tmp_path, capsys):
     from rlm_ray.batch.tables import read_run
