@@ -3,14 +3,16 @@ Shared by every reader of user-supplied .jsonl (documents, question tables)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from rlm_ray.errors import UserError
 
 
-def iter_objects(text: str, label: str) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, object); a malformed line is a UserError naming `label` and the line."""
-    for line_no, line in enumerate(text.splitlines(), start=1):
+def iter_objects(text: str | Iterable[str], label: str) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) from a text or a stream of lines (a large table
+    is never held whole); a malformed line is a UserError naming `label` and the line."""
+    lines = text.splitlines() if isinstance(text, str) else text
+    for line_no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:

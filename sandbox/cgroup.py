@@ -22,6 +22,8 @@ import signal
 import time
 from dataclasses import dataclass, field
 
+from sandbox.scratch import alive as _alive
+
 CGROUP_ROOT = "/sys/fs/cgroup"
 GROUP_PREFIX = "sandbox-"
 GROUP_NAME = re.compile(rf"^{GROUP_PREFIX}(\d+)-\d+$")   # sandbox-<host pid>-<n>
@@ -175,16 +177,6 @@ def _sweep(parent: str) -> None:
         if match and not _alive(int(match.group(1))):
             stale = Controller("", os.path.join(parent, name), [])
             Cgroup([stale]).destroy(wait_s=0.5)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def process_tree(pid: int) -> list[int]:

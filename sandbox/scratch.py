@@ -46,11 +46,12 @@ def sweep_stale(force: bool = False) -> None:
         return
     for name in names:
         match = OWNED_NAME.match(name)
-        if match and not _alive(int(match.group(1))):
+        if match and not alive(int(match.group(1))):
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether `pid` names a live process (anyone's): stale-folder and stale-group sweeps."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

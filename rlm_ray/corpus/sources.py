@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 import os
 import stat
 import tarfile
@@ -23,6 +22,7 @@ import pathspec
 from rlm_ray import storage
 from rlm_ray.corpus.commands import MAX_ARCHIVE_BYTES, MAX_ARCHIVE_MEMBERS  # the caps' defaults
 from rlm_ray.errors import UserError
+from rlm_ray.jsonl import iter_objects
 
 VCS_DIRS = frozenset({".git", ".hg", ".svn"})
 
@@ -285,15 +285,8 @@ def _record(uri: str, line_no: int, record: dict, opts: ListOptions) -> RawFile 
 def _jsonl(uri: str, opts: ListOptions) -> Iterator[RawFile]:
     # Line by line from the stream: a large table is never held whole.
     with _open_binary(uri) as raw:
-        for line_no, line in enumerate(io.TextIOWrapper(raw, encoding="utf-8", errors="replace"), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{uri}: line {line_no} is not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise UserError(f"{uri}: line {line_no} is not a JSON object")
+        lines = io.TextIOWrapper(raw, encoding="utf-8", errors="replace")
+        for line_no, record in iter_objects(lines, uri):
             raw_file = _record(uri, line_no, record, opts)
             if raw_file:
                 yield raw_file
