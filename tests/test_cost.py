@@ -14,7 +14,6 @@ from rlm_ray.llm.cost import billed_cost
 from rlm_ray.llm.usage import CallUsage
 from rlm_ray.sim import register_policy
 from rlm_ray.sim.registry import last_user_text
-from rlm_ray.tokens import count_tokens
 
 MODEL = "openai/sim/echo"
 LONG = "the quick brown fox jumps over the lazy dog. " * 300    # ~2,700 tokens
@@ -31,6 +30,16 @@ def _litellm_own_cost(usage: dict, model: str, service_tier: str | None = None) 
     lib = _litellm()
     response = lib.ModelResponse(model=model, usage=lib.Usage(**usage))
     return lib.completion_cost(completion_response=response, model=model, service_tier=service_tier)
+
+
+def _simulator_bill(server, model: str) -> float:
+    """The simulator's own bill of every call it answered, priced by litellm: what
+    the calls' billed sum must equal."""
+    s = server.stats()
+    raw = {"prompt_tokens": s["prompt_tokens"], "completion_tokens": s["completion_tokens"],
+           "total_tokens": s["prompt_tokens"] + s["completion_tokens"],
+           "prompt_tokens_details": {"cached_tokens": s["cached_tokens"]}}
+    return _litellm_own_cost(raw, model)
 
 
 # ---- 1. billing equals litellm's own calculation -------------------------------------
@@ -232,12 +241,7 @@ def test_dollar_budget_stops_at_the_exact_billed_amount_with_caching(ray_session
     roots = [c for c in result.calls if c["kind"] == "root"]
     billed = sum(c["cost_usd"] for c in roots)
     assert sum(c["cached_tokens"] for c in roots) > 0          # caching was really billed
-    # The simulator's own bill of the same calls, priced by litellm, is the calls' sum.
-    s = server.stats()
-    raw = {"prompt_tokens": s["prompt_tokens"], "completion_tokens": s["completion_tokens"],
-           "total_tokens": s["prompt_tokens"] + s["completion_tokens"],
-           "prompt_tokens_details": {"cached_tokens": s["cached_tokens"]}}
-    assert billed == pytest.approx(_litellm_own_cost(raw, "gpt-5-mini"), rel=1e-9)
+    assert billed == pytest.approx(_simulator_bill(server, "gpt-5-mini"), rel=1e-9)
     # Stopped within one call of the limit: the refused call's reservation did not fit.
     assert billed <= limit
     biggest = max(c["prompt_tokens"] for c in roots)
@@ -347,11 +351,7 @@ def test_batch_budget_stops_at_the_billed_amount_with_caching(ray_session, sim, 
     calls = read_run(str(tmp_path / "out")).calls.to_pylist()
     billed = sum(c["cost_usd"] for c in calls)
     assert sum(c["cached_tokens"] for c in calls) > 0
-    s = server.stats()
-    raw = {"prompt_tokens": s["prompt_tokens"], "completion_tokens": s["completion_tokens"],
-           "total_tokens": s["prompt_tokens"] + s["completion_tokens"],
-           "prompt_tokens_details": {"cached_tokens": s["cached_tokens"]}}
-    assert billed == pytest.approx(_litellm_own_cost(raw, "gpt-5-mini"), rel=1e-9)
+    assert billed == pytest.approx(_simulator_bill(server, "gpt-5-mini"), rel=1e-9)
     assert billed <= limit
     one_call = price_for(model, gateway).worst_case(
         max(c["prompt_tokens"] for c in calls) + 2_000, DEFAULT_OUTPUT_TOKENS)
