@@ -166,3 +166,32 @@ def test_terminal_output_neutralises_escape_sequences(tmp_path, capsys, monkeypa
 
     answers = pq.read_table(next((out_dir / "answers").rglob("*.parquet"))).to_pylist()
     assert answers[0]["answer"] == EVIL_TERMINAL
+
+
+def test_billing_detail_and_unknown_prices(tmp_path, capsys):
+    """Cache reads/writes, tier and savings reach `show` and the page; an
+    unknown price is never shown as $0."""
+    q1 = _question("q1", "ok", "a", None, None)
+    q1.answer.update(cached_tokens=800, cache_write_tokens=64, cache_saved_usd=0.0009)
+    q1.calls[0].update(cached_tokens=768, cache_write_tokens=64, service_tier="flex",
+                       reasoning_tokens=12)
+    q2 = _question("q2", "ok", "b", None, None)
+    q2.answer["cost_usd"] = None
+    out = tmp_path / "results"
+    writer = TableWriter(str(out))
+    writer.add(q1)
+    writer.add(q2)
+    writer.flush()
+    write_run_info(str(out), {"corpus_uri": "/c", "queries": "/q.jsonl", "status": "finished"})
+
+    assert cli_main(["show", str(out)]) == 0
+    summary = capsys.readouterr().out
+    assert "$0.0012 + 1 unpriced" in summary and "n/a (no price known)" in summary
+    assert "800 (30.5% of input)" in summary and "$0.0009" in summary
+    assert cli_main(["show", str(out), "--query-id", "q1"]) == 0
+    tree = capsys.readouterr().out
+    assert "cached 768 cache write 64 reasoning 12 tier flex" in tree
+    page = tmp_path / "page.html"
+    assert cli_main(["show", str(out), "--html", str(page)]) == 0
+    html = page.read_text()
+    assert "tier flex" in html and "cached 800" in html and "saved by prompt caching" in html

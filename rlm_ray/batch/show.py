@@ -27,15 +27,47 @@ def table_summary(tables: RunTables, info: dict | None) -> list[tuple[str, str]]
     for status, n in sorted(Counter(answers.column("status").to_pylist()).items()):
         rows.append((f"status {status}", str(n)))
     def total(column: str) -> float:
+        if column not in answers.column_names:   # a folder written before the column existed
+            return 0
         return sum(v or 0 for v in answers.column(column).to_pylist())
+    input_tokens = total("input_tokens")
     rows += [("model calls", f"{int(total('llm_calls'))}"),
-             ("tokens", f"{int(total('input_tokens') + total('output_tokens')):,}"),
-             ("cost", f"${total('cost_usd'):.4f}")]
+             ("tokens", f"{int(input_tokens + total('output_tokens')):,}"),
+             ("cost", dollars(answers.column("cost_usd").to_pylist()))]
+    cached = total("cached_tokens")
+    if cached or total("cache_write_tokens"):
+        share = f" ({cached / input_tokens:.1%} of input)" if input_tokens else ""
+        rows += [("cached input tokens", f"{int(cached):,}{share}"),
+                 ("cache writes", f"{int(total('cache_write_tokens')):,} tokens"),
+                 ("saved by prompt caching", f"${total('cache_saved_usd'):.4f}")]
     acc = accuracy_of(answers)
     if acc.scored:
         rows += [("exact match", f"{acc.exact}/{acc.scored} ({acc.exact_rate:.1%})"),
                  ("normalised match", f"{acc.normalized}/{acc.scored} ({acc.normalized_rate:.1%})")]
     return rows
+
+
+def dollars(values: list, places: int = 4) -> str:
+    """A dollar total that never shows an unknown price as $0."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return "n/a (no price known)" if values else f"${0:.{places}f}"
+    text = f"${sum(known):.{places}f}"
+    return text if len(known) == len(values) else f"{text} + {len(values) - len(known)} unpriced"
+
+
+def billing_note(row: dict) -> str:
+    """Prompt-cache and tier detail of a call or answer row; "" when there is none."""
+    parts = []
+    if row.get("cached_tokens"):
+        parts.append(f"cached {row['cached_tokens']:,}")
+    if row.get("cache_write_tokens"):
+        parts.append(f"cache write {row['cache_write_tokens']:,}")
+    if row.get("reasoning_tokens"):
+        parts.append(f"reasoning {row['reasoning_tokens']:,}")
+    if row.get("service_tier"):
+        parts.append(f"tier {row['service_tier']}")
+    return " ".join(parts)
 
 
 def _safe(text) -> str:
@@ -63,7 +95,7 @@ def _print_overview(console, tables: RunTables, summary: list[tuple[str, str]]) 
         match = "" if a["normalized_match"] is None else ("yes" if a["normalized_match"] else "no")
         listing.add_row(_safe(a["query_id"]), _safe(a["status"]), _safe(_clip(a["answer"] or a["error"])),
                         _safe(_clip(a["expected"])), match, str(a["llm_calls"] or 0),
-                        f"${(a['cost_usd'] or 0):.4f}")
+                        dollars([a["cost_usd"]]))
     console.print(listing)
 
 
@@ -98,7 +130,7 @@ def _print_question(console, tables: RunTables, query_id: str) -> None:
             label = (f"[bold]{_safe(c['kind'])}[/bold] depth {c['depth']} {_safe(str(c['model']))} "
                      f"{c['prompt_tokens']}+{c['completion_tokens']} tok {cost} "
                      f"{(c['latency_s'] or 0):.3f}s retries={c['retries']}"
-                     f"{' cache-hit' if c['cache_hit'] else ''}")
+                     f"{' cache-hit' if c['cache_hit'] else ''} {_safe(billing_note(c))}".rstrip())
             branch = node.add(label)
             for s in sorted(steps.get(c["call_id"], []), key=lambda s: s["iteration"]):
                 step = branch.add(f"iteration {s['iteration']}")

@@ -12,6 +12,7 @@ import html
 from collections import defaultdict
 from collections.abc import Iterable
 
+from rlm_ray.batch.show import billing_note
 from rlm_ray.batch.tables import RunTables
 
 CSS = """
@@ -55,6 +56,8 @@ def _call_summary(call: dict) -> str:
              _fmt_cost(call.get("cost_usd")), f"{(call.get('latency_s') or 0):.3f}s"]
     if call.get("retries"):
         parts.append(f"{call['retries']} retries")
+    if billing_note(call):
+        parts.append(_e(billing_note(call)))
     cache = ' <span class="cache">cache hit</span>' if call.get("cache_hit") else ""
     status = "" if call.get("status") in (None, "ok") else f" [{_e(call.get('status'))}]"
     return (f'<span class="kind k-{_e(kind)}">{_e(kind)}</span>'
@@ -118,7 +121,8 @@ def _question_html(answer: dict, calls: list[dict], steps: list[dict]) -> str:
                           f"{answer.get('input_tokens') or 0}+{answer.get('output_tokens') or 0}"
                           f" tok · {_fmt_cost(answer.get('cost_usd'))} · "
                           f"{(answer.get('wall_s') or 0):.2f}s · {answer.get('iterations') or 0}"
-                          f" iterations · depth {answer.get('max_depth_reached') or 0}</dd>"))
+                          f" iterations · depth {answer.get('max_depth_reached') or 0}"
+                          f"{' · ' + _e(billing_note(answer)) if billing_note(answer) else ''}</dd>"))
     dl = "".join(f"<dt>{label}</dt>{value}" for label, value in rows)
     error = f'<div class="error-line">{_e(answer.get("error"))}</div>' if answer.get("error") else ""
     tree = _tree_html(calls, steps_by_call) if calls else "<p>no model calls recorded</p>"
