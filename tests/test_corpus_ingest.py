@@ -254,3 +254,28 @@ def test_token_counts_are_real_and_treat_special_tokens_as_text():
     assert count_tokens_batch(texts) == [count_tokens(t) for t in texts]
     assert count_tokens(texts[0]) == 2 and count_tokens("") == 0
     assert count_tokens(texts[1]) == len(encoder().encode(texts[1], disallowed_special=()))
+
+
+def test_excluded_folders_are_not_walked(tmp_path):
+    """`--exclude vendor/` prunes the folder: nothing below it is listed (a FIFO
+    there would otherwise count as `special`), and it counts once as excluded.
+    With a `!` pattern present every file is matched instead (the pattern may
+    re-include one)."""
+    import os
+
+    src = tmp_path / "src"
+    (src / "vendor" / "deep").mkdir(parents=True)
+    (src / "app.py").write_text("print('app')\n")
+    for i in range(5):
+        (src / "vendor" / "deep" / f"lib{i}.py").write_text(f"x = {i}\n")
+    os.mkfifo(src / "vendor" / "deep" / "pipe")
+    (src / ".git").mkdir()
+    (src / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+
+    manifest = ingest([str(src)], str(tmp_path / "c1"), exclude=["vendor/"])
+    assert manifest["documents"] == 1 and manifest["skipped"] == {"excluded": 1}
+
+    manifest = ingest([str(src)], str(tmp_path / "c2"), exclude=["vendor/", "!vendor/deep/lib0.py"])
+    # Per-file matching: the FIFO is seen (and refused), lib0.py is re-included.
+    assert manifest["documents"] == 2
+    assert manifest["skipped"] == {"excluded": 4, "special": 1}

@@ -180,6 +180,19 @@ def test_every_run_ends_within_the_turn_cap_and_on_a_forced_final():
     assert text_final(forced) == ("value", "17")
 
 
+def test_map_families_try_one_sub_call_before_the_whole_map():
+    """As real models do on OOLONG-style tasks: look, probe one piece, map, answer
+    (four root turns); a failed probe does not block the map."""
+    q = QUESTIONS["label-top"]
+    probe = codes(rlm_policy(root(q, "pieces=3\nSTEP_DONE 1")))
+    assert "llm_query(" in probe and "pieces[0]" in probe and "map_prompts" not in probe
+    failed = "Error:\nTimeoutError: sub-call timed out"
+    skipped = codes(rlm_policy(root(q, "pieces=3\nSTEP_DONE 1", failed)))
+    assert "llm_query(" not in skipped and "map_prompts" not in skipped
+    mapping = codes(rlm_policy(root(q, "pieces=3\nSTEP_DONE 1", "probe\nSTEP_DONE 2")))
+    assert "map_prompts(prompts)" in mapping
+
+
 def test_needle_widens_the_search_when_the_sentence_is_not_found():
     q = QUESTIONS["needle"]
     code = codes(rlm_policy(root(q, "hits=0\nSTEP_DONE 1")))
@@ -477,11 +490,15 @@ def test_rlms_shims_carry_the_real_model_dialect():
                                            "\npieces=3\nSTEP_DONE 1"}]
     numbered = _number_outputs(history)
     assert numbered[-1]["content"].startswith("REPL output (iteration 1):\nREPL output (block 1)")
-    mapping = rlm_policy(numbered)          # the policy reads it: stage 2, not stage 1 again
+    probe = rlm_policy(numbered)            # the policy reads it: stage 2, not stage 1 again
+    assert "probe = llm_query(" in codes(probe) and "map_prompts" not in codes(probe)
+    history += [{"role": "assistant", "content": "x"},
+                {"role": "user", "content": "REPL output:\nprobe reply\nSTEP_DONE 2"}]
+    mapping = rlm_policy(_number_outputs(history))
     assert "map_prompts(prompts)" in codes(mapping)
     final = rlm_policy(_number_outputs(history + [
         {"role": "assistant", "content": "x"},
-        {"role": "user", "content": "REPL output:\nSTEP_DONE 2"}]))
+        {"role": "user", "content": "REPL output:\nSTEP_DONE 3"}]))
     run = _final_as_code(history, final)
     assert repl_blocks(run)[-1] == "FINAL_VAR('result')"
     assert _final_as_code("a sub-call prompt", "FINAL_VAR(x)") == "FINAL_VAR(x)"   # roots only

@@ -95,7 +95,10 @@ def rlm_settings(args: argparse.Namespace, out_uri: str) -> tuple[dict, object |
     _check_positive(args, "max_iterations", "timeout_s", "question_budget_usd", "rpm", "tpm")
     if args.max_depth < 0:
         raise UserError("--max-depth must be >= 0")
-    model, api_base, server = resolve_model(args.model, args.api_base)
+    from rlm_ray.llm.options import entry_for
+
+    model, api_base, server = resolve_model(args.model, args.api_base,
+                                            entry_for(args.price_like, args.model))
     sub_model = args.sub_model
     if sub_model:
         sub_model, _, _ = resolve_model(sub_model, api_base or "unused")

@@ -147,11 +147,12 @@ def _write_queries(queries: list[Query], uri: str) -> None:
 def rlm_from_spec(spec: PipelineSpec, partition: str) -> tuple[dict, Any, int]:
     """(RLM settings, in-process simulator to stop or None, concurrency)."""
     from rlm_ray.llm.config import GatewayConfig
-    from rlm_ray.llm.options import cost_fields
+    from rlm_ray.llm.options import cost_fields, entry_for
     from rlm_ray.sim import resolve_model
 
     limits = spec.limits
-    model, api_base, server = resolve_model(spec.model, spec.api_base)
+    model, api_base, server = resolve_model(spec.model, spec.api_base,
+                                            entry_for(spec.price_like, spec.model))
     sub_model = resolve_model(spec.sub_model, api_base or "unused")[0] if spec.sub_model else None
     # One cache for every date: an unchanged call made on Monday is free on Tuesday.
     cache = None if spec.cache == "off" else (spec.cache or storage.join(spec.output, "cache"))

@@ -108,12 +108,26 @@ def _loader(uri: str) -> Callable[[], bytes]:
     return functools.partial(storage.read_bytes, uri)
 
 
+def _folder_pruner(exclude: tuple[str, ...]) -> Callable[[str], bool]:
+    """Is a folder (relative path ending in "/") excluded as a whole? Then it
+    is never walked: `--exclude site-packages/` must not cost a stat per file
+    below it. As in git, nothing inside an excluded folder can be re-included;
+    to stay exact we prune only when no `!` pattern is given."""
+    if not exclude or any(p.lstrip().startswith("!") for p in exclude):
+        return lambda rel: False
+    spec = pathspec.GitIgnoreSpec.from_lines(exclude)
+    return spec.match_file
+
+
 def _local_tree(root: str, opts: ListOptions) -> list[RawFile]:
     """Walk a local folder without leaving it: a symlink is kept only when it
     names a regular file inside the root (read through its target); links that
     point outside, dangle, or name a directory are skipped as "symlink", and
-    FIFOs, sockets and devices as "special" (reading a FIFO would block)."""
+    FIFOs, sockets and devices as "special" (reading a FIFO would block).
+    Version-control folders are not walked, nor excluded folders (each counted
+    once as "excluded")."""
     root_real = os.path.realpath(root)
+    pruned = _folder_pruner(opts.exclude)
     files = []
     stack = [(root_real, "")]
     while stack:
@@ -132,6 +146,11 @@ def _local_tree(root: str, opts: ListOptions) -> list[RawFile]:
                 else:
                     opts.skips["symlink"] += 1
             elif entry.is_dir(follow_symlinks=False):
+                if entry.name in VCS_DIRS:
+                    continue
+                if pruned(rel + "/"):
+                    opts.skips["excluded"] += 1
+                    continue
                 stack.append((entry.path, rel + "/"))
             elif entry.is_file(follow_symlinks=False):
                 files.append(RawFile(safe_path(rel), entry.stat(follow_symlinks=False).st_size,

@@ -105,9 +105,11 @@ def register(commands, bench) -> None:
 
 def resolve_models(args, stack: ExitStack) -> tuple[str, str, str | None]:
     """(root model, sub model, api_base); `sim` models start an in-process SIMULATOR."""
+    from rlm_ray.llm.options import entry_for
     from rlm_ray.sim import resolve_model
 
-    model, api_base, server = resolve_model(args.model, args.api_base)
+    model, api_base, server = resolve_model(args.model, args.api_base,
+                                            entry_for(getattr(args, "price_like", None), args.model))
     if server is not None:
         stack.callback(server.stop)
         print(f"rlm-ray: the SIMULATOR is answering ({server.base_url}); it is not a real model",

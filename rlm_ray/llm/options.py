@@ -46,3 +46,9 @@ def cost_fields(source: Any, model: str | None) -> dict:
               "service_tier": get("service_tier"),
               "price_like": parse_price_like(get("price_like"), model)}
     return fields
+
+
+def entry_for(items: list[str] | str | dict | None, model: str) -> str | None:
+    """The price entry `--price-like` gives `model` as typed (or with no MODEL=):
+    an in-process SIMULATOR bills prompt caching like it."""
+    return (parse_price_like(items, model) or {}).get(model)

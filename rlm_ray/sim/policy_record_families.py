@@ -85,6 +85,23 @@ def _label_explore(step: Step) -> Code:
                 "whole context into pieces.", code, preview=PREVIEW)
 
 
+def _label_probe(instruction: Callable[[Step], str]) -> Callable[[Step], Code]:
+    """One sub-call on the first piece before the whole map, as real models
+    check a sub-model's reply format before paying for hundreds of calls."""
+    def stage(step: Step) -> Code:
+        if step.attempt:   # the probe itself failed: go straight to the map
+            return Code("The test call failed; I will check the replies of the full map instead.",
+                        "probe = None\nprint('no probe; replies are checked after the map')")
+        code = "\n".join([
+            f"probe = llm_query({instruction(step)!r} + '\\n\\n' + pieces[0]) if pieces else ''",
+            "print('probe reply on piece 0:', repr(str(probe)[:200]))",
+        ])
+        return Code("Before sending every piece, I try the sub-model on the first one to see "
+                    "what its replies look like.", code,
+                    after="If the reply has the format I asked for, the full map can follow.")
+    return stage
+
+
 def _label_map(instruction: Callable[[Step], str], aggregate: str) -> Callable[[Step], Code]:
     def stage(step: Step) -> Code:
         lines = [f"prompts = [{instruction(step)!r} + '\\n\\n' + p for p in pieces]"]
@@ -156,11 +173,14 @@ def _per_label_instruction(step: Step) -> str:
 
 
 register_family("label-count", r"How many records are labelled '(.+?)'\?",
-                _label_explore, _label_map(_count_instruction, _COUNT), _label_final)
+                _label_explore, _label_probe(_count_instruction),
+                _label_map(_count_instruction, _COUNT), _label_final)
 register_family("label-top", r"Which label is the most frequent\?",
-                _label_explore, _label_map(_per_label_instruction, _TOP), _label_final)
+                _label_explore, _label_probe(_per_label_instruction),
+                _label_map(_per_label_instruction, _TOP), _label_final)
 register_family("label-pairs", r"Which pairs of users both have records labelled '(.+?)'\?",
-                _label_explore, _label_map(_users_instruction, _PAIRS), _label_final)
+                _label_explore, _label_probe(_users_instruction),
+                _label_map(_users_instruction, _PAIRS), _label_final)
 
 
 # -- recover: the first block has a typo on purpose --------------------------

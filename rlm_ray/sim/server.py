@@ -139,13 +139,16 @@ def fetch_stats(url: str, timeout: float = 10.0) -> dict:
         return normalize(json.load(response))
 
 
-def resolve_model(model: str, api_base: str | None) -> tuple[str, str | None, SimServer | None]:
+def resolve_model(model: str, api_base: str | None, bill_like: str | None = None
+                  ) -> tuple[str, str | None, SimServer | None]:
     """Turn the CLI's `--model` into (litellm model, api_base, server to stop or None).
 
     `sim` / `sim/<policy>` start an in-process simulator unless `api_base`
     already points at one; `sim/replay:FILE` starts one serving that replay file
     (with `api_base`, the server there must have been started with `--replay`);
-    any other model string passes through unchanged.
+    any other model string passes through unchanged. `bill_like`: the litellm
+    price entry an in-process simulator reports prompt caching like (the one
+    `--price-like` names for this model), so its usage matches the prices.
     """
     if model != "sim" and not model.startswith("sim/"):
         return model, api_base, None
@@ -156,7 +159,7 @@ def resolve_model(model: str, api_base: str | None) -> tuple[str, str | None, Si
         raise UserError(f"unknown simulator policy {policy!r} (known: {', '.join(sorted(POLICIES))})")
     if api_base:
         return f"openai/{policy}", api_base, None
-    server = SimServer().start()
+    server = SimServer(bill_like={policy: bill_like} if bill_like else ()).start()
     return f"openai/{policy}", server.base_url, server
 
 
