@@ -56,6 +56,10 @@ def test_three_nodes_one_removed_mid_batch_loses_nothing(tmp_path):
     assert report["limiters"] == [1]
     assert report["gateway_pools"] and all(n <= report["gateway_actors"]
                                            for n in report["gateway_pools"].values())
+    # The cluster-wide singletons (limiter, budget bank) live on the head node, so
+    # losing a worker node never restarts them empty.
+    assert {"rlm-ray-budgets"} < set(report["singletons"]), report["singletons"]
+    assert all(s == {"on_head": True, "restarts": 0} for s in report["singletons"].values())
     # Paid calls were not paid again: only a call cut off mid-flight can repeat.
     assert report["repeated_prompts"] <= report["removed_in_flight"]
 
@@ -143,8 +147,9 @@ def _batch(work: Path, corpus: str, queries: str, server, cluster, workers) -> d
     hosts = HostPool(concurrency=CONCURRENCY)
     host_nodes = [ray.get(h.actor.node_id.remote(), timeout=120) for h in hosts.hosts]
     gateway = GatewayConfig(api_base=server.base_url, rpm=6000, cache_uri=str(work / "out/cache"))
+    # A per-question dollar budget: every question draws from the cluster's budget bank.
     rlm = {"model": "openai/sim/rlm-policy", "api_base": server.base_url, "max_iterations": 12,
-           "gateway": gateway}
+           "gateway": gateway, "budget_usd": 1000.0}
     removed = {"in_flight": 0}
 
     def remove_a_busy_worker() -> None:
@@ -174,6 +179,11 @@ def _batch(work: Path, corpus: str, queries: str, server, cluster, workers) -> d
     alive = [a for a in actors(actor_state_name="ALIVE").values()]
     names = [a.get("Name") or "" for a in alive]
     limiters = [n for n in names if n.startswith("rlm-ray-limiter/")]
+    head = next(n["NodeID"] for n in ray.nodes() if "node:__internal_head__" in n["Resources"])
+    singletons = {a["Name"]: {"on_head": a["Address"]["NodeID"] == head,
+                              "restarts": int(a.get("NumRestarts") or 0)}
+                  for a in alive if (a.get("Name") or "").startswith(("rlm-ray-limiter/",
+                                                                      "rlm-ray-budgets"))}
     pools: dict[str, int] = {}
     for name in names:
         if name.startswith("rlm-ray-gateway/"):
@@ -185,7 +195,7 @@ def _batch(work: Path, corpus: str, queries: str, server, cluster, workers) -> d
             "nodes": nodes, "host_nodes": host_nodes,
             "answered_by_node": summary.answered_by_node,
             "removed_in_flight": removed["in_flight"], "retried": summary.retried_after_failure,
-            "limiters": [len(limiters)], "gateway_pools": pools,
+            "limiters": [len(limiters)], "gateway_pools": pools, "singletons": singletons,
             "gateway_actors": gateway.gateway_actors,
             "repeated_prompts": server.stats()["repeated_prompts"]}
 

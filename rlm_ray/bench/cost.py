@@ -1,10 +1,11 @@
 """`rlm-ray bench cost`: what prompt caching saves on the root loop.
 
-One seeded suite case (oolong at 1M tokens by default) is answered four
-times against the provider SIMULATOR, billing like an automatic-prefix-caching
-model (gpt-5-mini) and like a breakpoint-caching one (claude-sonnet-4-5), each
-with `--prompt-cache off` and `auto`. Every run gets a fresh simulator (a
-cold cache). Figures come from the batch's own `calls` table, priced by the
+Seeded suite cases (oolong at 1M tokens, seeds 0-2 by default: 18 questions)
+are answered four times against the provider SIMULATOR, billing like an
+automatic-prefix-caching model (gpt-5-mini) and like a breakpoint-caching one
+(claude-sonnet-4-5), each with `--prompt-cache off` and `auto`. Each of the
+four gets one fresh simulator (a cold cache) for all its cases, as one
+provider serves a night's batches: the cold start is paid once, not per case. Figures come from the batch's own `calls` table, priced by the
 gateway's litellm cost calculation: root input dollars per question (the
 part caching acts on), all dollars per question, the cached share of root
 input tokens, and whether the answers are identical across the two modes.
@@ -34,6 +35,7 @@ class CostRun:
     root_input_tokens: float        # per question
     cached_share: float             # of root input tokens
     root_input_usd: float | None    # per question
+    uncached_usd: float | None      # per question: the same root input with no token cached
     total_usd: float | None         # per question, root + sub-calls
     answers: dict
     wall_s: float
@@ -48,7 +50,8 @@ def register(commands, bench) -> None:
                     "dollars per question and whether the answers are identical.")
     parser.add_argument("--suite", default="oolong")
     parser.add_argument("--size", default="2^20", help="corpus size in tokens (default 2^20)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0,1,2",
+                        help="comma-separated case seeds, answered in order against one simulator")
     parser.add_argument("--like", default=",".join(STYLES),
                         help="comma-separated litellm price entries to bill like")
     parser.add_argument("--concurrency", type=int, default=3, help="questions in flight")
@@ -67,36 +70,45 @@ def _root_input_usd(call: dict, model: str, gateway) -> float | None:
     return billed_cost(model, usage, gateway)
 
 
-def run_one(case, like: str, mode: str, out: Path, concurrency: int) -> CostRun:
+def run_one(cases: list, like: str, mode: str, out: Path, concurrency: int) -> CostRun:
     from rlm_ray.batch.runner import run
     from rlm_ray.batch.tables import read_run
     from rlm_ray.llm.config import GatewayConfig
     from rlm_ray.sim.server import SimServer
 
     model = f"openai/{POLICY}"
-    run_dir = out / f"{like}-{mode}"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)   # a benchmark measures; it never resumes
+    answers: dict = {}
+    roots: list[dict] = []
+    costs: list = []
+    wall = 0.0
     with SimServer(bill_like={POLICY: like}) as sim:   # fresh server: a cold cache
         gateway = GatewayConfig(api_base=sim.base_url, cache_mode="off", prompt_cache=mode,
                                 price_like={model: like})
         rlm = {"model": model, "sub_model": model, "api_base": sim.base_url, "max_depth": 1,
                "max_iterations": 20, "timeout_s": None, "budget_usd": None, "gateway": gateway}
-        started = time.monotonic()
-        run(str(case.corpus), str(case.queries), str(run_dir), rlm=rlm,
-            concurrency=concurrency, progress=False)
-        wall = time.monotonic() - started
-    tables = read_run(str(run_dir))
-    answers = {a["query_id"]: a["answer"] for a in tables.answers.to_pylist()}
-    roots = [c for c in tables.calls.to_pylist() if c["kind"] == "root"]
+        for case in cases:
+            run_dir = out / f"{like}-{mode}" / case.folder.name
+            if run_dir.exists():
+                shutil.rmtree(run_dir)   # a benchmark measures; it never resumes
+            started = time.monotonic()
+            run(str(case.corpus), str(case.queries), str(run_dir), rlm=rlm,
+                concurrency=concurrency, progress=False)
+            wall += time.monotonic() - started
+            tables = read_run(str(run_dir))
+            rows = tables.answers.to_pylist()
+            answers.update({(case.folder.name, a["query_id"]): a["answer"] for a in rows})
+            roots += [c for c in tables.calls.to_pylist() if c["kind"] == "root"]
+            costs += [a["cost_usd"] for a in rows]
     n = max(len(answers), 1)
     root_in = sum(c["prompt_tokens"] or 0 for c in roots)
     cached = sum(c["cached_tokens"] or 0 for c in roots)
     input_usd = [_root_input_usd(c, model, gateway) for c in roots]
-    costs = [a["cost_usd"] for a in tables.answers.to_pylist()]
+    uncached_usd = [_root_input_usd(dict(c, cached_tokens=0, cache_write_tokens=0), model, gateway)
+                    for c in roots]
     return CostRun(
         like, mode, len(answers), len(roots) / n, root_in / n, cached / root_in if root_in else 0.0,
         None if any(x is None for x in input_usd) else sum(input_usd) / n,
+        None if any(x is None for x in uncached_usd) else sum(uncached_usd) / n,
         None if any(x is None for x in costs) else sum(costs) / n, answers, wall)
 
 
@@ -104,21 +116,26 @@ def _usd(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.5f}"
 
 
+def _saving(usd: float | None, base: float | None) -> str:
+    return f"{1 - usd / base:.1%}" if usd is not None and base else ""
+
+
 def format_table(runs: list[CostRun]) -> str:
     lines = ["| billed like | --prompt-cache | questions | root turns/q | root input tokens/q | "
-             "cached share | root input $/q | all $/q | root input saving | answers identical |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "cached share | root input $/q | all $/q | saving vs off | saving vs no caching | "
+             "answers identical |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     off = {r.billed_like: r for r in runs if r.prompt_cache == "off"}
     for r in runs:
         base = off.get(r.billed_like)
         saving = same = ""
         if r.prompt_cache != "off" and base is not None:
-            if base.root_input_usd and r.root_input_usd is not None:
-                saving = f"{1 - r.root_input_usd / base.root_input_usd:.1%}"
+            saving = _saving(r.root_input_usd, base.root_input_usd)
             same = "yes" if r.answers == base.answers else "NO"
         lines.append(f"| {r.billed_like} | {r.prompt_cache} | {r.questions} | {r.root_turns:.1f} | "
                      f"{r.root_input_tokens:,.0f} | {r.cached_share:.1%} | {_usd(r.root_input_usd)} | "
-                     f"{_usd(r.total_usd)} | {saving} | {same} |")
+                     f"{_usd(r.total_usd)} | {saving} | {_saving(r.root_input_usd, r.uncached_usd)} | "
+                     f"{same} |")
     return "\n".join(lines)
 
 
@@ -139,15 +156,22 @@ def cost_command(args: argparse.Namespace) -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    case = prepare(args.suite, args.seed, size, Path(args.workdir), log)
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
+    if not seeds:
+        raise UserError("--seeds needs at least one seed")
+    cases = [prepare(args.suite, seed, size, Path(args.workdir), log) for seed in seeds]
     runs = []
     for like in styles:
         for mode in MODES:
-            log(f"{args.suite} {size:,} tokens, SIMULATOR billing like {like}, --prompt-cache {mode}")
-            result = run_one(case, like, mode, Path(args.out), args.concurrency)
+            log(f"{args.suite} {size:,} tokens, seeds {args.seeds}, SIMULATOR billing like {like}, "
+                f"--prompt-cache {mode}")
+            result = run_one(cases, like, mode, Path(args.out), args.concurrency)
             log(f"  {result.questions} questions in {result.wall_s:.1f}s")
             runs.append(result)
-    print(f"## prompt caching: {args.suite} at {case.meta['tokens']:,} tokens, seed {args.seed} "
+    print(f"## prompt caching: {args.suite} at {cases[0].meta['tokens']:,} tokens, seeds {args.seeds} "
           f"(provider SIMULATOR, litellm prices)\n")
     print(format_table(runs))
     return 0

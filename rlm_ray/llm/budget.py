@@ -99,10 +99,12 @@ def _bank():
         if _bank_handle is None:
             import ray
 
+            from rlm_ray._ray import on_head_node
+
             actor_cls = ray.remote(num_cpus=0, max_restarts=-1)(BudgetBank)
             _bank_handle = actor_cls.options(
                 name=BANK_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-            ).remote()
+                **on_head_node()).remote()
         return _bank_handle
 
 

@@ -183,10 +183,11 @@ def limiter_actor(key: str, limits: Limits):
         actor = _actors.get(key)
         if actor is None:
             actor_cls = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(LimiterActor)
+            from rlm_ray._ray import on_head_node
+
             actor = actor_cls.options(
                 name=f"rlm-ray-limiter/{key}", namespace=NAMESPACE, lifetime="detached",
-                get_if_exists=True,
-            ).remote(limits)
+                get_if_exists=True, **on_head_node()).remote(limits)
             _actors[key] = actor
     actor.configure.remote(limits)
     return actor
