@@ -45,7 +45,7 @@ def test_three_nodes_one_removed_mid_batch_loses_nothing(tmp_path):
     # Every query id exactly once, every one ok, though a node left mid-batch.
     assert sorted(report["query_ids"]) == sorted(set(report["query_ids"]))
     assert len(report["query_ids"]) == QUESTIONS
-    assert set(report["statuses"]) == {"ok"}, report["errors"]
+    assert set(report["statuses"]) == {"ok"}, (report["errors"], report["singletons"])
     # Work landed on every node: a host actor on each, answers from each.
     assert len(report["nodes"]) == 3
     assert set(report["host_nodes"]) == set(report["nodes"])
@@ -59,7 +59,8 @@ def test_three_nodes_one_removed_mid_batch_loses_nothing(tmp_path):
     # The cluster-wide singletons (limiter, budget bank) live on the head node, so
     # losing a worker node never restarts them empty.
     assert {"rlm-ray-budgets"} < set(report["singletons"]), report["singletons"]
-    assert all(s == {"on_head": True, "restarts": 0} for s in report["singletons"].values())
+    assert all(s == {"on_head": True, "restarts": 0}
+               for s in report["singletons"].values()), report["singletons"]
     # Paid calls were not paid again: only a call cut off mid-flight can repeat.
     assert report["repeated_prompts"] <= report["removed_in_flight"]
 
