@@ -276,3 +276,74 @@ def test_model_threads_read_the_right_documents(repl, expected):
     order, texts = out
     assert sorted(order) == list(range(len(expected)))
     assert texts == [expected[i][1] for i in order]
+
+
+def test_a_slice_of_the_corpus_is_a_childs_text_context(subset_corpus, expected, monkeypatch):
+    """`rlm_query(p, context=context[a:b])`, as real models write it: the child
+    gets those documents as one str (each headed by index and path); the corpus
+    itself means the same corpus (None); other values pass unchanged; an
+    oversized slice is a clear error, not a bridge TypeError."""
+    monkeypatch.setattr(context_view, "CHILD_CONTEXT_BYTES", 200_000)
+    seen: list = []
+
+    def rlm_query(prompt, model=None, context=None):
+        seen.append(context)
+        return "child answer"
+
+    def rlm_query_batched(prompts, model=None, contexts=None):
+        seen.append(contexts)
+        return ["child answer"] * len(prompts)
+
+    workspace = Workspace(context=None, view=ContextView(subset_corpus),
+                          host_functions={"rlm_query": rlm_query,
+                                          "rlm_query_batched": rlm_query_batched},
+                          sandbox_opts={"timeout_s": 120})
+    try:
+        run(workspace, "r1 = rlm_query('summarise these', context=context[2:4])")
+        run(workspace, "r2 = rlm_query('the whole corpus', None, context)")
+        run(workspace, "r3 = rlm_query_batched(['a', 'b'], contexts=[context[-1:], 'plain'])")
+        run(workspace, "r4 = rlm_query('strided', context=context[5:0:-2])")
+        error = error_of(workspace, "rlm_query('everything', context=context[:])")
+    finally:
+        workspace.close()
+
+    def text(indices):
+        return "\n".join(f"=== document {i}: {expected[i][0]} ===\n{expected[i][1]}\n"
+                         for i in indices)
+
+    last = len(expected) - 1
+    assert seen[0] == text([2, 3])
+    assert seen[1] is None
+    assert seen[2] == [text([last]), "plain"]
+    assert seen[3] == text([5, 3, 1])
+    assert len(seen) == 4                      # the oversized call never reached the host
+    assert error.startswith("ValueError") and "context=None" in error and "fewer documents" in error
+
+
+@register_policy("test/child-slice")
+def _child_slice_policy(messages: list[dict]) -> str:
+    """Root: hand three documents to a child RLM, then answer with its reply.
+    Child: report what its context is."""
+    from rlm_ray.sim.registry import text_of
+
+    users = [text_of(m["content"]) for m in messages if m["role"] == "user"]
+    if "CHILD" in users[0]:
+        return ("Let me see what I was given.\n```repl\n"
+                "kind = f\"{type(context).__name__} {context.count('=== document ')}\"\n```\n"
+                "That describes it.\nFINAL_VAR(kind)")
+    if len(users) == 1:
+        return ("A child reads the first three documents.\n```repl\n"
+                "child = rlm_query('CHILD: what is your context?', context=context[:3])\n"
+                "print(child)\n```")
+    return "The child answered.\nFINAL_VAR(child)"
+
+
+def test_a_child_rlm_over_a_slice_through_the_real_engine(subset_corpus, sim):
+    from rlm_ray.engine import RLM
+
+    server = sim()
+    result = RLM("openai/test/child-slice", api_base=server.base_url, local=True,
+                 max_depth=2, max_iterations=4).answer(subset_corpus, "Ask a child.")
+    assert result.status == "ok", result.error
+    assert result.answer == "str 3"
+    assert any(c["kind"] == "rlm" for c in result.calls)

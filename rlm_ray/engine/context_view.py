@@ -27,6 +27,9 @@ DEFAULT_CALL_TIMEOUT_S = 300.0
 # 2 MiB: the actor's transient peak while iterating the stdlib is ~+40 MB at
 # 2 MiB vs ~+70 MB at 4 MiB (DuckDB scan + Arrow + str + JSON copies).
 DOC_BATCH_BYTES = 2 * 1024 * 1024
+# A slice of the corpus passed as a child RLM's context= is sent as one str: under the
+# sandbox bridge's 16 MiB value cap, with room for the rest of the frame.
+CHILD_CONTEXT_BYTES = 8 * 1024 * 1024
 DOC_BATCH_MAX = 256
 MAX_DOC_BYTES = 8 * 1024 * 1024     # one document alone, when it exceeds a batch
 
@@ -153,7 +156,7 @@ class ContextView:
         """What the REPL's `context` needs up front: counts from the manifest."""
         stats = self._corpus.stats
         return {"documents": int(stats["documents"]), "tokens": int(stats["tokens"]),
-                "batch_bytes": DOC_BATCH_BYTES}
+                "batch_bytes": DOC_BATCH_BYTES, "child_context_bytes": CHILD_CONTEXT_BYTES}
 
     def _doc_range(self, start: int, stop: int) -> tuple[int, int]:
         count = int(self._corpus.stats["documents"])

@@ -25,6 +25,7 @@ def _rlm_bind_context(host):
 
     info = host.sequence_info()
     batch_bytes = info["batch_bytes"]
+    child_bytes = info.get("child_context_bytes", 8 << 20)
     corpus_size = info["documents"]
     api = ("use context.grep(pattern) to find lines in every document, "
            "context.read(path, start, end) for a document's lines, "
@@ -219,7 +220,57 @@ def _rlm_bind_context(host):
         if not getattr(getattr(re, name), "_rlm_guarded", False):
             setattr(re, name, guard(getattr(re, name), position))
 
-    return CorpusContext(range(corpus_size))
+    root = CorpusContext(range(corpus_size))
+
+    def as_child_context(value):
+        """What a child RLM gets for `context=`: the corpus itself means the same
+        corpus (None); a slice of it becomes one str of its documents, each
+        headed by its index and path, up to child_bytes; anything else as is."""
+        if value is root:
+            return None
+        if not isinstance(value, Documents):
+            return value
+        r = value._indices
+        paths = (host.doc_paths(r.start, r.stop) if r.step == 1 and len(r)
+                 else [host.doc_paths(i, i + 1)[0] for i in r])
+        parts, size = [], 0
+        for i, path, text in zip(r, paths, fetch(r)):
+            parts.append(f"=== document {i}: {path} ===\n{text}\n")
+            size += len(parts[-1].encode("utf-8", "replace"))
+            if size > child_bytes:
+                raise ValueError(
+                    f"context={value!r:.80}... is over {child_bytes >> 20} MiB of text as a "
+                    f"child's context; pass fewer documents (e.g. context[a:a + 10]), or "
+                    f"context=None to give the child the whole corpus and name the documents "
+                    f"in its prompt")
+        return "\n".join(parts)
+
+    g = globals()
+    single, batched = g.get("rlm_query"), g.get("rlm_query_batched")
+    if single is not None:
+        @functools.wraps(single)
+        def rlm_query(*args, **kwargs):
+            args = list(args)
+            if len(args) > 2:
+                args[2] = as_child_context(args[2])
+            if "context" in kwargs:
+                kwargs["context"] = as_child_context(kwargs["context"])
+            return single(*args, **kwargs)
+        g["rlm_query"] = rlm_query
+    if batched is not None:
+        def each(contexts):
+            return None if contexts is None else [as_child_context(c) for c in contexts]
+
+        @functools.wraps(batched)
+        def rlm_query_batched(*args, **kwargs):
+            args = list(args)
+            if len(args) > 2:
+                args[2] = each(args[2])
+            if "contexts" in kwargs:
+                kwargs["contexts"] = each(kwargs["contexts"])
+            return batched(*args, **kwargs)
+        g["rlm_query_batched"] = rlm_query_batched
+    return root
 
 
 context = _rlm_bind_context(_rlm_corpus)
