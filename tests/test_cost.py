@@ -215,6 +215,30 @@ def test_query_cli_passes_service_tier_and_records_it(sim, tmp_path, capsys):
     assert server.stats()["service_tiers"] == {"flex": len(calls)}
 
 
+@pytest.mark.timeout(300)
+def test_in_process_simulator_bills_caching_like_the_price_entry(tmp_path, capsys):
+    """`--model sim --price-like gpt-5-mini`: the simulator the CLI starts reports
+    cached tokens the way that entry's provider does, so the bill uses them."""
+    from rlm_ray.cli import main
+
+    records = "\n".join(f"record {i:07d} | user u{i % 7} | label: {'eggs' if i % 3 else 'ham'} | "
+                         + "filler " * 30 for i in range(600))
+    text = tmp_path / "records.txt"
+    text.write_text(records + "\n")
+    runs = {}
+    for extra in ([], ["--price-like", "gpt-5-mini"]):
+        trajectory = tmp_path / f"t{len(extra)}.json"
+        code = main(["query", "How many records are labelled 'ham'?", "--text", str(text),
+                     "--model", "sim", "--local", "--trajectory", str(trajectory), *extra])
+        assert code == 0 and capsys.readouterr().out.strip() == "200"
+        runs[bool(extra)] = json.loads(trajectory.read_text())["calls"]
+    roots = [c for c in runs[True] if c["kind"] == "root"]
+    assert len(roots) >= 4 and sum(c["cached_tokens"] for c in roots[2:]) > 1024
+    assert all(c["cost_usd"] is not None for c in runs[True])
+    # Without an entry: no caching reported and no price known (n/a, never 0).
+    assert all(c["cached_tokens"] == 0 and c["cost_usd"] is None for c in runs[False])
+
+
 # ---- 3. a dollar budget stops at the exact billed amount, caching on ----------------------
 @register_policy("test/cost-grow")
 def grow(messages):
