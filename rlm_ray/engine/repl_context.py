@@ -245,31 +245,26 @@ def _rlm_bind_context(host):
                     f"in its prompt")
         return "\n".join(parts)
 
-    g = globals()
-    single, batched = g.get("rlm_query"), g.get("rlm_query_batched")
-    if single is not None:
-        @functools.wraps(single)
-        def rlm_query(*args, **kwargs):
+    def converting(function, position, keyword, convert):
+        # The official signatures: (prompt(s), model=None, context(s)=None).
+        @functools.wraps(function)
+        def call(*args, **kwargs):
             args = list(args)
-            if len(args) > 2:
-                args[2] = as_child_context(args[2])
-            if "context" in kwargs:
-                kwargs["context"] = as_child_context(kwargs["context"])
-            return single(*args, **kwargs)
-        g["rlm_query"] = rlm_query
-    if batched is not None:
-        def each(contexts):
-            return None if contexts is None else [as_child_context(c) for c in contexts]
+            if len(args) > position:
+                args[position] = convert(args[position])
+            if keyword in kwargs:
+                kwargs[keyword] = convert(kwargs[keyword])
+            return function(*args, **kwargs)
+        return call
 
-        @functools.wraps(batched)
-        def rlm_query_batched(*args, **kwargs):
-            args = list(args)
-            if len(args) > 2:
-                args[2] = each(args[2])
-            if "contexts" in kwargs:
-                kwargs["contexts"] = each(kwargs["contexts"])
-            return batched(*args, **kwargs)
-        g["rlm_query_batched"] = rlm_query_batched
+    def each(contexts):
+        return None if contexts is None else [as_child_context(c) for c in contexts]
+
+    g = globals()
+    for name, keyword, convert in (("rlm_query", "context", as_child_context),
+                                   ("rlm_query_batched", "contexts", each)):
+        if g.get(name) is not None:
+            g[name] = converting(g[name], 2, keyword, convert)
     return root
 
 
