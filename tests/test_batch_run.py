@@ -135,7 +135,10 @@ def test_sigkilled_driver_resumes_with_every_question_once_and_nothing_paid_twic
     assert sorted(ids) == sorted(set(ids)) and len(ids) == 16   # every question exactly once
     assert all(r["status"] == "ok" for r in rows)
     assert after["completions"] > before["completions"]         # run 2 did the remaining work
-    assert after["repeated_prompts"] == before["repeated_prompts"], (before, after)
+    # Paid calls are not paid again: only a call cut off in flight by the kill
+    # (received by the simulator, never answered) may be sent once more.
+    cut_off = before["requests"] - before["completions"]
+    assert after["repeated_prompts"] - before["repeated_prompts"] <= cut_off, (before, after)
     assert "skipped (already finished)" in second.stdout
 
 
