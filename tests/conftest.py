@@ -127,6 +127,31 @@ def sim():
         server.stop()
 
 
+@pytest.fixture(params=["bwrap", "direct"])
+def mode(request) -> str:
+    """Sandbox isolation mode: every sandbox test runs under both."""
+    return request.param
+
+
+@pytest.fixture
+def make_sandbox(mode, request):
+    """Sandbox factory in `mode`, closing what it made; a test module's
+    SANDBOX_DEFAULTS (e.g. timeout_s) apply unless a call overrides them."""
+    from sandbox import Sandbox
+
+    defaults = getattr(request.module, "SANDBOX_DEFAULTS", {})
+    made: list = []
+
+    def make(host_functions=None, **opts):
+        sb = Sandbox(host_functions, use_bwrap=(mode == "bwrap"), **{**defaults, **opts})
+        made.append(sb)
+        return sb
+
+    yield make
+    for sb in made:
+        sb.close()
+
+
 @pytest.fixture(scope="session")
 def sim_server():
     """One default-knob SIMULATOR for the session (call `reset_stats()` if you count)."""

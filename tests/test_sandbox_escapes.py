@@ -18,24 +18,7 @@ from sandbox.host import LOST_STATE, RESTART_NOTICE
 RESTART_HEAD = RESTART_NOTICE.split("(")[0]
 
 
-@pytest.fixture(params=["bwrap", "direct"])
-def mode(request) -> str:
-    return request.param
-
-
-@pytest.fixture
-def make_sandbox(mode):
-    made: list[Sandbox] = []
-
-    def make(**opts) -> Sandbox:
-        opts.setdefault("timeout_s", 20)
-        sb = Sandbox(use_bwrap=(mode == "bwrap"), **opts)
-        made.append(sb)
-        return sb
-
-    yield make
-    for sb in made:
-        sb.close()
+SANDBOX_DEFAULTS = {"timeout_s": 20}   # for make_sandbox (tests/conftest.py)
 
 
 @pytest.fixture

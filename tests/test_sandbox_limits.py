@@ -20,6 +20,7 @@ from sandbox import Sandbox
 
 BLOCK_LIMIT_S = 3.0   # the block limit
 GRACE_S = 2.0
+SANDBOX_DEFAULTS = {"timeout_s": BLOCK_LIMIT_S, "grace_s": GRACE_S}   # for make_sandbox
 SLACK_S = 3.0         # scheduling on a 2-core machine shared by several test runs
 HOST_RSS_SLACK_MB = 200
 
@@ -41,27 +42,6 @@ def current_rss_mb() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS in /proc/self/status")
-
-
-@pytest.fixture(params=["bwrap", "direct"])
-def mode(request) -> str:
-    return request.param
-
-
-@pytest.fixture
-def make_sandbox(mode):
-    made: list[Sandbox] = []
-
-    def make(host_functions=None, **opts) -> Sandbox:
-        opts.setdefault("timeout_s", BLOCK_LIMIT_S)
-        opts.setdefault("grace_s", GRACE_S)
-        sb = Sandbox(host_functions, use_bwrap=(mode == "bwrap"), **opts)
-        made.append(sb)
-        return sb
-
-    yield make
-    for sb in made:
-        sb.close()
 
 
 def slow_host(delay_s: float, give_up_s: float):
