@@ -301,21 +301,31 @@ def tiny_corpus(tmp_path_factory) -> str:
     return str(root / "corpus")
 
 
+def _billed_batch(sim, policy: str, like: str, tmp_path, question: str, n: int,
+                  max_iterations: int) -> tuple:
+    """(server, model, queries file, RLM settings) for a batch against a simulator
+    that bills `policy` like the litellm entry `like`, priced the same way."""
+    server = sim(bill_like={policy: like})
+    model = f"openai/{policy}"
+    queries = tmp_path / "q.jsonl"
+    queries.write_text("".join(json.dumps({"query_id": f"q{i}", "question": f"{question} {i}"})
+                               + "\n" for i in range(n)))
+    gateway = GatewayConfig(api_base=server.base_url, price_like={model: like})
+    rlm = {"model": model, "api_base": server.base_url, "max_iterations": max_iterations,
+           "gateway": gateway}
+    return server, model, str(queries), rlm
+
+
 @pytest.mark.timeout(300)
 def test_batch_records_cache_columns_and_summarises_them(ray_session, sim, tiny_corpus, tmp_path):
     from rlm_ray.batch.progress import summary_rows
     from rlm_ray.batch.runner import run
     from rlm_ray.batch.tables import read_run
 
-    server = sim(bill_like={"test/cost-three-turns": "claude-sonnet-4-5"})
-    model = "openai/test/cost-three-turns"
-    queries = tmp_path / "q.jsonl"
-    queries.write_text("".join(json.dumps({"query_id": f"q{i}", "question": f"question {i}"}) + "\n"
-                               for i in range(2)))
-    gateway = GatewayConfig(api_base=server.base_url, price_like={model: "claude-sonnet-4-5"})
-    rlm = {"model": model, "api_base": server.base_url, "max_iterations": 5, "gateway": gateway}
+    server, model, queries, rlm = _billed_batch(sim, "test/cost-three-turns", "claude-sonnet-4-5",
+                                                tmp_path, "question", 2, max_iterations=5)
     out = tmp_path / "out"
-    summary = run(tiny_corpus, str(queries), str(out), rlm=rlm, concurrency=2, progress=False)
+    summary = run(tiny_corpus, queries, str(out), rlm=rlm, concurrency=2, progress=False)
     tables = read_run(str(out))
     calls, answers = tables.calls.to_pylist(), tables.answers.to_pylist()
     assert [a["status"] for a in answers] == ["ok", "ok"]
@@ -361,15 +371,10 @@ def test_batch_budget_stops_at_the_billed_amount_with_caching(ray_session, sim, 
     from rlm_ray.llm.cost import price_for
     from rlm_ray.llm.limiter import DEFAULT_OUTPUT_TOKENS
 
-    server = sim(bill_like={"test/cost-grow": "gpt-5-mini"})
-    model = "openai/test/cost-grow"
-    queries = tmp_path / "q.jsonl"
-    queries.write_text("".join(json.dumps({"query_id": f"q{i}", "question": f"grow {i}"}) + "\n"
-                               for i in range(3)))
-    gateway = GatewayConfig(api_base=server.base_url, price_like={model: "gpt-5-mini"})
-    rlm = {"model": model, "api_base": server.base_url, "max_iterations": 200, "gateway": gateway}
+    server, model, queries, rlm = _billed_batch(sim, "test/cost-grow", "gpt-5-mini", tmp_path,
+                                                "grow", 3, max_iterations=200)
     limit = 0.006
-    summary = run(tiny_corpus, str(queries), str(tmp_path / "out"), rlm=rlm, concurrency=1,
+    summary = run(tiny_corpus, queries, str(tmp_path / "out"), rlm=rlm, concurrency=1,
                   progress=False, budget_usd=limit)
     assert summary.budget_stopped
     calls = read_run(str(tmp_path / "out")).calls.to_pylist()
@@ -377,7 +382,7 @@ def test_batch_budget_stops_at_the_billed_amount_with_caching(ray_session, sim, 
     assert sum(c["cached_tokens"] for c in calls) > 0
     assert billed == pytest.approx(_simulator_bill(server, "gpt-5-mini"), rel=1e-9)
     assert billed <= limit
-    one_call = price_for(model, gateway).worst_case(
+    one_call = price_for(model, rlm["gateway"]).worst_case(
         max(c["prompt_tokens"] for c in calls) + 2_000, DEFAULT_OUTPUT_TOKENS)
     assert limit - billed < one_call
     assert summary.cost_usd == pytest.approx(billed)

@@ -3,6 +3,7 @@ the gateway uses it), plus raw HTTP where headers matter."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -330,12 +331,29 @@ def test_resolve_model(sim):
             resolve_model("sim", None)
 
 
-@pytest.mark.timeout(60)
-def test_cli_serves_until_sigterm():
-    cli = [sys.executable, "-m", "rlm_ray.cli", "sim", "--port", "0", "--rpm", "100"]
-    proc = subprocess.Popen(cli, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+@contextlib.contextmanager
+def sim_cli(*args: str):
+    """`rlm-ray sim ARGS` as a process: yields it; the body must end it with
+    SIGTERM and check its exit; a failing body gets it killed instead."""
+    proc = subprocess.Popen([sys.executable, "-m", "rlm_ray.cli", "sim", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def stop_cleanly(proc) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+
+
+@pytest.mark.timeout(60)
+def test_cli_serves_until_sigterm():
+    with sim_cli("--port", "0", "--rpm", "100") as proc:
         line = proc.stdout.readline()
         assert line.startswith("SIMULATOR listening on http://127.0.0.1:")
         assert line.rstrip().endswith("/v1 (not a real model provider)")
@@ -347,12 +365,7 @@ def test_cli_serves_until_sigterm():
         with urllib.request.urlopen(request, timeout=10) as response:
             assert json.load(response)["choices"][0]["message"]["content"] == "via cli"
         assert fetch_stats(base_url)["by_status"] == {200: 1}
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_cleanly(proc)
     assert "SIMULATOR stopped" in proc.stdout.read()
 
 
@@ -487,22 +500,14 @@ def test_resolve_replay_model(tmp_path):
 @pytest.mark.timeout(60)
 def test_cli_serves_a_replay_file(tmp_path):
     path = replay_file(tmp_path, [{"question": "Q1", "root_replies": ["FINAL(1)"]}])
-    proc = subprocess.Popen([sys.executable, "-m", "rlm_ray.cli", "sim", "--replay", str(path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
+    with sim_cli("--replay", str(path)) as proc:
         base_url = proc.stdout.readline().split()[3]
         assert "sim/replay" in proc.stdout.readline()
         assert "replaying 1 recorded conversation(s)" in proc.stdout.readline()
         reply = litellm.completion(model="openai/sim/replay", api_base=base_url, api_key="k",
                                    max_retries=0, messages=root_messages("Q1", []))
         assert reply.choices[0].message.content == "FINAL(1)"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_cleanly(proc)
     result = subprocess.run([sys.executable, "-m", "rlm_ray.cli", "sim", "--replay",
                              str(tmp_path / "missing.json")], capture_output=True, text=True,
                             timeout=60)

@@ -27,8 +27,6 @@ def table_summary(tables: RunTables, info: dict | None) -> list[tuple[str, str]]
     for status, n in sorted(Counter(answers.column("status").to_pylist()).items()):
         rows.append((f"status {status}", str(n)))
     def total(column: str) -> float:
-        if column not in answers.column_names:   # a folder written before the column existed
-            return 0
         return sum(v or 0 for v in answers.column(column).to_pylist())
     input_tokens = total("input_tokens")
     rows += [("model calls", f"{int(total('llm_calls'))}"),

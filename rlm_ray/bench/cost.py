@@ -5,7 +5,8 @@ are answered four times against the provider SIMULATOR, billing like an
 automatic-prefix-caching model (gpt-5-mini) and like a breakpoint-caching one
 (claude-sonnet-4-5), each with `--prompt-cache off` and `auto`. Each of the
 four gets one fresh simulator (a cold cache) for all its cases, as one
-provider serves a night's batches: the cold start is paid once, not per case. Figures come from the batch's own `calls` table, priced by the
+provider serves a night's batches: the cold start is paid once, not per
+case. Figures come from the batch's own `calls` table, priced by the
 gateway's litellm cost calculation: root input dollars per question (the
 part caching acts on), all dollars per question, the cached share of root
 input tokens, and whether the answers are identical across the two modes.
