@@ -3,8 +3,8 @@ scaffold, replayed unchanged through the real engine by the provider
 SIMULATOR's `sim/replay` model.
 
 Recordings are other projects' data, so they are not committed here: they are
-read from `$RLM_RAY_REPLAY_DIR` or the workplace's `shared/replay/` beside the
-checkout (each folder with a README naming every file's source and licence);
+read from the folder named by `$RLM_RAY_REPLAY_DIR` (with a README naming every
+file's source and licence);
 tests/fixtures/replay/ holds our converter and the provenance of the known set.
 Without recordings the replay tests skip and say where to put them.
 
@@ -28,14 +28,13 @@ FIXTURES = Path(__file__).parent / "fixtures" / "replay"
 
 def replay_dirs() -> list[Path]:
     env = os.environ.get("RLM_RAY_REPLAY_DIR")
-    shared = Path(__file__).resolve().parents[2] / "shared" / "replay"
-    return [Path(env)] if env else [shared]
+    return [Path(env)] if env else []
 
 
 REPLAY_FILES = sorted(p for d in replay_dirs() if d.is_dir() for p in d.glob("*.json"))
 NO_RECORDINGS = pytest.mark.skipif(
     not REPLAY_FILES, reason="no recorded real-model trajectories: convert them with "
-    "tests/fixtures/replay/convert_rlm_log.py into $RLM_RAY_REPLAY_DIR or shared/replay/")
+    "tests/fixtures/replay/convert_rlm_log.py into a folder and set $RLM_RAY_REPLAY_DIR")
 
 
 def recordings() -> list[tuple[Path, int, dict]]:

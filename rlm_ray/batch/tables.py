@@ -1,5 +1,5 @@
 """The result tables of a batch run: `answers`, `calls`, `steps` (schemas of
-../shared/DESIGN.md, plus scoring columns in `answers`), written as Parquet
+docs/design.md, plus scoring columns in `answers`), written as Parquet
 parts as questions finish, and read back for resume and `show`.
 
 Crash safety comes from two rules. Every part is written to a temp name and

@@ -1,4 +1,4 @@
-"""The lineage records of one answer: `calls` and `steps` rows (DESIGN.md
+"""The lineage records of one answer: `calls` and `steps` rows (docs/design.md,
 "Result tables"), collected thread-safely while host calls run concurrently.
 
 Every string that reaches a record goes through `redact`, so a credential
