@@ -10,8 +10,9 @@ privileges beyond writing where the host already lives), moves the worker's
 process tree in before any model code runs, and at the end kills whatever
 is still inside and removes the group.
 
-Works with cgroup v1 (a hierarchy per controller) and v2 (one hierarchy);
-where neither is writable the layer is simply reported missing.
+Works with cgroup v1 (a hierarchy per controller) and v2 (one hierarchy; see
+sandbox.cgroup_setup for where the groups go there); where neither works the
+layers are reported missing, with the reason (`support().describe()`).
 """
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ import signal
 import time
 from dataclasses import dataclass, field
 
+from sandbox.cgroup_setup import support
 from sandbox.scratch import alive as _alive
 
-CGROUP_ROOT = "/sys/fs/cgroup"
 GROUP_PREFIX = "sandbox-"
 GROUP_NAME = re.compile(rf"^{GROUP_PREFIX}(\d+)-\d+$")   # sandbox-<host pid>-<n>
 _counter = itertools.count(1)
@@ -90,13 +91,12 @@ def create(memory_bytes: int, max_tasks: int) -> Cgroup:
     name = f"{GROUP_PREFIX}{os.getpid()}-{next(_counter)}"
     group = Cgroup(active={key: False for key in LAYER_BY_CONTROLLER.values()})
     made: set[str] = set()   # v2: memory and pids share one directory
-    for controller_name, parent, v2 in _parents():
-        limits = _limits(controller_name, v2, memory_bytes, max_tasks)
-        _sweep(parent)
-        controller = Controller(controller_name, os.path.join(parent, name), limits)
+    for parent in support().parents:
+        v2 = parent.version == 2
+        limits = _limits(parent.controller, v2, memory_bytes, max_tasks)
+        _sweep(parent.path)
+        controller = Controller(parent.controller, os.path.join(parent.path, name), limits)
         if controller.path not in made:
-            if v2:  # works where the host's group may have children with controllers
-                _try_write(os.path.join(parent, "cgroup.subtree_control"), "+memory +pids")
             try:
                 os.mkdir(controller.path)
             except OSError:
@@ -108,21 +108,23 @@ def create(memory_bytes: int, max_tasks: int) -> Cgroup:
                 _write_limit(os.path.join(controller.path, file), value)
         except OSError:
             continue
-        group.active[LAYER_BY_CONTROLLER[controller_name]] = True
+        group.active[LAYER_BY_CONTROLLER[parent.controller]] = True
     return group
 
 
 def _limits(controller: str, v2: bool, memory_bytes: int, max_tasks: int) -> list[tuple[str, str]]:
     if controller == "pids":
         return [("pids.max", str(max_tasks))]
-    if v2:
-        return [("memory.max", str(memory_bytes)), ("memory.swap.max", "0")]
+    if v2:  # oom.group: an OOM kill takes the whole sandbox (bwrap and worker) at once
+        return [("memory.max", str(memory_bytes)), ("memory.swap.max", "0"),
+                ("memory.oom.group", "1")]
     # memsw (memory + swap) only exists with swap accounting: no swapping out of the limit
     return [("memory.limit_in_bytes", str(memory_bytes)),
             ("memory.memsw.limit_in_bytes", str(memory_bytes))]
 
 
-OPTIONAL_FILES = ("memory.swap.max", "memory.memsw.limit_in_bytes")  # absent without swap
+OPTIONAL_FILES = ("memory.swap.max", "memory.memsw.limit_in_bytes",  # absent without swap
+                  "memory.oom.group")                                 # before Linux 4.19
 
 
 def _write_limit(path: str, value: str) -> None:
@@ -131,36 +133,6 @@ def _write_limit(path: str, value: str) -> None:
     except FileNotFoundError:
         if os.path.basename(path) not in OPTIONAL_FILES:
             raise
-
-
-def _parents() -> list[tuple[str, str, bool]]:
-    """(controller, the host's own group dir, is v2) for memory and pids."""
-    try:
-        with open("/proc/self/cgroup") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return []
-    found: dict[str, tuple[str, str, bool]] = {}
-    unified = None
-    for line in lines:
-        hierarchy, controllers, path = line.split(":", 2)
-        if hierarchy == "0":
-            unified = path
-            continue
-        for controller in controllers.split(","):
-            if controller in LAYER_BY_CONTROLLER:
-                found[controller] = (controller,
-                                     os.path.join(CGROUP_ROOT, controller, path.lstrip("/")),
-                                     False)
-    if unified is not None:
-        root = CGROUP_ROOT if os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")) \
-            else os.path.join(CGROUP_ROOT, "unified")
-        here = os.path.join(root, unified.lstrip("/"))
-        available = _read(os.path.join(here, "cgroup.controllers")).split()
-        for controller in LAYER_BY_CONTROLLER:
-            if controller not in found and controller in available:
-                found[controller] = (controller, here, True)
-    return [found[c] for c in LAYER_BY_CONTROLLER if c in found]
 
 
 def _sweep(parent: str) -> None:
@@ -211,13 +183,6 @@ def _write(path: str, value: str) -> None:
         os.write(fd, value.encode())
     finally:
         os.close(fd)
-
-
-def _try_write(path: str, value: str) -> None:
-    try:
-        _write(path, value)
-    except OSError:
-        pass
 
 
 def _read(path: str) -> str:
