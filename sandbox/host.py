@@ -19,6 +19,7 @@ import weakref
 from typing import Any
 
 from sandbox import cgroup, cgroup_setup, isolation, protocol, scratch, seccomp_policy
+from sandbox.budget import Budget
 from sandbox.dispatch import (HostCallRefused, HostDispatcher, deadline_scope, plain_json,
                               to_jsonable)
 from sandbox.process import WorkerProcess
@@ -34,7 +35,6 @@ LOST_STATE = ("REPL state (variables, functions, imports) was lost; "
               "the next run starts a fresh REPL.")
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 HOST_OVERRUN_GRACE_S = 1.0  # after a host function overran the hard limit (see _exchange)
-MIN_ADDRESS_SPACE_MB = 64   # the worker (interpreter, threads) fails to start below ~40 MB
 FRAME_SLACK_BYTES = 1024 * 1024   # the envelope, and error text (capped in the worker)
 TRUNCATION_MARKER = "\n[output truncated: {cut} more characters not shown (limit {limit})]\n"
 
@@ -91,14 +91,13 @@ class Sandbox:
         # the kernel, nothing left on the host); otherwise a host folder, on the
         # host's tmpfs where the memory cgroup then charges it to the worker.
         self._owns_scratch = scratch_dir is None
-        self._scratch_in_tmpfs = self._owns_scratch and bwrap
-        self._scratch_in_memory = (self._owns_scratch and not bwrap
-                                   and cgroup_setup.support().version_of("memory") is not None
-                                   and scratch.memory_root() is not None)
-        self.scratch_mb = scratch_mb
+        self._budget = Budget(memory_mb, scratch_mb, max_tasks, file_limit_mb, bwrap,
+                              self._owns_scratch)
+        self.memory_mb, self.scratch_mb, self.max_tasks = memory_mb, scratch_mb, max_tasks
         self.scratch_dir: str | None = None
-        if not self._scratch_in_tmpfs:
-            self.scratch_dir = (scratch.make_owned(self._scratch_in_memory) if scratch_dir is None
+        if not self._budget.scratch_in_tmpfs:
+            self.scratch_dir = (scratch.make_owned(self._budget.scratch_in_memory)
+                                if scratch_dir is None
                                 else os.path.realpath(scratch_dir))
             try:
                 os.makedirs(self.scratch_dir, exist_ok=True)
@@ -108,15 +107,6 @@ class Sandbox:
         if self._owns_scratch and self.scratch_dir is not None:  # also when dropped unclosed
             self._scratch_cleanup = weakref.finalize(
                 self, shutil.rmtree, self.scratch_dir, ignore_errors=True)
-        # memory_mb bounds ALL the sandbox's RAM: the memory cgroup's limit is
-        # memory_mb itself, and what the worker holds in tmpfs (scratch, /tmp,
-        # memfds) is charged inside it. Without the cgroup the address-space
-        # rlimit gets what the tmpfs sizes leave (_address_space_mb).
-        self.memory_mb = memory_mb
-        self._tmpfs_mb = (scratch_mb if self._scratch_in_tmpfs else 0) + (
-            isolation.PRIVATE_TMP_BYTES >> 20 if bwrap else 0)
-        self._cgroup_bytes = memory_mb * 1024 * 1024
-        self.max_tasks, self.file_limit_mb = max_tasks, file_limit_mb
         self._limits = {"memory_mb": memory_mb, "cpu_s": cpu_limit_s,
                         "file_mb": file_limit_mb, "nofile": 256}
         self._import_paths = [os.path.realpath(p) for p in import_paths]
@@ -143,23 +133,7 @@ class Sandbox:
     @property
     def enforcement(self) -> dict[str, str]:
         """Which layer bounds memory, tasks and scratch here, in words."""
-        support = cgroup_setup.support()
-        if self._isolation["memory_cgroup"]:
-            memory = (f"memory_cgroup (cgroup v{support.version_of('memory')}): {self.memory_mb}"
-                      " MiB of RAM, scratch, /tmp and memfds included")
-        else:
-            memory = (f"rlimits: address space {self._limits['memory_mb']} MiB + tmpfs "
-                      f"{self._tmpfs_mb} MiB (memfd_create refused by seccomp)")
-        tasks = (f"pids_cgroup (cgroup v{support.version_of('pids')}): {self.max_tasks} tasks"
-                 if self._isolation["pids_cgroup"] else "no cap on raw clone() threads")
-        if self._scratch_in_tmpfs:
-            space = f"private tmpfs of {self.scratch_mb} MiB, counted in memory_mb"
-        elif self._scratch_bounded():
-            space = f"host tmpfs folder {self.scratch_dir}, counted in memory_mb by memory_cgroup"
-        else:
-            space = (f"host folder {self.scratch_dir}: {self.file_limit_mb} MiB per file, "
-                     "no total cap")
-        return {"memory": memory, "tasks": tasks, "scratch": space}
+        return self._budget.describe(self._isolation, self.scratch_dir)
 
     def run(self, code: str, timeout_s: float | None = None) -> RunResult:
         """Run one block; `timeout_s` overrides the sandbox's limit for this run."""
@@ -257,9 +231,10 @@ class Sandbox:
                 "seccomp_bpf": program.hex() if program else None}
 
     def _start_worker(self) -> None:
-        self._group = cgroup.create(self._cgroup_bytes, self.max_tasks)
-        try:
-            self._limits["memory_mb"] = self._address_space_mb(self._group.active["memory_cgroup"])
+        self._group = cgroup.create(self._budget.cgroup_bytes, self.max_tasks)
+        try:  # memory_mb bounds all the sandbox's RAM (sandbox.budget)
+            self._limits["memory_mb"] = self._budget.address_space_mb(
+                self._group.active["memory_cgroup"])
         except SandboxError:
             self._group.destroy()
             raise
@@ -269,32 +244,13 @@ class Sandbox:
         report = self._worker.ready.get("isolation") or {}
         self._isolation = {"bwrap": self._plan.bwrap,
                            **{layer: bool(report.get(layer)) for layer in WORKER_LAYERS},
-                           **self._group.active, "scratch_cap": self._scratch_in_tmpfs}
+                           **self._group.active, "scratch_cap": self._budget.scratch_in_tmpfs}
         self._check_isolation()  # on every (re)start: a restart must not lose a layer quietly
         try:
             for name, value in self._host_values.items():
                 self._exchange({"op": "set", "name": name, "value": value}, expect="value")
         except _WorkerLost as lost:
             raise SandboxError(f"restoring set() values failed: {lost.message}") from None
-
-    def _address_space_mb(self, memory_charged: bool) -> int:
-        """The worker's RLIMIT_AS: memory_mb where the memory cgroup bounds the
-        total; else what memory_mb leaves once the tmpfs sizes are counted."""
-        if memory_charged:
-            return self.memory_mb
-        room = self.memory_mb - self._tmpfs_mb
-        if room < MIN_ADDRESS_SPACE_MB:
-            raise SandboxError(
-                f"memory_mb={self.memory_mb} leaves {room} MiB for the worker once its tmpfs "
-                f"(scratch_mb and /tmp: {self._tmpfs_mb} MiB) is counted, and there is no "
-                f"memory cgroup to share one limit ({cgroup_setup.support().describe()}); "
-                f"raise memory_mb or lower scratch_mb")
-        return room
-
-    def _scratch_bounded(self) -> bool:
-        """Whether the scratch's total size has a kernel-enforced cap."""
-        return self._scratch_in_tmpfs or (self._scratch_in_memory
-                                          and self._isolation["memory_cgroup"])
 
     def _check_isolation(self) -> None:
         missing = [layer for layer, active in self._isolation.items() if not active]
@@ -312,14 +268,12 @@ class Sandbox:
                 f"could read or alter host files; pass allow_reduced_isolation=True (or set "
                 f"{REDUCED_ENV}=1) to run anyway")
         # Without bwrap and a memory cgroup, nothing caps the scratch folder's total.
-        if (not self._plan.bwrap and self._owns_scratch and not self._scratch_bounded()
-                and not self._allow_reduced):
+        if (not self._plan.bwrap and self._owns_scratch and not self._allow_reduced
+                and not self._budget.scratch_bounded(self._isolation["memory_cgroup"])):
             self._drop_worker("direct mode without a total cap on scratch")
             raise SandboxError(
-                f"refusing to run without bubblewrap and without a memory cgroup: nothing would "
-                f"cap the total size of the scratch folder {self.scratch_dir} (each file is "
-                f"capped at file_limit_mb={self.file_limit_mb}, their number is not), so model "
-                f"code could fill that disk ({cgroup_setup.support().describe()}); pass "
+                f"refusing to run without bubblewrap and without a memory cgroup: "
+                f"{self._budget.unbounded_scratch(self.scratch_dir)}; pass "
                 f"allow_reduced_isolation=True (or set {REDUCED_ENV}=1) to run anyway")
         support = cgroup_setup.support()
         chosen = set()  # layers the caller turned off on purpose: no warning

@@ -529,13 +529,13 @@ def test_memory_mb_bounds_scratch_and_memory_together(make_sandbox, mode):
 
 
 @pytest.mark.timeout(180)
-def test_direct_mode_scratch_has_a_total_cap(make_sandbox, mode):
-    """The issue's case: 600 MB written to scratch with scratch_mb=256. Without
-    bwrap scratch is a host tmpfs folder charged to the memory cgroup, so the
-    writer is stopped within memory_mb and the host's disk gets nothing."""
-    if mode != "direct":
-        pytest.skip("under bwrap scratch is a size-capped tmpfs (test_scratch_total_size_is_capped)")
-    sb = make_sandbox(memory_mb=256, scratch_mb=256, timeout_s=60)
+def test_direct_mode_scratch_has_a_total_cap(request):
+    """600 MB written to scratch with scratch_mb=256 used to land on the host's
+    disk. Without bwrap scratch is a host tmpfs folder charged to the memory
+    cgroup, so the writer is stopped within memory_mb and the disk gets nothing
+    (under bwrap: test_scratch_total_size_is_capped)."""
+    sb = Sandbox(use_bwrap=False, memory_mb=256, scratch_mb=256, timeout_s=60)
+    request.addfinalizer(sb.close)
     assert os.statvfs(sb.scratch_dir).f_blocks  # exists; on the host's tmpfs, not its disk
     assert sb.scratch_dir.startswith("/dev/shm/"), sb.scratch_dir
     result = sb.run("written = 0\n"
