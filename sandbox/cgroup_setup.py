@@ -78,6 +78,11 @@ def discover(controllers: tuple[str, ...] = CONTROLLERS) -> Support:
     into a v2 leaf if needed and allowed): each with its version, or why not."""
     if os.environ.get(SWITCH_ENV) == "0":
         return Support(turned_off=True)
+    explicit = os.environ.get(PARENT_ENV)
+    if explicit:   # a delegated v2 group chosen by the operator, whatever else is mounted
+        parent, problem = prepare_v2(explicit, controllers, may_move=False)
+        return Support(parents=[Parent(c, parent, 2) for c in controllers] if parent else [],
+                       problems=[problem] if problem else [])
     try:
         with open("/proc/self/cgroup") as f:
             lines = f.read().splitlines()
@@ -117,9 +122,6 @@ def unified_root() -> str:
 
 def _v2_parent(own_path: str, controllers: tuple[str, ...]) -> tuple[str | None, str]:
     """(the group to make sandbox groups in, or None and why not)."""
-    explicit = os.environ.get(PARENT_ENV)
-    if explicit:
-        return prepare_v2(explicit, controllers, may_move=False)
     group = os.path.join(unified_root(), own_path.lstrip("/"))
     if os.path.basename(group) == LEAF_NAME:  # an earlier host here already moved us
         group = os.path.dirname(group)
@@ -135,8 +137,8 @@ def prepare_v2(group: str, controllers: tuple[str, ...], may_move: bool
     available = _read(os.path.join(group, "cgroup.controllers")).split()
     absent = [c for c in controllers if c not in available]
     if absent:
-        return None, (f"cgroup v2: {', '.join(absent)} not delegated to {group} "
-                      f"(set {PARENT_ENV} to a delegated group)")
+        return None, (f"cgroup v2: {', '.join(absent)} not delegated to {group} (delegate "
+                      f"them, or set {PARENT_ENV} to a group that has them)")
     enable = " ".join(f"+{c}" for c in controllers)
     for _ in range(ENABLE_ATTEMPTS):
         error = _write(os.path.join(group, "cgroup.subtree_control"), enable)

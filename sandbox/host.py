@@ -287,7 +287,7 @@ class Sandbox:
         if unexpected:
             reasons = [self._bwrap_missing] if self._bwrap_missing else []
             if set(unexpected) & set(cgroup.LAYER_BY_CONTROLLER.values()):
-                reasons.append(f"{support.describe()}; memory falls back to rlimits: "
+                reasons.append(f"{support.describe()}; memory falls back to "
                                f"{self.enforcement['memory']}")
             _warn_once(unexpected, f" ({'; '.join(reasons)})" if reasons else "")
 

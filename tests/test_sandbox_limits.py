@@ -679,3 +679,40 @@ def test_cgroup_v2_host_moves_into_a_leaf_before_enabling_controllers():
                         time.sleep(0.1)
         if not enabled_before:
             Path(root, "cgroup.subtree_control").write_text("-hugetlb")
+
+
+@pytest.mark.timeout(120)
+def test_a_v2_group_without_the_controllers_warns_once_and_falls_back_to_rlimits(monkeypatch):
+    """A real sandbox on the machine's v2 hierarchy, in a group the memory and
+    pids controllers are not delegated to (here they are bound to v1): one
+    warning naming the reason and the fallback, never a silent loss."""
+    import warnings
+
+    from sandbox import cgroup_setup
+    from sandbox import host as host_module
+
+    root = cgroup_setup.unified_root()
+    if not os.access(Path(root, "cgroup.procs"), os.W_OK):
+        pytest.skip("no writable cgroup v2 hierarchy here")
+    group = Path(root, f"sandbox-v2test-{os.getpid()}-sb")
+    group.mkdir()
+    try:
+        monkeypatch.setenv("SANDBOX_CGROUP_PARENT", str(group))
+        monkeypatch.setattr(cgroup_setup, "_support", None)
+        monkeypatch.setattr(host_module, "_warned", set())
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with Sandbox(use_bwrap=True, memory_mb=256, scratch_mb=64, timeout_s=30) as sb:
+                assert sb.run("print(6 * 7)").stdout == "42\n"
+                assert sb.isolation["memory_cgroup"] is sb.isolation["pids_cgroup"] is False
+                print(sb.enforcement)
+                assert sb.enforcement["memory"].startswith("rlimits: address space 128 MiB")
+            Sandbox(use_bwrap=True, memory_mb=256, scratch_mb=64).close()   # no second warning
+        lines = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+        print(lines)
+        assert len(lines) == 1 and "\n" not in lines[0]
+        assert "memory_cgroup, pids_cgroup" in lines[0] and "cgroup v2" in lines[0]
+        assert "not delegated" in lines[0] and "falls back to rlimits" in lines[0]
+    finally:
+        monkeypatch.setattr(cgroup_setup, "_support", None)
+        group.rmdir()
