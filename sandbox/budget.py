@@ -34,7 +34,7 @@ class Budget:
         self.scratch_in_tmpfs = self.owns_scratch and self.bwrap
         self.scratch_in_memory = (self.owns_scratch and not self.bwrap
                                   and cgroup_setup.support().version_of("memory") is not None
-                                  and scratch.memory_root() is not None)
+                                  and scratch.memory_root(self.scratch_mb) is not None)
 
     @property
     def tmpfs_mb(self) -> int:
@@ -67,7 +67,9 @@ class Budget:
     def unbounded_scratch(self, scratch_dir: str | None) -> str:
         return (f"nothing would cap the total size of the scratch folder {scratch_dir} (each "
                 f"file is capped at file_limit_mb={self.file_limit_mb}, their number is not), "
-                f"so model code could fill that disk ({cgroup_setup.support().describe()})")
+                f"so model code could fill that disk; a total cap needs a memory cgroup "
+                f"({cgroup_setup.support().describe()}) and {scratch.MEMORY_ROOT} as a tmpfs "
+                f"with scratch_mb free")
 
     def describe(self, active: dict[str, bool], scratch_dir: str | None) -> dict[str, str]:
         """Which layer bounds memory, tasks and scratch, in words (`active`:

@@ -272,7 +272,7 @@ class Sandbox:
                 and not self._budget.scratch_bounded(self._isolation["memory_cgroup"])):
             self._drop_worker("direct mode without a total cap on scratch")
             raise SandboxError(
-                f"refusing to run without bubblewrap and without a memory cgroup: "
+                f"refusing to run without bubblewrap and without a total cap on scratch: "
                 f"{self._budget.unbounded_scratch(self.scratch_dir)}; pass "
                 f"allow_reduced_isolation=True (or set {REDUCED_ENV}=1) to run anyway")
         support = cgroup_setup.support()

@@ -33,18 +33,23 @@ def session_tag() -> str:
 
 
 def make_owned(in_memory: bool = False) -> str:
-    """A fresh folder: on the host's tmpfs when `in_memory` (None if there is
-    none writable; see memory_root), else in the temp dir."""
+    """A fresh folder: in MEMORY_ROOT when `in_memory` (checked by the caller
+    with memory_root), else in the temp dir."""
     sweep_stale()
     tag = session_tag()
     prefix = f"{PREFIX}{os.getpid()}-" + (f"{tag}-" if tag else "")
-    root = memory_root() if in_memory else None
+    root = MEMORY_ROOT if in_memory else None
     return os.path.realpath(tempfile.mkdtemp(prefix=prefix, dir=root))
 
 
-def memory_root() -> str | None:
-    """MEMORY_ROOT if it is a writable tmpfs mount here."""
-    if not os.access(MEMORY_ROOT, os.W_OK | os.X_OK):
+def memory_root(room_mb: int = 0) -> str | None:
+    """MEMORY_ROOT if it is a writable tmpfs mount here with `room_mb` free
+    (a container's /dev/shm is often 64 MiB, shared by every sandbox)."""
+    try:
+        free = os.statvfs(MEMORY_ROOT)
+    except OSError:
+        return None
+    if not os.access(MEMORY_ROOT, os.W_OK | os.X_OK) or free.f_bavail * free.f_frsize < room_mb << 20:
         return None
     try:
         with open("/proc/self/mounts") as f:

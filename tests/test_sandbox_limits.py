@@ -571,8 +571,8 @@ def test_without_a_memory_cgroup_direct_mode_refuses_unless_reduced_isolation_is
     from sandbox import SandboxError
 
     with pytest.raises(SandboxError, match="refusing to run without bubblewrap and without a "
-                       "memory cgroup: nothing would cap the total size of the scratch folder"
-                       ".*allow_reduced_isolation"):
+                       "total cap on scratch: nothing would cap the total size of the scratch "
+                       "folder.*a total cap needs a memory cgroup.*allow_reduced_isolation"):
         Sandbox(use_bwrap=False)
     with Sandbox(use_bwrap=False, allow_reduced_isolation=True) as sb:
         assert sb.isolation["memory_cgroup"] is False
