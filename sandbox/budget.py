@@ -71,16 +71,17 @@ class Budget:
                 f"({cgroup_setup.support().describe()}) and {scratch.MEMORY_ROOT} as a tmpfs "
                 f"with scratch_mb free")
 
-    def describe(self, active: dict[str, bool], scratch_dir: str | None) -> dict[str, str]:
+    def describe(self, active: dict[str, bool], scratch_dir: str | None,
+                 address_space_mb: int) -> dict[str, str]:
         """Which layer bounds memory, tasks and scratch, in words (`active`:
-        the sandbox's isolation report)."""
+        the sandbox's isolation report; `address_space_mb`: its worker's RLIMIT_AS)."""
         support = cgroup_setup.support()
         memory_charged = active.get("memory_cgroup", False)
         if memory_charged:
             memory = (f"memory_cgroup (cgroup v{support.version_of('memory')}): {self.memory_mb}"
                       " MiB of RAM, scratch, /tmp and memfds included")
         else:
-            memory = (f"rlimits: address space {self.address_space_mb(False)} MiB + tmpfs "
+            memory = (f"rlimits: address space {address_space_mb} MiB + tmpfs "
                       f"{self.tmpfs_mb} MiB (memfd_create refused by seccomp)")
         tasks = (f"pids_cgroup (cgroup v{support.version_of('pids')}): {self.max_tasks} tasks"
                  if active.get("pids_cgroup") else "no cap on raw clone() threads")

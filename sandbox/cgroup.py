@@ -44,6 +44,7 @@ class Controller:
 class Cgroup:
     controllers: list[Controller] = field(default_factory=list)
     active: dict[str, bool] = field(default_factory=dict)   # isolation key -> enforced
+    problems: list[str] = field(default_factory=list)       # why a layer is not
 
     def add(self, pids: list[int]) -> None:
         """Move processes (all their threads) in; a failure clears the layer."""
@@ -54,8 +55,10 @@ class Cgroup:
             try:
                 for pid in pids:
                     _write(os.path.join(controller.path, "cgroup.procs"), str(pid))
-            except OSError:
+            except OSError as exc:
                 self.active[key] = False
+                self.problems.append(f"cannot move the worker into {controller.path} "
+                                     f"({exc.strerror})")
 
     def pids(self) -> set[int]:
         found: set[int] = set()
@@ -99,14 +102,16 @@ def create(memory_bytes: int, max_tasks: int) -> Cgroup:
         if controller.path not in made:
             try:
                 os.mkdir(controller.path)
-            except OSError:
+            except OSError as exc:
+                group.problems.append(f"cannot make {controller.path} ({exc.strerror})")
                 continue
             made.add(controller.path)
         group.controllers.append(controller)
         try:
             for file, value in limits:
                 _write_limit(os.path.join(controller.path, file), value)
-        except OSError:
+        except OSError as exc:
+            group.problems.append(f"cannot write {exc.filename} ({exc.strerror})")
             continue
         group.active[LAYER_BY_CONTROLLER[parent.controller]] = True
     return group
@@ -181,6 +186,8 @@ def _write(path: str, value: str) -> None:
     fd = os.open(path, os.O_WRONLY)
     try:
         os.write(fd, value.encode())
+    except OSError as exc:   # name the file: it goes into the start-up warning
+        raise OSError(exc.errno, exc.strerror, path) from None
     finally:
         os.close(fd)
 

@@ -133,7 +133,7 @@ class Sandbox:
     @property
     def enforcement(self) -> dict[str, str]:
         """Which layer bounds memory, tasks and scratch here, in words."""
-        return self._budget.describe(self._isolation, self.scratch_dir)
+        return self._budget.describe(self._isolation, self.scratch_dir, self._limits["memory_mb"])
 
     def run(self, code: str, timeout_s: float | None = None) -> RunResult:
         """Run one block; `timeout_s` overrides the sandbox's limit for this run."""
@@ -287,8 +287,8 @@ class Sandbox:
         if unexpected:
             reasons = [self._bwrap_missing] if self._bwrap_missing else []
             if set(unexpected) & set(cgroup.LAYER_BY_CONTROLLER.values()):
-                reasons.append(f"{support.describe()}; memory falls back to "
-                               f"{self.enforcement['memory']}")
+                reasons.append("; ".join([support.describe(), *self._group.problems])
+                               + f"; memory falls back to {self.enforcement['memory']}")
             _warn_once(unexpected, f" ({'; '.join(reasons)})" if reasons else "")
 
     def _ensure_worker(self) -> None:
