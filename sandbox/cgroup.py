@@ -10,8 +10,9 @@ privileges beyond writing where the host already lives), moves the worker's
 process tree in before any model code runs, and at the end kills whatever
 is still inside and removes the group.
 
-Works with cgroup v1 (a hierarchy per controller) and v2 (one hierarchy);
-where neither is writable the layer is simply reported missing.
+Works with cgroup v1 (a hierarchy per controller) and v2 (one hierarchy; see
+sandbox.cgroup_setup for where the groups go there); where neither works the
+layers are reported missing, with the reason (`support().describe()`).
 """
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ import signal
 import time
 from dataclasses import dataclass, field
 
+from sandbox.cgroup_setup import support
 from sandbox.scratch import alive as _alive
 
-CGROUP_ROOT = "/sys/fs/cgroup"
 GROUP_PREFIX = "sandbox-"
 GROUP_NAME = re.compile(rf"^{GROUP_PREFIX}(\d+)-\d+$")   # sandbox-<host pid>-<n>
 _counter = itertools.count(1)
@@ -43,6 +44,7 @@ class Controller:
 class Cgroup:
     controllers: list[Controller] = field(default_factory=list)
     active: dict[str, bool] = field(default_factory=dict)   # isolation key -> enforced
+    problems: list[str] = field(default_factory=list)       # why a layer is not
 
     def add(self, pids: list[int]) -> None:
         """Move processes (all their threads) in; a failure clears the layer."""
@@ -53,8 +55,10 @@ class Cgroup:
             try:
                 for pid in pids:
                     _write(os.path.join(controller.path, "cgroup.procs"), str(pid))
-            except OSError:
+            except OSError as exc:
                 self.active[key] = False
+                self.problems.append(f"cannot move the worker into {controller.path} "
+                                     f"({exc.strerror})")
 
     def pids(self) -> set[int]:
         found: set[int] = set()
@@ -90,39 +94,42 @@ def create(memory_bytes: int, max_tasks: int) -> Cgroup:
     name = f"{GROUP_PREFIX}{os.getpid()}-{next(_counter)}"
     group = Cgroup(active={key: False for key in LAYER_BY_CONTROLLER.values()})
     made: set[str] = set()   # v2: memory and pids share one directory
-    for controller_name, parent, v2 in _parents():
-        limits = _limits(controller_name, v2, memory_bytes, max_tasks)
-        _sweep(parent)
-        controller = Controller(controller_name, os.path.join(parent, name), limits)
+    for parent in support().parents:
+        v2 = parent.version == 2
+        limits = _limits(parent.controller, v2, memory_bytes, max_tasks)
+        _sweep(parent.path)
+        controller = Controller(parent.controller, os.path.join(parent.path, name), limits)
         if controller.path not in made:
-            if v2:  # works where the host's group may have children with controllers
-                _try_write(os.path.join(parent, "cgroup.subtree_control"), "+memory +pids")
             try:
                 os.mkdir(controller.path)
-            except OSError:
+            except OSError as exc:
+                group.problems.append(f"cannot make {controller.path} ({exc.strerror})")
                 continue
             made.add(controller.path)
         group.controllers.append(controller)
         try:
             for file, value in limits:
                 _write_limit(os.path.join(controller.path, file), value)
-        except OSError:
+        except OSError as exc:
+            group.problems.append(f"cannot write {exc.filename} ({exc.strerror})")
             continue
-        group.active[LAYER_BY_CONTROLLER[controller_name]] = True
+        group.active[LAYER_BY_CONTROLLER[parent.controller]] = True
     return group
 
 
 def _limits(controller: str, v2: bool, memory_bytes: int, max_tasks: int) -> list[tuple[str, str]]:
     if controller == "pids":
         return [("pids.max", str(max_tasks))]
-    if v2:
-        return [("memory.max", str(memory_bytes)), ("memory.swap.max", "0")]
+    if v2:  # oom.group: an OOM kill takes the whole sandbox (bwrap and worker) at once
+        return [("memory.max", str(memory_bytes)), ("memory.swap.max", "0"),
+                ("memory.oom.group", "1")]
     # memsw (memory + swap) only exists with swap accounting: no swapping out of the limit
     return [("memory.limit_in_bytes", str(memory_bytes)),
             ("memory.memsw.limit_in_bytes", str(memory_bytes))]
 
 
-OPTIONAL_FILES = ("memory.swap.max", "memory.memsw.limit_in_bytes")  # absent without swap
+OPTIONAL_FILES = ("memory.swap.max", "memory.memsw.limit_in_bytes",  # absent without swap
+                  "memory.oom.group")                                 # before Linux 4.19
 
 
 def _write_limit(path: str, value: str) -> None:
@@ -131,36 +138,6 @@ def _write_limit(path: str, value: str) -> None:
     except FileNotFoundError:
         if os.path.basename(path) not in OPTIONAL_FILES:
             raise
-
-
-def _parents() -> list[tuple[str, str, bool]]:
-    """(controller, the host's own group dir, is v2) for memory and pids."""
-    try:
-        with open("/proc/self/cgroup") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return []
-    found: dict[str, tuple[str, str, bool]] = {}
-    unified = None
-    for line in lines:
-        hierarchy, controllers, path = line.split(":", 2)
-        if hierarchy == "0":
-            unified = path
-            continue
-        for controller in controllers.split(","):
-            if controller in LAYER_BY_CONTROLLER:
-                found[controller] = (controller,
-                                     os.path.join(CGROUP_ROOT, controller, path.lstrip("/")),
-                                     False)
-    if unified is not None:
-        root = CGROUP_ROOT if os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")) \
-            else os.path.join(CGROUP_ROOT, "unified")
-        here = os.path.join(root, unified.lstrip("/"))
-        available = _read(os.path.join(here, "cgroup.controllers")).split()
-        for controller in LAYER_BY_CONTROLLER:
-            if controller not in found and controller in available:
-                found[controller] = (controller, here, True)
-    return [found[c] for c in LAYER_BY_CONTROLLER if c in found]
 
 
 def _sweep(parent: str) -> None:
@@ -209,15 +186,10 @@ def _write(path: str, value: str) -> None:
     fd = os.open(path, os.O_WRONLY)
     try:
         os.write(fd, value.encode())
+    except OSError as exc:   # name the file: it goes into the start-up warning
+        raise OSError(exc.errno, exc.strerror, path) from None
     finally:
         os.close(fd)
-
-
-def _try_write(path: str, value: str) -> None:
-    try:
-        _write(path, value)
-    except OSError:
-        pass
 
 
 def _read(path: str) -> str:

@@ -18,7 +18,8 @@ import warnings
 import weakref
 from typing import Any
 
-from sandbox import cgroup, isolation, protocol, scratch, seccomp_policy
+from sandbox import cgroup, cgroup_setup, isolation, protocol, scratch, seccomp_policy
+from sandbox.budget import Budget
 from sandbox.dispatch import (HostCallRefused, HostDispatcher, deadline_scope, plain_json,
                               to_jsonable)
 from sandbox.process import WorkerProcess
@@ -34,7 +35,6 @@ LOST_STATE = ("REPL state (variables, functions, imports) was lost; "
               "the next run starts a fresh REPL.")
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 HOST_OVERRUN_GRACE_S = 1.0  # after a host function overran the hard limit (see _exchange)
-CGROUP_SLACK_MB = 32   # kernel memory (pipes, page tables) beyond the address-space limit
 FRAME_SLACK_BYTES = 1024 * 1024   # the envelope, and error text (capped in the worker)
 TRUNCATION_MARKER = "\n[output truncated: {cut} more characters not shown (limit {limit})]\n"
 
@@ -88,13 +88,16 @@ class Sandbox:
         if bwrap:
             bwrap, self._bwrap_missing = isolation.bwrap_status()
         # Under bwrap the sandbox's own scratch is a private tmpfs (size capped by
-        # the kernel, nothing left on the host); otherwise a host folder.
+        # the kernel, nothing left on the host); otherwise a host folder, on the
+        # host's tmpfs where the memory cgroup then charges it to the worker.
         self._owns_scratch = scratch_dir is None
-        self._scratch_in_tmpfs = self._owns_scratch and bwrap
-        self.scratch_mb = scratch_mb
+        self._budget = Budget(memory_mb, scratch_mb, max_tasks, file_limit_mb, bwrap,
+                              self._owns_scratch)
+        self.memory_mb, self.scratch_mb, self.max_tasks = memory_mb, scratch_mb, max_tasks
         self.scratch_dir: str | None = None
-        if not self._scratch_in_tmpfs:
-            self.scratch_dir = (scratch.make_owned() if scratch_dir is None
+        if not self._budget.scratch_in_tmpfs:
+            self.scratch_dir = (scratch.make_owned(self._budget.scratch_in_memory)
+                                if scratch_dir is None
                                 else os.path.realpath(scratch_dir))
             try:
                 os.makedirs(self.scratch_dir, exist_ok=True)
@@ -104,11 +107,6 @@ class Sandbox:
         if self._owns_scratch and self.scratch_dir is not None:  # also when dropped unclosed
             self._scratch_cleanup = weakref.finalize(
                 self, shutil.rmtree, self.scratch_dir, ignore_errors=True)
-        # The cgroup's memory limit covers what the worker holds in tmpfs too.
-        tmpfs_mb = (scratch_mb if self._scratch_in_tmpfs else 0) + (
-            isolation.PRIVATE_TMP_BYTES >> 20 if bwrap else 0)
-        self._cgroup_bytes = (memory_mb + tmpfs_mb + CGROUP_SLACK_MB) * 1024 * 1024
-        self.max_tasks = max_tasks
         self._limits = {"memory_mb": memory_mb, "cpu_s": cpu_limit_s,
                         "file_mb": file_limit_mb, "nofile": 256}
         self._import_paths = [os.path.realpath(p) for p in import_paths]
@@ -131,6 +129,11 @@ class Sandbox:
     @property
     def isolation(self) -> dict[str, bool]:
         return dict(self._isolation)
+
+    @property
+    def enforcement(self) -> dict[str, str]:
+        """Which layer bounds memory, tasks and scratch here, in words."""
+        return self._budget.describe(self._isolation, self.scratch_dir, self._limits["memory_mb"])
 
     def run(self, code: str, timeout_s: float | None = None) -> RunResult:
         """Run one block; `timeout_s` overrides the sandbox's limit for this run."""
@@ -228,14 +231,20 @@ class Sandbox:
                 "seccomp_bpf": program.hex() if program else None}
 
     def _start_worker(self) -> None:
-        self._group = cgroup.create(self._cgroup_bytes, self.max_tasks)
+        self._group = cgroup.create(self._budget.cgroup_bytes, self.max_tasks)
+        try:  # memory_mb bounds all the sandbox's RAM (sandbox.budget)
+            self._limits["memory_mb"] = self._budget.address_space_mb(
+                self._group.active["memory_cgroup"])
+        except SandboxError:
+            self._group.destroy()
+            raise
         self._worker = WorkerProcess(self._plan, self._init_message, self.start_timeout_s,
                                      self.max_frame_bytes, self.max_frame_items,
                                      self.output_limit, self._group)
         report = self._worker.ready.get("isolation") or {}
         self._isolation = {"bwrap": self._plan.bwrap,
                            **{layer: bool(report.get(layer)) for layer in WORKER_LAYERS},
-                           **self._group.active, "scratch_cap": self._scratch_in_tmpfs}
+                           **self._group.active, "scratch_cap": self._budget.scratch_in_tmpfs}
         self._check_isolation()  # on every (re)start: a restart must not lose a layer quietly
         try:
             for name, value in self._host_values.items():
@@ -258,14 +267,29 @@ class Sandbox:
                 f"refusing to run without bubblewrap and without {', '.join(unsafe)}: model code "
                 f"could read or alter host files; pass allow_reduced_isolation=True (or set "
                 f"{REDUCED_ENV}=1) to run anyway")
+        # Without bwrap and a memory cgroup, nothing caps the scratch folder's total.
+        if (not self._plan.bwrap and self._owns_scratch and not self._allow_reduced
+                and not self._budget.scratch_bounded(self._isolation["memory_cgroup"])):
+            self._drop_worker("direct mode without a total cap on scratch")
+            raise SandboxError(
+                f"refusing to run without bubblewrap and without a total cap on scratch: "
+                f"{self._budget.unbounded_scratch(self.scratch_dir)}; pass "
+                f"allow_reduced_isolation=True (or set {REDUCED_ENV}=1) to run anyway")
+        support = cgroup_setup.support()
         chosen = set()  # layers the caller turned off on purpose: no warning
         if self._use_bwrap is False:
             chosen |= {"bwrap", "scratch_cap"}
         if not self._owns_scratch:
             chosen.add("scratch_cap")
+        if support.turned_off:
+            chosen |= set(cgroup.LAYER_BY_CONTROLLER.values())
         unexpected = [m for m in missing if m not in chosen]
         if unexpected:
-            _warn_once(unexpected, f" ({self._bwrap_missing})" if self._bwrap_missing else "")
+            reasons = [self._bwrap_missing] if self._bwrap_missing else []
+            if set(unexpected) & set(cgroup.LAYER_BY_CONTROLLER.values()):
+                reasons.append("; ".join([support.describe(), *self._group.problems])
+                               + f"; memory falls back to {self.enforcement['memory']}")
+            _warn_once(unexpected, f" ({'; '.join(reasons)})" if reasons else "")
 
     def _ensure_worker(self) -> None:
         """Restart a dead worker (one that died between requests included)."""
@@ -286,6 +310,10 @@ class Sandbox:
     def _drop_worker(self, reason: str) -> None:
         if self._worker is not None:
             self._worker.close()
+            if self._owns_scratch and self.scratch_dir is not None:
+                # Lost with the REPL state, as bwrap's tmpfs is; a host tmpfs
+                # folder's pages would otherwise outlive the worker's cgroup.
+                scratch.empty(self.scratch_dir)
         self._worker, self._lost_reason = None, reason
 
     # -- one request, with host calls served until its reply -------------------

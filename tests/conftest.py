@@ -175,8 +175,10 @@ def _sandbox_leftovers() -> list[str]:
                 found.append(f"process {entry}")
         except OSError:
             continue
-    tmp = Path(tempfile.gettempdir())
-    found += [f"folder {p}" for p in tmp.glob(f"sandbox-scratch-*-{SANDBOX_SESSION_TAG}-*")]
+    from sandbox.scratch import MEMORY_ROOT   # direct mode's scratch lives there
+
+    for root in (Path(tempfile.gettempdir()), Path(MEMORY_ROOT)):
+        found += [f"folder {p}" for p in root.glob(f"sandbox-scratch-*-{SANDBOX_SESSION_TAG}-*")]
     return found
 
 

@@ -176,6 +176,15 @@ def test_a_replaced_worker_handler_cannot_make_the_host_decode_millions_of_value
 
 # -- machine-wide limits, enforced by the kernel --------------------------------
 
+def stopper(sb: Sandbox, result) -> str:
+    """Which layer stopped a memory attack, for the test's report."""
+    if result.error and "MemoryError" in result.error:
+        return "rlimits (address space: MemoryError)"
+    if result.error:   # the worker was killed at the cap
+        return sb.enforcement["memory"]
+    return "seccomp (memfd_create refused)" if "refused" in result.stdout else "nothing"
+
+
 MEMFD_ATTACK = """
 import os
 total = 0
@@ -195,16 +204,13 @@ except OSError as exc:
 
 @pytest.mark.timeout(180)
 def test_memfd_memory_is_capped_by_the_kernel(make_sandbox, mode):
-    from sandbox.host import CGROUP_SLACK_MB
-    from sandbox.isolation import PRIVATE_TMP_BYTES
-
     memory_mb, scratch_mb = 256, 16
     sb = make_sandbox(memory_mb=memory_mb, scratch_mb=scratch_mb, timeout_s=60)
     result = sb.run(MEMFD_ATTACK)
     totals = [int(line) for line in result.stdout.split() if line.isdigit()]
-    cap = memory_mb + CGROUP_SLACK_MB + (scratch_mb + (PRIVATE_TMP_BYTES >> 20)
-                                         if mode == "bwrap" else 0)
-    print(f"memfd data written before the stop: {max(totals, default=0)} MB (cap {cap} MB)")
+    cap = memory_mb   # memory_mb bounds all the sandbox's RAM, memfds and tmpfs included
+    print(f"memfd data written before the stop: {max(totals, default=0)} MB (cap {cap} MB); "
+          f"stopped by {stopper(sb, result)}")
     assert "clearly past the limit" not in (result.error or "")
     assert max(totals, default=0) <= cap
     assert result.error or "refused" in result.stdout
@@ -239,7 +245,8 @@ def test_raw_clone_threads_are_capped_by_the_kernel(make_sandbox):
     result = sb.run(CLONE_ATTACK)
     assert result.error is None, result.error
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
-    print(f"raw clone() tasks made: {lines['made']} (max_tasks 64)")
+    print(f"raw clone() tasks made: {lines['made']} (max_tasks 64); "
+          f"enforced by {sb.enforcement['tasks']}")
     assert int(lines["made"]) < 64
     assert int(lines["refused"]) == errno.EAGAIN
     serves_next_block(sb)
@@ -488,3 +495,224 @@ def test_get_of_a_value_with_too_many_items_is_refused_not_fatal(make_sandbox):
         sb.get("big")
     assert sb.get("small") == list(range(1000))
     assert sb.run("print(marker)").stdout == "42\n"
+
+
+# -- memory_mb bounds all the sandbox's RAM; scratch has a total cap everywhere --
+
+SCRATCH_THEN_MEMORY = """
+import os
+written = 0
+try:
+    for i in range({scratch_parts}):
+        with open(f'part{{i}}', 'wb') as f: f.write(b'x' * (10 << 20))
+        written += 10
+except OSError as exc:
+    print('scratch stopped', exc.strerror)
+print('scratch', written, flush=True)
+blob = b'x' * ({alloc_mb} << 20)
+print('allocated', flush=True)
+"""
+
+
+@pytest.mark.timeout(180)
+def test_memory_mb_bounds_scratch_and_memory_together(make_sandbox, mode):
+    """300 MB in scratch plus a 250 MB value exceed memory_mb=512 although each
+    fits its own limit (scratch_mb=400; the address space is far from 512 MB):
+    the sandbox's RAM is one budget, and the memory cgroup holds it."""
+    sb = make_sandbox(memory_mb=512, scratch_mb=400, timeout_s=60)
+    result = sb.run(SCRATCH_THEN_MEMORY.format(scratch_parts=30, alloc_mb=250))
+    print(f"{mode}: {sb.enforcement}; stopped by {stopper(sb, result)}")
+    assert "scratch 300" in result.stdout, result   # scratch alone fits
+    assert "allocated" not in result.stdout
+    assert result.error and "SIGKILL" in result.error, result.error   # killed at the cap
+    serves_next_block(sb)
+
+
+@pytest.mark.timeout(180)
+def test_direct_mode_scratch_has_a_total_cap(request):
+    """600 MB written to scratch with scratch_mb=256 used to land on the host's
+    disk. Without bwrap scratch is a host tmpfs folder charged to the memory
+    cgroup, so the writer is stopped within memory_mb and the disk gets nothing
+    (under bwrap: test_scratch_total_size_is_capped)."""
+    sb = Sandbox(use_bwrap=False, memory_mb=256, scratch_mb=256, timeout_s=60)
+    request.addfinalizer(sb.close)
+    assert os.statvfs(sb.scratch_dir).f_blocks  # exists; on the host's tmpfs, not its disk
+    assert sb.scratch_dir.startswith("/dev/shm/"), sb.scratch_dir
+    result = sb.run("written = 0\n"
+                    "try:\n"
+                    "    for i in range(30):\n"
+                    "        with open(f'part{i}', 'wb') as f: f.write(b'x' * (20 << 20))\n"
+                    "        written += 20\n"
+                    "        print(written, flush=True)\n"
+                    "except OSError as exc:\n"
+                    "    print('stopped', exc.strerror)\n")
+    totals = [int(line) for line in result.stdout.split() if line.isdigit()]
+    print(f"scratch written before the stop: {max(totals, default=0)} MB (memory_mb 256); "
+          f"{sb.enforcement['scratch']}")
+    assert max(totals, default=0) <= 256
+    assert result.error or "stopped" in result.stdout
+    assert sum(e.stat().st_size for e in os.scandir(sb.scratch_dir)) == 0  # emptied with the REPL
+    serves_next_block(sb)
+
+
+@pytest.fixture
+def no_cgroups(monkeypatch):
+    """Cgroups turned off on purpose (SANDBOX_CGROUP=0): the rlimit fallback."""
+    from sandbox import cgroup_setup
+
+    monkeypatch.setenv("SANDBOX_CGROUP", "0")
+    monkeypatch.setattr(cgroup_setup, "_support", None)   # found once per process
+    yield
+    monkeypatch.setattr(cgroup_setup, "_support", None)
+
+
+def test_without_a_memory_cgroup_direct_mode_refuses_unless_reduced_isolation_is_allowed(
+        no_cgroups):
+    from sandbox import SandboxError
+
+    with pytest.raises(SandboxError, match="refusing to run without bubblewrap and without a "
+                       "total cap on scratch: nothing would cap the total size of the scratch "
+                       "folder.*a total cap needs a memory cgroup.*allow_reduced_isolation"):
+        Sandbox(use_bwrap=False)
+    with Sandbox(use_bwrap=False, allow_reduced_isolation=True) as sb:
+        assert sb.isolation["memory_cgroup"] is False
+        assert "no total cap" in sb.enforcement["scratch"]
+        assert sb.run("print(6 * 7)").stdout == "42\n"
+
+
+def test_without_a_memory_cgroup_rlimits_share_memory_mb_with_the_tmpfs(no_cgroups):
+    """The fallback keeps memory_mb's meaning: the address space gets what the
+    scratch and /tmp tmpfs leave, and memfds are refused outright."""
+    from sandbox import SandboxError
+
+    with Sandbox(use_bwrap=True, memory_mb=256, scratch_mb=64, timeout_s=30) as sb:
+        assert sb.isolation["memory_cgroup"] is False and sb.isolation["rlimits"] is True
+        print(sb.enforcement["memory"])
+        assert "address space 128 MiB + tmpfs 128 MiB" in sb.enforcement["memory"]
+        result = sb.run("blob = b'x' * (150 << 20)")
+        assert result.error and "MemoryError" in result.error
+        assert "PermissionError" in sb.run("import os\nos.memfd_create('m')").error
+        serves_next_block(sb)
+    with pytest.raises(SandboxError, match="raise memory_mb or lower scratch_mb"):
+        Sandbox(use_bwrap=True, memory_mb=256, scratch_mb=256)
+
+
+# -- cgroup v2: the host moves into a leaf before enabling controllers ----------
+
+V2_HOST = """
+import json, os, subprocess, sys
+from sandbox import cgroup_setup
+group, shared = sys.argv[1], sys.argv[2] == 'shared'
+with open(os.path.join(group, 'cgroup.procs'), 'w') as f:
+    f.write(str(os.getpid()))
+neighbour = subprocess.Popen(['sleep', '60']) if shared else None   # born in the group
+support = cgroup_setup.discover(('hugetlb',))
+out = {'parents': [[p.path, p.version] for p in support.parents], 'problems': support.problems,
+       'own': open('/proc/self/cgroup').read().split('0::')[1].strip()}
+if support.parents:   # a sandbox group under it takes a limit and a process
+    child = os.path.join(support.parents[0].path, 'sandbox-probe')
+    os.mkdir(child)
+    with open(os.path.join(child, 'hugetlb.2MB.max'), 'w') as f:
+        f.write('0')
+    worker = subprocess.Popen(['sleep', '60'])
+    with open(os.path.join(child, 'cgroup.procs'), 'w') as f:
+        f.write(str(worker.pid))
+    out['in_child'] = open(os.path.join(child, 'cgroup.procs')).read().split() == [str(worker.pid)]
+    worker.kill(); worker.wait()
+    os.rmdir(child)
+if neighbour:
+    neighbour.kill(); neighbour.wait()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_cgroup_v2_host_moves_into_a_leaf_before_enabling_controllers():
+    """On this v1-hybrid machine memory and pids are bound to v1, so the real
+    v2 hierarchy (/sys/fs/cgroup/unified) is driven with the one controller it
+    has, hugetlb, standing in for memory and pids: the same kernel rule (no
+    controllers for the children of a group that holds processes) applies."""
+    import json
+    import subprocess
+    import sys
+
+    from sandbox.cgroup_setup import LEAF_NAME, unified_root
+
+    root = unified_root()
+    if "hugetlb" not in Path(root, "cgroup.controllers").read_text().split() \
+            or not os.access(Path(root, "cgroup.subtree_control"), os.W_OK):
+        pytest.skip("no writable cgroup v2 hierarchy with a free controller here")
+    enabled_before = "hugetlb" in Path(root, "cgroup.subtree_control").read_text().split()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("SANDBOX_CGROUP_PARENT", None)
+    groups = []
+    try:
+        Path(root, "cgroup.subtree_control").write_text("+hugetlb")
+        outcomes = {}
+        for case in ("alone", "shared"):
+            group = Path(root, f"sandbox-v2test-{os.getpid()}-{case}")
+            group.mkdir()
+            groups.append(group)
+            done = subprocess.run([sys.executable, "-c", V2_HOST, str(group), case], env=env,
+                                  capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            outcomes[case] = json.loads(done.stdout)
+        print(json.dumps(outcomes, indent=1))
+        alone, shared = outcomes["alone"], outcomes["shared"]
+        assert alone["parents"] == [[str(groups[0]), 2]] and alone["problems"] == []
+        assert alone["own"].endswith(f"/{groups[0].name}/{LEAF_NAME}")   # the leaf move
+        assert alone["in_child"] is True
+        assert "hugetlb" in (groups[0] / "cgroup.subtree_control").read_text()
+        # a group holding another process is not rearranged: refused, with the reason
+        assert shared["parents"] == [] and "holds processes" in shared["problems"][0]
+        assert shared["own"].endswith(groups[1].name)
+    finally:
+        for group in reversed(groups):
+            for leaf in (group / LEAF_NAME, group):
+                deadline = time.monotonic() + 10
+                while leaf.exists() and time.monotonic() < deadline:
+                    try:
+                        if leaf == group and (group / "cgroup.subtree_control").exists():
+                            (group / "cgroup.subtree_control").write_text("-hugetlb")
+                        leaf.rmdir()
+                    except OSError:
+                        time.sleep(0.1)
+        if not enabled_before:
+            Path(root, "cgroup.subtree_control").write_text("-hugetlb")
+
+
+@pytest.mark.timeout(120)
+def test_a_v2_group_without_the_controllers_warns_once_and_falls_back_to_rlimits(monkeypatch):
+    """A real sandbox on the machine's v2 hierarchy, in a group the memory and
+    pids controllers are not delegated to (here they are bound to v1): one
+    warning naming the reason and the fallback, never a silent loss."""
+    import warnings
+
+    from sandbox import cgroup_setup
+    from sandbox import host as host_module
+
+    root = cgroup_setup.unified_root()
+    if not os.access(Path(root, "cgroup.procs"), os.W_OK):
+        pytest.skip("no writable cgroup v2 hierarchy here")
+    group = Path(root, f"sandbox-v2test-{os.getpid()}-sb")
+    group.mkdir()
+    try:
+        monkeypatch.setenv("SANDBOX_CGROUP_PARENT", str(group))
+        monkeypatch.setattr(cgroup_setup, "_support", None)
+        monkeypatch.setattr(host_module, "_warned", set())
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with Sandbox(use_bwrap=True, memory_mb=256, scratch_mb=64, timeout_s=30) as sb:
+                assert sb.run("print(6 * 7)").stdout == "42\n"
+                assert sb.isolation["memory_cgroup"] is sb.isolation["pids_cgroup"] is False
+                print(sb.enforcement)
+                assert sb.enforcement["memory"].startswith("rlimits: address space 128 MiB")
+            Sandbox(use_bwrap=True, memory_mb=256, scratch_mb=64).close()   # no second warning
+        lines = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+        print(lines)
+        assert len(lines) == 1 and "\n" not in lines[0]
+        assert "memory_cgroup, pids_cgroup" in lines[0] and "cgroup v2" in lines[0]
+        assert "not delegated" in lines[0] and "falls back to rlimits" in lines[0]
+    finally:
+        monkeypatch.setattr(cgroup_setup, "_support", None)
+        group.rmdir()

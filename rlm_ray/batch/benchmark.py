@@ -130,9 +130,11 @@ def _waves(answers: list[dict], concurrency: int) -> tuple[float, float]:
 
 def run_bench(*, questions: int | None, rpm: float, latency_ms: float,
               concurrency: list[int], source: str | None, workdir: str) -> int:
+    from rlm_ray._ray import describe_target
     from rlm_ray.corpus import ingest
     from rlm_ray.sim import SimServer
 
+    print(f"bench batch: {describe_target()}", file=sys.stderr, flush=True)
     root = Path(source or sysconfig.get_paths()["stdlib"])
     work = Path(workdir)
     corpus = str(work / "corpus")
