@@ -124,6 +124,18 @@ def test_answer_ownership_and_the_dict_protocol_in_the_sandbox():
         assert (protocol.answer().ready, protocol.answer().content) == (True, "partial")
     finally:
         protocol.close()
+    same_block = workspace()
+    try:   # bound and finished in one block, by name: the model's value
+        assert same_block.run("answer = 'own'\nFINAL_VAR('answer')", 30).error is None
+        assert same_block.answer().content == "own"
+    finally:
+        same_block.close()
+    content = workspace()
+    try:   # FINAL_VAR of the answer dict itself finishes with its content
+        assert content.run("answer['content'] = 'c'\nFINAL_VAR(answer)", 30).error is None
+        assert (content.answer().ready, content.answer().content) == (True, "c")
+    finally:
+        content.close()
     not_ready = workspace()
     try:   # an answer dict that is not ready yet: the engine's is put back
         block = not_ready.run("answer = {'content': 'x', 'ready': False}", 30)

@@ -16,8 +16,8 @@ dict (`answer["content"] = ...`, then `answer` as a loop variable). A model
 that binds it to anything else before that (`answer = llm_query(...)`, a
 result dict) owns the name from then on, as older scaffolds let it: it is no
 longer restored, it is listed with the model's variables and
-FINAL_VAR(answer) finishes with its value. FINAL / FINAL_VAR keep working
-(they write the engine's dict).
+FINAL_VAR(answer) finishes with its value (while `answer` is the dict, with
+the dict's content). FINAL / FINAL_VAR keep working (they write the dict).
 
 This text runs inside the sandbox; it must only use the stdlib.
 """
@@ -129,8 +129,13 @@ def FINAL(value):
 def FINAL_VAR(variable):
     """Finish with a variable: FINAL_VAR("name"), FINAL_VAR(name) or FINAL_VAR(value)."""
     ns = globals()
+    if variable is _rlm.answer:       # the answer dict itself: its content is the answer
+        return FINAL(_rlm.answer["content"])
     if isinstance(variable, str):
         name = variable.strip().strip("\\'\\"").strip()
+        if name == "answer" and "answer" in ns:     # the model's value, or the dict's content
+            held = ns["answer"]
+            return FINAL(_rlm.answer["content"] if held is _rlm.answer else held)
         if name.isidentifier() and name in ns and not _rlm.reserved(name):
             return FINAL(ns[name])
         passed_by_name = any(value is variable for key, value in ns.items()
