@@ -308,8 +308,8 @@ def test_allow_list_picks_models_and_refuses_others(sim):
     # a verification block is a plan, not a finish
     ("I will check it, then provide FINAL_VAR(output) as the answer.\n\n```repl\n"
      "print(len(output))\n```\n", None),
-    ("```repl\nprint(345)\n```\nFINAL 345", ("value", "345")),    # no parentheses
-    ("FINAL ANSWER: Paris, France", ("value", "Paris, France")),
+    ("```repl\nprint(345)\n```\nFINAL 345", None),     # no parentheses: prose (strict finishing)
+    ("FINAL ANSWER: Paris, France", ("value", "Paris, France")),   # last line, no code
     ("FINAL_ANSWER is pending", None),
     ("no final here", None),
 ])
@@ -375,7 +375,7 @@ def test_prelude_semantics_in_the_sandbox():
             block = workspace.run(code, 30)
             return block, workspace.answer()
 
-        block, state = run("context = 'short'\ndel llm_query\nanswer = 3\nx = [1, 2]\n"
+        block, state = run("context = 'short'\ndel llm_query\ndel answer\nx = [1, 2]\n"
                            "class Weird:\n    def __len__(self):\n        raise RuntimeError\n"
                            "w = Weird()")
         assert block.error is None and not state.ready

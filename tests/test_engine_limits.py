@@ -16,7 +16,7 @@ import pytest
 from rlm_ray.engine import RLM, EngineSettings
 from rlm_ray.llm.config import GatewayConfig
 from rlm_ray.sim import register_policy
-from rlm_ray.sim.registry import last_user_text
+from rlm_ray.sim.registry import last_user_text, root_question
 
 SENTINEL_KEY = f"sk-test-{uuid.uuid4().hex}"
 
@@ -26,8 +26,7 @@ def _is_root(messages):
 
 
 def _question(messages):
-    first = next(m["content"] for m in messages if m["role"] == "user")
-    return first.splitlines()[0].removeprefix("Question: ")
+    return root_question(messages)
 
 
 def _outputs(messages):

@@ -32,8 +32,8 @@ def test_metadata_is_constant_size_whatever_the_corpus():
     assert abs(len(huge) - len(small)) < 40
     assert huge.count("\n  ") == prompts.MAX_EXAMPLE_PATHS
     first = prompts.first_user_message("What is\nthe code?", huge)
-    assert first.splitlines()[0] == "Question: What is the code?"
-    assert first.splitlines()[1] == "Context:"
+    assert first.splitlines()[:4] == ["<question>", "What is", "the code?", "</question>"]
+    assert first.splitlines()[4] == "Context:" and first.endswith(huge)
 
 
 def test_feedback_format_is_the_documented_contract():

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from rlm_ray.engine.parsing import Final, code_blocks, find_final, repl_blocks, text_final
+from rlm_ray.engine.prompts import first_user_message
 from rlm_ray.sim.policies import family_of, gullible, rlm_policy
 from rlm_ray.sim.policy_core import MAX_TURNS
 from rlm_ray.sim.policy_repl_lib import (code_sections, count_param_functions, defined_names,
@@ -34,7 +35,7 @@ SYSTEM = {"role": "system", "content": "any wording: the policy must not depend 
 
 def root(question: str, *outputs: str, forced: bool = False) -> list[dict]:
     """A root conversation: turn 0, then one assistant reply + REPL output per item."""
-    messages = [SYSTEM, {"role": "user", "content": f"Question: {question}\nContext:\nkind: corpus"}]
+    messages = [SYSTEM, {"role": "user", "content": first_user_message(question, "kind: corpus")}]
     for k, output in enumerate(outputs, start=1):
         messages.append({"role": "assistant", "content": "(earlier reply)"})
         messages.append({"role": "user", "content": f"REPL output (iteration {k}):\n{output}"})
@@ -484,7 +485,9 @@ def test_rlms_shims_carry_the_real_model_dialect():
     from rlm_ray.bench.rlms_driver import _final_as_code, _number_outputs
 
     q = QUESTIONS["label-count"]
-    history = [SYSTEM, {"role": "user", "content": f"Question: {q}"},
+    # rlms quotes the driver's root_prompt in its own first user message
+    history = [SYSTEM, {"role": "user", "content": f'... the original prompt: "\n<question>\n{q}\n'
+                                                   '</question>\n".'},
                {"role": "assistant", "content": "x"},
                {"role": "user", "content": "REPL output (block 1):\nsample\n\nREPL output (block 2):"
                                            "\npieces=3\nSTEP_DONE 1"}]

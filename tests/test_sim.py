@@ -18,6 +18,7 @@ import litellm
 import pytest
 import tiktoken
 
+from rlm_ray.engine.prompts import first_user_message
 from rlm_ray.errors import UserError
 from rlm_ray.sim import POLICIES, SimServer, fetch_stats, resolve_model
 
@@ -391,7 +392,7 @@ def replay_file(tmp_path, recordings: list[dict]):
 def root_messages(question: str, replies: list[str]) -> list[dict]:
     """A root conversation as the engine builds it: the question, then one
     assistant reply and one REPL-output message per turn."""
-    messages = [SYSTEM, {"role": "user", "content": f"Question: {question}\nContext: ..."}]
+    messages = [SYSTEM, {"role": "user", "content": first_user_message(question, "kind: str")}]
     for i, reply in enumerate(replies, 1):
         messages += [{"role": "assistant", "content": reply},
                      {"role": "user", "content": f"REPL output (iteration {i}):\n..."}]

@@ -8,7 +8,8 @@ tasks: [{id, question, context}]}; output: one JSON object on stdout.
 Two dialect shims, both plain text, so the SIMULATOR's scripted root policy
 (written against rlm-ray's conversation format) can drive rlms too; a real
 model needs neither:
-- the question goes in rlms's `root_prompt` as a `Question: ...` line;
+- the question goes in rlms's `root_prompt` between `<question>` and
+  `</question>` lines, as rlm-ray lays it out (a multi-line question whole);
 - rlms's `REPL output:` headers are numbered `REPL output (iteration K):`
   before a request leaves, and `FINAL(x)` / `FINAL_VAR(name)` are defined in
   rlms's REPL on top of its own `answer["ready"] = True` convention; a root
@@ -114,7 +115,7 @@ def main() -> int:
                      environment_kwargs={"setup_code": FINAL_HELPERS},
                      max_iterations=spec["max_iterations"], verbose=False)
         try:
-            answer, error = engine.completion(task["context"], root_prompt=f"\nQuestion: {task['question']}").response, None
+            answer, error = engine.completion(task["context"], root_prompt=f"\n<question>\n{task['question']}\n</question>\n").response, None
         except Exception as exc:  # a failed question is a result, not a crash of the run
             answer, error = None, f"{type(exc).__name__}: {exc}"[:500]
         results.append({"id": task["id"], "answer": answer, "error": error,

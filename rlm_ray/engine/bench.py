@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from rlm_ray.sim import register_policy
+from rlm_ray.sim.registry import root_question
 
 STDLIB_EXCLUDE = ["site-packages/", "__pycache__/", "*.pyc"]
 NEEDLE_KEY, NEEDLE_VALUE = "BENCH-KEY", "7781-ZZ"
@@ -41,8 +42,7 @@ def _fanout(messages: list[dict]) -> str:
     Question: `fanout N`. Sub-calls: a fixed short reply."""
     if not any(m.get("role") == "system" for m in messages):
         return "ok"
-    first = next(m["content"] for m in messages if m["role"] == "user")
-    n = int(first.splitlines()[0].split()[-1])
+    n = int(root_question(messages).split()[-1])
     if len([m for m in messages if m["role"] == "user"]) > 1:
         return "```repl\nFINAL(str(len(batched) + len(serial)))\n```"
     return ("```repl\nbatched = llm_query_batched([f'item {i}' for i in range(%d)])\n```\n"
@@ -53,8 +53,7 @@ def _fanout(messages: list[dict]) -> str:
 def _iterate(messages: list[dict]) -> str:
     """Root, question `idle`: an idle REPL for IDLE_SECONDS, then FINAL. Question
     `iterate`: one block reading every document, FINAL with the figures."""
-    first = next(m["content"] for m in messages if m["role"] == "user")
-    if first.splitlines()[0].endswith("idle"):
+    if root_question(messages).endswith("idle"):
         return f"```repl\nimport time\ntime.sleep({IDLE_SECONDS})\nFINAL('idle')\n```"
     return ("```repl\nimport time\nstarted = time.perf_counter()\ntotal = n = 0\n"
             "for doc in context:\n    total += len(doc)\n    n += 1\n"

@@ -107,7 +107,7 @@ class RootLoop:
         state = self.workspace.answer()
         if state.ready:
             return state.content
-        final = parsing.find_final(code.rest)
+        final = parsing.find_final(code.rest, has_code=bool(code.blocks))
         if final is not None:
             printed = "\n".join(b.output for b in turn.blocks)
             answer, refusal = self._text_final(call_id, final, code.blocks, printed, failed,

@@ -1,7 +1,12 @@
 """Reading model replies the way real models write them: the code blocks to run
 (```repl```, else ```python``` as a fallback) and the FINAL(...) / FINAL_VAR(...)
 a reply ends with, at the start of any line (outside code, or inside code that
-did not run), as both generations of the official RLM scaffold accept."""
+did not run), as both generations of the official RLM scaffold accept.
+
+Finishing is strict: a FINAL without its parentheses is prose a model writes
+while thinking ("FINAL STEP: aggregate the counts", "FINAL: I'll verify
+first."), never a finish. The one prose form is an explicit `FINAL ANSWER:
+text` as the last line of a reply without code."""
 from __future__ import annotations
 
 import ast
@@ -17,10 +22,8 @@ _PYTHON_BLOCK = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\n(.*?)(?:^[ \t]*```|
                            re.DOTALL | re.MULTILINE)
 _FINAL_VAR_START = re.compile(r"^[ \t]*FINAL_VAR[ \t]*\(", re.MULTILINE)
 _FINAL_START = re.compile(r"^[ \t]*FINAL[ \t]*\(", re.MULTILINE)
-# `FINAL 345` / `FINAL: 345` / `FINAL ANSWER: 345` (small models drop the parentheses;
-# the official parser accepts it too): the rest of that line.
-_FINAL_BARE = re.compile(
-    r"^[ \t]*FINAL(?:[ \t]+ANSWER)?(?:[ \t]*:[ \t]*|[ \t]+)([^\s(].*?)[ \t]*$", re.MULTILINE)
+# `FINAL ANSWER: Paris`: the rest of the reply's last line (see find_final).
+_FINAL_ANSWER_LAST = re.compile(r"(?:\A|\n)[ \t]*FINAL ANSWER:[ \t]*(\S.*?)[ \t]*\Z")
 
 REPL, PYTHON = "repl", "python"
 
@@ -57,17 +60,18 @@ def _bodies(pattern: re.Pattern, reply: str) -> list[str]:
     return [b for b in (m.group(1).rstrip() for m in pattern.finditer(reply)) if b.strip()]
 
 
-def find_final(text: str) -> Final | None:
+def find_final(text: str, has_code: bool = False) -> Final | None:
     """The FINAL_VAR(...) or FINAL(...) starting a line of `text` (FINAL_VAR
-    first, as the official scaffold does), or None."""
+    first, as the official scaffold does); else, when the reply has no code, a
+    `FINAL ANSWER: text` last line; else None."""
     for kind, start in (("var", _FINAL_VAR_START), ("value", _FINAL_START)):
         match = start.search(text)
         if match:
             arg = _argument(text, match.end())
             if arg is not None:
                 return Final(kind, arg.strip())
-    bare = _FINAL_BARE.search(text)
-    return Final("value", bare.group(1)) if bare else None
+    explicit = None if has_code else _FINAL_ANSWER_LAST.search(text.rstrip())
+    return Final("value", explicit.group(1)) if explicit else None
 
 
 def _argument(text: str, start: int) -> str | None:
@@ -130,7 +134,7 @@ def is_name(arg: str) -> bool:
 
 def text_final(reply: str) -> tuple[str, str] | None:
     """Compatibility form of `find_final`: ("value", text) or ("var", name)."""
-    final = find_final(reply)
+    final = find_final(reply, has_code=bool(code_blocks(reply).blocks))
     if final is None:
         return None
     if final.kind == "var":

@@ -2,10 +2,10 @@
 first, chunk, query sub-models into variables, aggregate in code, answer with
 FINAL), in our own words, plus the corpus API reference.
 
-The format of the conversation (first line `Question: ...`, a `Context:`
-metadata block, `REPL output (iteration K):` feedback, `Final answer
-required:` forced turn) is a contract with the simulator's policies
-(docs/architecture.md); the wording around it is free.
+The format of the conversation (the question as written between `<question>`
+and `</question>` lines, a `Context:` metadata block, `REPL output (iteration
+K):` feedback, `Final answer required:` forced turn) is a contract with the
+simulator's policies (docs/architecture.md); the wording around it is free.
 
 Everything here is constant-size whatever the corpus size: metadata is
 counts, a schema and at most MAX_EXAMPLE_PATHS paths, never corpus text.
@@ -72,16 +72,19 @@ Other functions in the REPL:
   several concurrently.
 - SHOW_VARS() -> str: your variables with their type and size.
 - print(...): the only way to see results.
-The names context, answer, llm_query, llm_query_batched, rlm_query, rlm_query_batched, FINAL,
-FINAL_VAR and SHOW_VARS are reserved: if your code rebinds one, it is restored after the block.
+The names context, llm_query, llm_query_batched, rlm_query, rlm_query_batched, FINAL, FINAL_VAR
+and SHOW_VARS are reserved: if your code rebinds one, it is restored after the block. `answer`
+starts as the answer dict (below); if you bind it to a value of your own before writing into
+that dict, it is your variable from then on.
 
-How to finish:
+How to finish (only these forms finish; any other line, FINAL-like or not, is your prose):
 - FINAL_VAR(name) on its own line (in a ```repl``` block or after it, quoted or not) finishes with
   the variable's value once the reply's code has run: compute, then FINAL_VAR in the same reply.
 - FINAL(value) inside code finishes with that value. FINAL(answer text) on its own line outside
   code finishes a reply without code. Next to code you have not seen the code's output yet:
   such a FINAL is refused unless that output shows the same text (you are told why).
 - Or set answer["content"] (starts as "") and answer["ready"] = True.
+- Or, in a reply without code, end with the line FINAL ANSWER: <answer text>.
 Lists and dicts become JSON, other values str(). The answer should be exactly what was asked
 (a value, a list, a number), without commentary.
 
@@ -145,7 +148,9 @@ def corpus_metadata(stats: dict[str, Any], example_paths: list[str]) -> str:
             lines.append(f"{key}: {stats[key]}")
     lines.append("schema: chunks(doc_id, path, chunk_id, start_line, end_line, text, n_tokens, "
                  "sha256); docs(doc_id, path, n_lines, n_chunks, n_tokens, sha256)")
-    shown = [p[:MAX_PATH_CHARS] for p in example_paths[:MAX_EXAMPLE_PATHS]]
+    # One line per path, whatever the path holds: the metadata never ends the question.
+    shown = [" ".join(p[:MAX_PATH_CHARS].splitlines())
+             for p in example_paths[:MAX_EXAMPLE_PATHS]]
     if shown:
         lines.append(f"example paths ({len(shown)} of {stats.get('documents', '?')}):")
         lines.extend(f"  {p}" for p in shown)
@@ -161,10 +166,15 @@ def str_metadata(text: str, tokens: int) -> str:
     ])
 
 
+QUESTION_OPEN, QUESTION_CLOSE = "<question>", "</question>"
+
+
 def first_user_message(question: str, metadata: str) -> str:
-    # The question is a single line by contract: the policies read the first line.
-    question = " ".join(question.split())
-    return f"Question: {question}\nContext:\n{metadata}"
+    """The question exactly as written (its line breaks, tables and output formats are
+    part of it) between tag lines, then the metadata. A reader takes the text up to the
+    LAST `</question>` line: the question may quote the tag, the metadata never holds
+    that line (paths in it are one indented line each)."""
+    return f"{QUESTION_OPEN}\n{question}\n{QUESTION_CLOSE}\nContext:\n{metadata}"
 
 
 def repl_feedback(iteration: int, output: str, error: str | None) -> str:

@@ -5,10 +5,19 @@ and `_rlm`, the scaffold object that keeps the engine's names alive.
 Install order (docs/architecture.md): PRELUDE, then the context, then
 SNAPSHOT, which records the reserved names as they are at that moment. After
 every block the engine runs AFTER_BLOCK: names the model rebound (`context =
-context[:100]`, `llm_query = None`, `answer` as a loop variable) are put back,
-a rebound `answer` dict that says ready is adopted first, and `_rlm_state`
-(what the engine reads with `sandbox.get`) is refreshed with the answer as
-text and a short listing of the model's variables.
+context[:100]`, `llm_query = None`) are put back, and `_rlm_state` (what the
+engine reads with `sandbox.get`) is refreshed with the answer as text and a
+short listing of the model's variables.
+
+`answer` starts as the answer dict. A model that rebinds it to an answer dict
+(a dict with a "ready" key) speaks that protocol: a ready one is adopted, and
+the engine's dict is put back; so it is when the model already wrote into the
+dict (`answer["content"] = ...`, then `answer` as a loop variable). A model
+that binds it to anything else before that (`answer = llm_query(...)`, a
+result dict) owns the name from then on, as older scaffolds let it: it is no
+longer restored, it is listed with the model's variables and
+FINAL_VAR(answer) finishes with its value (while `answer` is the dict, with
+the dict's content). FINAL / FINAL_VAR keep working (they write the dict).
 
 This text runs inside the sandbox; it must only use the stdlib.
 """
@@ -31,6 +40,10 @@ class _RLMScaffold:
     def __init__(self):
         self.answer = {"content": "", "ready": False}
         self.saved = {}
+        self.answer_owned = False     # the model bound `answer` to a value of its own
+
+    def reserved(self, name):
+        return name in self.RESERVED and not (name == "answer" and self.answer_owned)
 
     @staticmethod
     def text(value):
@@ -52,7 +65,7 @@ class _RLMScaffold:
     def user_names(self, ns):
         import types
         return [name for name, value in ns.items()
-                if not name.startswith("_") and name not in self.RESERVED
+                if not name.startswith("_") and not self.reserved(name)
                 and not isinstance(value, (types.ModuleType, type))
                 and not callable(value)]
 
@@ -76,13 +89,19 @@ class _RLMScaffold:
     def after_block(self, ns):
         restored = []
         current = ns.get("answer")
-        if current is not self.answer:
-            # A model may assign a whole answer dict; adopt it if it says ready.
-            if isinstance(current, dict) and current.get("ready") and "content" in current:
-                self.answer["content"] = current["content"]
-                self.answer["ready"] = True
-            else:
-                restored.append("answer")
+        rebound = current is not self.answer          # also when deleted
+        if rebound and isinstance(current, dict) and current.get("ready") and "content" in current:
+            self.answer["content"] = current["content"]    # a whole answer dict that says ready
+            self.answer["ready"] = True
+        elif rebound and not self.answer_owned:
+            # The engine's dict already written into: this model speaks the protocol, and
+            # `answer` as, say, a loop variable must not cost it the dict.
+            protocol = self.answer.get("content") != "" or bool(self.answer.get("ready"))
+            if protocol or "answer" not in ns or (isinstance(current, dict) and "ready" in current):
+                restored.append("answer")      # put back (deleted, or a dict not ready yet)
+            else:                              # a value of the model's own: the name is its
+                self.answer_owned = True
+                self.saved.pop("answer", None)
         for name, value in self.saved.items():
             if ns.get(name) is not value:
                 ns[name] = value
@@ -110,9 +129,14 @@ def FINAL(value):
 def FINAL_VAR(variable):
     """Finish with a variable: FINAL_VAR("name"), FINAL_VAR(name) or FINAL_VAR(value)."""
     ns = globals()
+    if variable is _rlm.answer:       # the answer dict itself: its content is the answer
+        return FINAL(_rlm.answer["content"])
     if isinstance(variable, str):
         name = variable.strip().strip("\\'\\"").strip()
-        if name.isidentifier() and name in ns and name not in _RLMScaffold.RESERVED:
+        if name == "answer" and "answer" in ns:     # the model's value, or the dict's content
+            held = ns["answer"]
+            return FINAL(_rlm.answer["content"] if held is _rlm.answer else held)
+        if name.isidentifier() and name in ns and not _rlm.reserved(name):
             return FINAL(ns[name])
         passed_by_name = any(value is variable for key, value in ns.items()
                              if not key.startswith("_"))

@@ -4,12 +4,13 @@ in `policies.py`, owned by the engine). Each is deterministic in its input.
 - `sim/echo`    replies with the last user message, verbatim.
 - `sim/fixed`   replies "ok".
 - `sim/extract` a sub-model stand-in that answers from the text it was given:
-                the prompt's `Question:` line gives keywords (words of 3+
+                the prompt's question (between `<question>` / `</question>`
+                lines, else its `Question:` line) gives keywords (words of 3+
                 letters, lower-cased, minus stop words); every other
                 non-empty line is candidate text; the reply is the first line
                 containing the largest number of distinct keywords (whole
                 words, case-insensitive), stripped; "NOT FOUND" if no line
-                contains any keyword or there is no `Question:` line.
+                contains any keyword or the prompt names no question.
 - `sim/count`   counts, in the prompt, whole-word case-sensitive occurrences
                 of the first quoted word ('w' or "w"), not counting the quote
                 itself; replies with the integer, or "0" if nothing is quoted.
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-from rlm_ray.sim.registry import last_user_text, register_policy
+from rlm_ray.sim.registry import QUESTION_BLOCK, last_user_text, register_policy
 
 _WORD = re.compile(r"[A-Za-z0-9_]{3,}")
 _QUOTED = re.compile(r"""'([^'\s]+)'|"([^"\s]+)\"""")
@@ -46,14 +47,20 @@ def _keywords(question: str) -> set[str]:
 
 @register_policy("sim/extract")
 def extract(messages: list[dict]) -> str:
-    lines = last_user_text(messages).splitlines()
-    question_at = next((i for i, line in enumerate(lines) if "Question:" in line), None)
-    if question_at is None:
-        return NOT_FOUND
-    keywords = _keywords(lines[question_at].split("Question:", 1)[1])
+    text = last_user_text(messages)
+    block = QUESTION_BLOCK.search(text)
+    if block:   # the question between tag lines (rlm-ray's layout); the rest is candidate text
+        question, lines = block.group(1), (text[:block.start()] + text[block.end():]).splitlines()
+    else:
+        lines = text.splitlines()
+        question_at = next((i for i, line in enumerate(lines) if "Question:" in line), None)
+        if question_at is None:
+            return NOT_FOUND
+        question = lines.pop(question_at).split("Question:", 1)[1]
+    keywords = _keywords(question)
     best_line, best_score = NOT_FOUND, 0
-    for i, line in enumerate(lines):
-        if i == question_at or not line.strip():
+    for line in lines:
+        if not line.strip():
             continue
         score = len(keywords & {w.lower() for w in _WORD.findall(line)})
         if score > best_score:  # strict: the first line wins ties

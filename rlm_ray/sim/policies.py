@@ -1,10 +1,11 @@
 """Scripted RLM policies of the provider SIMULATOR.
 
 - `sim/rlm-policy` behaves like a competent RLM root model. As a ROOT (a
-  system message is present) it reads `Question: ...` from the first user
-  message, picks the question family by its phrasing (docs/architecture.md,
-  "Question families"), and writes real REPL code over several turns:
-  explore, map with sub-calls, aggregate in variables, FINAL. It reads the
+  system message is present) it reads the question from the first user
+  message (`registry.question_in`), picks the question family by its
+  phrasing (docs/architecture.md, "Question families"), and writes real REPL
+  code over several turns: explore, map with sub-calls, aggregate in
+  variables, FINAL. It reads the
   `REPL output (iteration K):` messages to decide its next step (see
   policy_core: stage markers, fallbacks after `Error:`, a hard turn cap).
   As a SUB-MODEL (no system message) it answers by the rules in policy_sub.

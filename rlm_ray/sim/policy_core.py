@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from rlm_ray.sim.registry import text_of
+from rlm_ray.sim.registry import question_in, text_of
 
 STEP_MARKER = "STEP_DONE"
 SO_FAR = "answer so far:"
@@ -61,11 +61,7 @@ class Conversation:
     def parse(cls, messages: list[dict]) -> "Conversation":
         is_root = any(m.get("role") == "system" for m in messages)
         users = [text_of(m.get("content")) for m in messages if m.get("role") == "user"]
-        question = ""
-        for line in (users[0] if users else "").splitlines():
-            if line.startswith("Question:"):
-                question = line[len("Question:"):].strip()
-                break
+        question = question_in(users[0]) if users else ""
         outputs = []
         for text in users[1:]:
             head = _OUTPUT_HEAD.match(text)
@@ -149,8 +145,10 @@ def register_family(name: str, pattern: str, *stages: StageFn) -> Family:
 
 
 def find_family(question: str, families: list[Family]) -> tuple[Family, re.Match]:
+    # A family is a phrasing: a question wrapped over several lines asks the same thing.
+    phrasing = " ".join(question.split())
     for family in families:
-        match = family.pattern.fullmatch(question.strip())
+        match = family.pattern.fullmatch(phrasing)
         if match:
             return family, match
     # policies.py registers a catch-all last, so this means a registry bug.

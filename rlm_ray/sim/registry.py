@@ -9,6 +9,7 @@ side channel.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -68,3 +69,27 @@ def last_user_text(messages: list[dict]) -> str:
         if message.get("role") == "user":
             return text_of(message.get("content"))
     return ""
+
+
+# The question of a root prompt, read as a model reads it: the text between a
+# `<question>` line and the LAST `</question>` line (rlm-ray's layout,
+# docs/architecture.md: the question may quote the tag), else the rest of a
+# `Question:` line (how a prompt written by hand, or by another scaffold,
+# labels its question).
+QUESTION_BLOCK = re.compile(r"^<question>\n(.*)\n</question>[ \t]*$", re.DOTALL | re.MULTILINE)
+_QUESTION_LINE = re.compile(r"^[ \t]*Question:[ \t]*(.*?)[ \t]*$", re.MULTILINE)
+
+
+def question_in(prompt: str) -> str:
+    """The question `prompt` asks, exactly as written ("" when it names none)."""
+    block = QUESTION_BLOCK.search(prompt)
+    if block:
+        return block.group(1)
+    line = _QUESTION_LINE.search(prompt)
+    return line.group(1) if line else ""
+
+
+def root_question(messages: list[dict]) -> str:
+    """The question of a root conversation: the one its first user message asks."""
+    first = next((m for m in messages if m.get("role") == "user"), None)
+    return question_in(text_of(first.get("content"))) if first else ""

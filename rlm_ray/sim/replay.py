@@ -4,8 +4,9 @@ A replay file (JSON) holds one or more recordings of a model running an RLM
 scaffold. The simulator answers the model name `sim/replay` from it:
 
 - a ROOT call (a system message is present) is matched to a recording by its
-  question: the first user message starts `Question: <question>` followed by a
-  line end (a multi-line question is matched whole; the longest match wins).
+  question: the one the first user message asks (`registry.question_in`: the
+  text between `<question>` and `</question>` lines, a multi-line question
+  whole), equal to the recorded question up to surrounding whitespace.
   The reply is the recording's root reply number N, N = the assistant messages
   already in the conversation (stateless, so retries, resumes and parallel
   questions replay correctly).
@@ -39,11 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlm_ray.errors import UserError
-from rlm_ray.sim.registry import PolicyRefusal, last_user_text, text_of
+from rlm_ray.sim.registry import PolicyRefusal, last_user_text, question_in, text_of
 
 REPLAY_MODEL = "sim/replay"
 FORMAT = "rlm-ray-replay/1"
-QUESTION_PREFIX = "Question:"
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ class Replay:
         users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
         if not users:
             raise PolicyRefusal("replay: a root call without a user message")
-        first = text_of(messages[users[0]].get("content")).lstrip()
+        first = text_of(messages[users[0]].get("content"))
         recording = self._match_question(first)
         turn = sum(1 for m in messages[users[0]:] if m.get("role") == "assistant")
         if turn >= len(recording.root_replies):
@@ -135,17 +135,15 @@ class Replay:
         return recording.root_replies[turn]
 
     def _match_question(self, first_user: str) -> Recording:
-        if not first_user.startswith(QUESTION_PREFIX):
-            raise PolicyRefusal("replay: the first user message does not start with "
-                                f"'{QUESTION_PREFIX} <question>'")
-        asked = first_user[len(QUESTION_PREFIX):].lstrip()
-        # The recorded question, whole: up to the end of the message or of a line.
-        matches = [r for r in self.recordings
-                   if asked == r.question or asked.startswith(r.question + "\n")]
-        if not matches:
-            raise PolicyRefusal(f"replay: no recording of the question "
-                                f"{asked.splitlines()[0][:120]!r} in {self.source}")
-        return max(matches, key=lambda r: len(r.question))
+        asked = question_in(first_user).strip()
+        if not asked:
+            raise PolicyRefusal("replay: the first user message asks no question (no "
+                                "<question> ... </question> lines, no `Question:` line)")
+        for recording in self.recordings:
+            if recording.question == asked:
+                return recording
+        raise PolicyRefusal(f"replay: no recording of the question "
+                            f"{asked.splitlines()[0][:120]!r} in {self.source}")
 
     def _sub_reply(self, prompt: str) -> str:
         for rec in self.recordings:
