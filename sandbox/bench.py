@@ -4,8 +4,8 @@ and without bubblewrap. Prints figures; asserts nothing.
 For each mode: start-up wall time and CPU (user+system of EVERY process
 involved: this host, bubblewrap's two processes and the worker, read from
 /proc before the sandbox is closed, so load on the machine does not inflate
-it much), the processes one sandbox keeps alive, and the wall and CPU of a
-trivial run and of one host-call round trip.
+it much), the host's CPU to close it, the processes one sandbox keeps alive,
+and the wall and CPU of a trivial run and of one host-call round trip.
 
 Targets: start <= 250 ms wall, run <= 1 ms, host call <= 1 ms.
 Without bwrap is the same as `SANDBOX_BWRAP=0` or `Sandbox(use_bwrap=False)`.
@@ -34,6 +34,7 @@ class Figures:
     start_ms: list[float]
     start_cpu_ms: list[float]    # host + every sandbox process, per start-up
     start_host_cpu_ms: float     # of which this host process (mean)
+    close_cpu_ms: float          # this host closing it: kill, reap, remove the cgroup (mean)
     run_ms: list[float]
     run_cpu_ms: float            # host + worker CPU per trivial run (mean)
     call_ms: list[float]
@@ -80,7 +81,7 @@ def sandbox_processes(sb: Sandbox) -> int:
 
 def measure(use_bwrap: bool, starts: int, runs: int, calls: int) -> Figures:
     Sandbox(use_bwrap=use_bwrap).close()  # warm the page cache and the bwrap probe
-    start_ms, start_cpu_ms, host_cpu_ms, processes = [], [], [], 0
+    start_ms, start_cpu_ms, host_cpu_ms, close_cpu_ms, processes = [], [], [], [], 0
     for _ in range(starts):
         host_before, began = _host_cpu_s(), time.perf_counter()
         sb = Sandbox(use_bwrap=use_bwrap)
@@ -88,7 +89,9 @@ def measure(use_bwrap: bool, starts: int, runs: int, calls: int) -> Figures:
         host_cpu_ms.append(_ms(_host_cpu_s() - host_before))
         start_cpu_ms.append(host_cpu_ms[-1] + _ms(sandbox_cpu_s(sb)))
         processes = sandbox_processes(sb)
+        host_before = _host_cpu_s()
         sb.close()
+        close_cpu_ms.append(_ms(_host_cpu_s() - host_before))
     with Sandbox({"f": lambda: 1}, use_bwrap=use_bwrap) as sb:
         isolation = sb.isolation
         for _ in range(50):
@@ -111,7 +114,8 @@ def measure(use_bwrap: bool, starts: int, runs: int, calls: int) -> Figures:
         spent = _ms(_host_cpu_s() + sandbox_cpu_s(sb) - cpu_before)
         call_cpu_ms = (spent - rounds * run_cpu_ms) / (rounds * calls)
     return Figures("bwrap" if use_bwrap else "no bwrap", isolation, processes, start_ms,
-                   start_cpu_ms, statistics.mean(host_cpu_ms), run_ms, run_cpu_ms,
+                   start_cpu_ms, statistics.mean(host_cpu_ms), statistics.mean(close_cpu_ms),
+                   run_ms, run_cpu_ms,
                    call_ms, call_cpu_ms)
 
 
@@ -133,6 +137,7 @@ def render(figures: list[Figures]) -> str:
         lines.append(f"{f.mode}: start-up CPU {statistics.mean(f.start_cpu_ms):.1f} ms "
                      f"(host {f.start_host_cpu_ms:.1f} ms, sandbox processes "
                      f"{statistics.mean(f.start_cpu_ms) - f.start_host_cpu_ms:.1f} ms); "
+                     f"close CPU (host) {f.close_cpu_ms:.1f} ms; "
                      f"{f.processes} processes per sandbox")
     for f in figures:
         lines.append(f"isolation ({f.mode}): {f.isolation}")

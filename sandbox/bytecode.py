@@ -30,13 +30,14 @@ def ensure(package_dir: str) -> int:
         return 0
     for name in names:
         source = os.path.join(package_dir, name)
-        cached = importlib.util.cache_from_source(source)
+        # the worker runs without -O, whatever this host runs with
+        cached = importlib.util.cache_from_source(source, optimization="")
         try:
             if not _stale(source, cached):
                 fresh += 1
                 continue
             # TIMESTAMP: the check the worker's import system makes by default
-            py_compile.compile(source, cfile=cached, doraise=True,
+            py_compile.compile(source, cfile=cached, doraise=True, optimize=0,
                                invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
             fresh += 1
         except (OSError, py_compile.PyCompileError):
