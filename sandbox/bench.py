@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"sandbox bench: {args.starts} start-ups, {args.runs} trivial runs, "
           f"{args.calls} host calls x 5 per mode; load average {load} on "
-          f"{os.cpu_count()} CPUs (wall-clock figures grow with load, CPU figures much less)")
+          f"{os.cpu_count()} CPUs (wall-clock figures grow with load, CPU figures far less)")
     print(render(figures))
     return 0
 
