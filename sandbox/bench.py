@@ -1,7 +1,13 @@
-"""`python -m sandbox.bench`: worker start-up, trivial-run latency and host-call
-round trip, with and without bubblewrap. Prints figures; asserts nothing.
+"""`python -m sandbox.bench`: what a sandbox costs to start and to use, with
+and without bubblewrap. Prints figures; asserts nothing.
 
-Targets (issue #3): start <= 250 ms, run <= 1 ms, host call <= 1 ms.
+For each mode: start-up wall time and CPU (user+system of EVERY process
+involved: this host, bubblewrap's two processes and the worker, read from
+/proc before the sandbox is closed, so load on the machine does not inflate
+it much), the host's CPU to close it, the processes one sandbox keeps alive,
+and the wall and CPU of a trivial run and of one host-call round trip.
+
+Targets: start <= 250 ms wall, run <= 1 ms, host call <= 1 ms.
 Without bwrap is the same as `SANDBOX_BWRAP=0` or `Sandbox(use_bwrap=False)`.
 """
 from __future__ import annotations
@@ -13,19 +19,26 @@ import statistics
 import time
 from dataclasses import dataclass
 
+from sandbox.cgroup import process_tree
 from sandbox.host import Sandbox
 
 TARGETS_MS = {"start": 250.0, "run": 1.0, "host call": 1.0}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
 class Figures:
     mode: str
     isolation: dict[str, bool]
+    processes: int               # alive per sandbox, bubblewrap's included
     start_ms: list[float]
-    start_cpu_ms: float | None   # worker CPU (user+sys) per start-up: load-independent
+    start_cpu_ms: list[float]    # host + every sandbox process, per start-up
+    start_host_cpu_ms: float     # of which this host process (mean)
+    close_cpu_ms: float          # this host closing it: kill, reap, remove the cgroup (mean)
     run_ms: list[float]
+    run_cpu_ms: float            # host + worker CPU per trivial run (mean)
     call_ms: list[float]
+    call_cpu_ms: float           # host + worker CPU per host call (mean)
 
 
 def _ms(seconds: float) -> float:
@@ -37,57 +50,95 @@ def _p(values: list[float], q: float) -> float:
     return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
 
 
+def _host_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)   # all our threads
+    return usage.ru_utime + usage.ru_stime
+
+
+def sandbox_cpu_s(sb: Sandbox) -> float:
+    """CPU spent so far by the sandbox's processes (all threads, nanosecond
+    schedstat) and by the children they reaped (clock ticks)."""
+    worker = sb._worker
+    if worker is None:
+        return 0.0
+    total = 0.0
+    for pid in process_tree(worker.proc.pid):
+        try:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                    total += int(f.read().split()[0]) / 1e9
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[13]) + int(fields[14])) / CLOCK_TICKS   # cutime, cstime
+        except (OSError, ValueError, IndexError):
+            continue   # it exited meanwhile
+    return total
+
+
+def sandbox_processes(sb: Sandbox) -> int:
+    return len(process_tree(sb._worker.proc.pid)) if sb._worker is not None else 0
+
+
 def measure(use_bwrap: bool, starts: int, runs: int, calls: int) -> Figures:
     Sandbox(use_bwrap=use_bwrap).close()  # warm the page cache and the bwrap probe
-    start_ms = []
-    cpu_before = _children_cpu_s()
+    start_ms, start_cpu_ms, host_cpu_ms, close_cpu_ms, processes = [], [], [], [], 0
     for _ in range(starts):
-        began = time.perf_counter()
+        host_before, began = _host_cpu_s(), time.perf_counter()
         sb = Sandbox(use_bwrap=use_bwrap)
         start_ms.append(_ms(time.perf_counter() - began))
-        sb.close()  # reaps the worker, so its CPU time lands in RUSAGE_CHILDREN
-    # Under bwrap the worker is a grandchild in another pid namespace and its
-    # CPU time never reaches our RUSAGE_CHILDREN, so only the direct figure is real.
-    start_cpu_ms = None if use_bwrap else _ms(_children_cpu_s() - cpu_before) / starts
+        host_cpu_ms.append(_ms(_host_cpu_s() - host_before))
+        start_cpu_ms.append(host_cpu_ms[-1] + _ms(sandbox_cpu_s(sb)))
+        processes = sandbox_processes(sb)
+        host_before = _host_cpu_s()
+        sb.close()
+        close_cpu_ms.append(_ms(_host_cpu_s() - host_before))
     with Sandbox({"f": lambda: 1}, use_bwrap=use_bwrap) as sb:
         isolation = sb.isolation
         for _ in range(50):
             sb.run("x = 1")
         run_ms = []
+        cpu_before = _host_cpu_s() + sandbox_cpu_s(sb)
         for _ in range(runs):
             began = time.perf_counter()
             sb.run("x = 1")
             run_ms.append(_ms(time.perf_counter() - began))
+        run_cpu_ms = _ms(_host_cpu_s() + sandbox_cpu_s(sb) - cpu_before) / runs
         # Per call: a run making `calls` host calls, minus a trivial run, over `calls`.
-        call_ms = []
-        for _ in range(5):
+        call_ms, rounds = [], 5
+        cpu_before = _host_cpu_s() + sandbox_cpu_s(sb)
+        for _ in range(rounds):
             began = time.perf_counter()
             result = sb.run(f"for _ in range({calls}): f()")
             assert result.error is None, result.error
             call_ms.append((_ms(time.perf_counter() - began) - statistics.median(run_ms)) / calls)
-    return Figures("bwrap" if use_bwrap else "no bwrap", isolation, start_ms, start_cpu_ms,
-                   run_ms, call_ms)
-
-
-def _children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+        spent = _ms(_host_cpu_s() + sandbox_cpu_s(sb) - cpu_before)
+        call_cpu_ms = (spent - rounds * run_cpu_ms) / (rounds * calls)
+    return Figures("bwrap" if use_bwrap else "no bwrap", isolation, processes, start_ms,
+                   start_cpu_ms, statistics.mean(host_cpu_ms), statistics.mean(close_cpu_ms),
+                   run_ms, run_cpu_ms,
+                   call_ms, call_cpu_ms)
 
 
 def render(figures: list[Figures]) -> str:
-    header = f"{'mode':<10} {'metric':<22} {'median ms':>10} {'p95 ms':>10} {'target ms':>10}  ok"
+    header = (f"{'mode':<10} {'metric':<22} {'median ms':>10} {'p95 ms':>10} {'CPU ms':>9} "
+              f"{'target ms':>10}  ok")
     lines = [header, "-" * len(header)]
     for f in figures:
-        rows = [("start", "worker start-up", f.start_ms), ("run", "trivial run", f.run_ms),
-                ("host call", "host-call round trip", f.call_ms)]
-        for key, label, values in rows:
+        rows = [("start", "worker start-up", f.start_ms, statistics.mean(f.start_cpu_ms)),
+                ("run", "trivial run", f.run_ms, f.run_cpu_ms),
+                ("host call", "host-call round trip", f.call_ms, f.call_cpu_ms)]
+        for key, label, values, cpu in rows:
             median, p95 = statistics.median(values), _p(values, 0.95)
             ok = "yes" if median <= TARGETS_MS[key] else "NO"
-            lines.append(f"{f.mode:<10} {label:<22} {median:>10.3f} {p95:>10.3f} "
+            lines.append(f"{f.mode:<10} {label:<22} {median:>10.3f} {p95:>10.3f} {cpu:>9.3f} "
                          f"{TARGETS_MS[key]:>10.1f}  {ok}")
-        cpu = "n/a" if f.start_cpu_ms is None else f"{f.start_cpu_ms:.3f}"
-        lines.append(f"{f.mode:<10} {'start-up CPU (mean)':<22} {cpu:>10} {'':>10} {'':>10}  -")
     lines.append("")
+    for f in figures:
+        lines.append(f"{f.mode}: start-up CPU {statistics.mean(f.start_cpu_ms):.1f} ms "
+                     f"(host {f.start_host_cpu_ms:.1f} ms, sandbox processes "
+                     f"{statistics.mean(f.start_cpu_ms) - f.start_host_cpu_ms:.1f} ms); "
+                     f"close CPU (host) {f.close_cpu_ms:.1f} ms; "
+                     f"{f.processes} processes per sandbox")
     for f in figures:
         lines.append(f"isolation ({f.mode}): {f.isolation}")
     return "\n".join(lines)
@@ -96,7 +147,7 @@ def render(figures: list[Figures]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sandbox.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--starts", type=int, default=10, help="worker start-ups to time")
+    parser.add_argument("--starts", type=int, default=20, help="worker start-ups to time")
     parser.add_argument("--runs", type=int, default=1000, help="trivial runs to time")
     parser.add_argument("--calls", type=int, default=1000, help="host calls per timed run")
     args = parser.parse_args(argv)
@@ -105,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"sandbox bench: {args.starts} start-ups, {args.runs} trivial runs, "
           f"{args.calls} host calls x 5 per mode; load average {load} on "
-          f"{os.cpu_count()} CPUs (wall-clock figures grow with load)")
+          f"{os.cpu_count()} CPUs (wall-clock figures grow with load, CPU figures far less)")
     print(render(figures))
     return 0
 

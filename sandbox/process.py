@@ -14,8 +14,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from sandbox import cgroup, protocol, scratch
-from sandbox.isolation import LaunchPlan
+from sandbox import bytecode, cgroup, protocol, scratch
+from sandbox.isolation import LaunchPlan, package_dir
 from sandbox.results import SandboxError
 
 STDERR_TAIL_BYTES = 2000
@@ -101,6 +101,7 @@ class WorkerProcess:
         # we can still show after killing it (sandbox.worker.BoundedOutput).
         self._output_fd = output_fd = output_mirror(output_limit)
         self._output_size = os.fstat(output_fd).st_size
+        bytecode.ensure(package_dir())   # once per process: no compiling in every worker
         argv = [*plan.argv, "-c", _bootstrap(plan.lib_paths, cmd_read, reply_write, output_fd)]
         try:
             self.proc = _spawner.popen(
