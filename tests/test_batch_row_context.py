@@ -185,3 +185,23 @@ def test_csv_and_parquet_files_carry_contexts_with_paths_resolved_against_their_
     assert by_id["a"].text == "inline text" and by_id["a"].uri is None
     assert by_id["b"].uri == str(folder / "docs" / "b.txt") and by_id["b"].text is None
     assert by_id["c"] is None
+
+
+def test_a_pipeline_date_keeps_each_rows_context_when_it_rewrites_the_queries(tmp_path):
+    """run_pipeline writes the selected rows into the date's partition: a relative
+    `context_file` must still name the same file from there, inline text stay inline."""
+    from rlm_ray.batch.pipeline import _write_queries
+
+    (tmp_path / "spec" / "reports").mkdir(parents=True)
+    source = write_jsonl(tmp_path / "spec" / "q.jsonl", [
+        {"query_id": "a", "question": QUESTION, "context": "line one\nline two"},
+        {"query_id": "b", "question": QUESTION, "context_file": "reports/b.txt"},
+        {"query_id": "c", "question": QUESTION, "context_file": "s3://bucket/c.txt"},
+        {"query_id": "d", "question": QUESTION, "max_iterations": 3}])
+    queries = load_queries(source).queries
+    rewritten = tmp_path / "out" / "run_date=2026-01-01" / "queries.jsonl"
+    _write_queries(queries, str(rewritten))
+    again = load_queries(str(rewritten)).queries
+    assert [(q.query_id, q.text_context, q.options) for q in again] == \
+        [(q.query_id, q.text_context, q.options) for q in queries]
+    assert again[1].text_context.uri == str(tmp_path / "spec" / "reports" / "b.txt")
