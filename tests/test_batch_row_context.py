@@ -205,3 +205,16 @@ def test_a_pipeline_date_keeps_each_rows_context_when_it_rewrites_the_queries(tm
     assert [(q.query_id, q.text_context, q.options) for q in again] == \
         [(q.query_id, q.text_context, q.options) for q in queries]
     assert again[1].text_context.uri == str(tmp_path / "spec" / "reports" / "b.txt")
+
+
+def test_dry_run_without_a_corpus_counts_the_rows_with_their_own_context(tmp_path, capsys):
+    queries = write_jsonl(tmp_path / "q.jsonl", [
+        {"query_id": "a", "question": QUESTION, "context": "text"},
+        {"query_id": "b", "question": QUESTION, "context_file": "b.txt"}])
+    code = run_cli("--queries", queries, "--out", str(tmp_path / "o"), "--dry-run",
+                   "--model", SIM_MODEL, "--api-base", "http://127.0.0.1:9/v1")
+    plan = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines()[1:])
+    assert code == 0
+    assert (plan["corpus"], plan["rows_with_own_context"], plan["questions_to_run"]) == \
+        ("none", "2", "2")
+    assert not (tmp_path / "o").exists()
