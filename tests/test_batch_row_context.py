@@ -218,3 +218,39 @@ def test_dry_run_without_a_corpus_counts_the_rows_with_their_own_context(tmp_pat
     assert (plan["corpus"], plan["rows_with_own_context"], plan["questions_to_run"]) == \
         ("none", "2", "2")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.timeout(900)
+def test_pipeline_reruns_a_row_whose_context_file_changed_and_only_it(
+        ray_session, sim, tmp_path, capsys):
+    """A scheduled pipeline with per-row contexts: a date after a row's text changed
+    reruns that row (its recorded context_sha256 no longer matches), not the others."""
+    import yaml
+
+    from rlm_ray.batch.pipeline import load_spec, run_pipeline
+
+    server = sim()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "memo.txt").write_text(haystack("CORPUS-77"))
+    report = tmp_path / "report.txt"
+    report.write_text(haystack("FILE-1"))
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump({
+        "name": "ctx", "sources": [str(tmp_path / "src")], "corpus": str(tmp_path / "corpus"),
+        "output": str(tmp_path / "out"), "model": SIM_MODEL, "api_base": server.base_url,
+        "limits": {"concurrency": 3, "max_iterations": 8},
+        "questions": [
+            {"query_id": "corpus", "question": QUESTION},
+            {"query_id": "inline", "question": QUESTION, "context": haystack("INLINE-1")},
+            {"query_id": "file", "question": QUESTION, "context_file": str(report)}]}))
+    spec = load_spec(str(spec_path))
+    day1 = run_pipeline(spec, "2026-01-01")
+    got = answers_of(Path(day1.partition))
+    assert {q: (r["status"], r["answer"]) for q, r in got.items()} == {
+        "corpus": ("ok", "CORPUS-77"), "inline": ("ok", "INLINE-1"), "file": ("ok", "FILE-1")}
+
+    report.write_text(haystack("FILE-2"))
+    day2 = run_pipeline(spec, "2026-01-02")
+    assert (day2.selected, day2.total_questions) == (1, 3)
+    again = answers_of(Path(day2.partition))
+    assert {q: (r["status"], r["answer"]) for q, r in again.items()} == {"file": ("ok", "FILE-2")}
