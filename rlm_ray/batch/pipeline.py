@@ -4,7 +4,8 @@ limits, budget, output) run once per date by cron or any scheduler.
 Each run re-ingests incrementally, picks the questions to answer (all, or
 only those new or changed since earlier dates: a question is unchanged when
 its query_id, question text and the corpus content (or, for a row with its
-own text context, that text) all match an earlier date's `ok` answer), and writes a batch under `<output>/run_date=<date>/`.
+own text context, that text) all match an earlier date's `ok` answer), and
+writes a batch under `<output>/run_date=<date>/`.
 A date whose partition is complete is never touched again, so a scheduler
 that fires twice changes nothing; an incomplete one (a crash) resumes. Two
 fires of one date at the same moment meet at the partition's lease: the
