@@ -7,6 +7,7 @@ import sys
 
 from rlm_ray.errors import UserError
 from rlm_ray.llm.options import add_cost_arguments, cost_fields
+from rlm_ray.text_context import DEFAULT_MAX_CONTEXT_BYTES, MIB
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,9 +34,13 @@ def register(commands, bench) -> None:
     run = commands.add_parser(
         "run", help="answer a file of questions over a corpus (resumable batch)",
         description="Answer every question of FILE over CORPUS with a pool of RLM actors. "
-                    "Rerunning the same command resumes: finished query ids are skipped and "
-                    "cached model calls are not paid twice.")
-    run.add_argument("corpus", help="corpus URI (local path or s3://) made by `rlm-ray ingest`")
+                    "A row with a `context` (text) or `context_file` (path or s3:// URI) "
+                    "column runs over that text instead; CORPUS may be left out when every "
+                    "row has one. Rerunning the same command resumes: finished query ids "
+                    "are skipped and cached model calls are not paid twice.")
+    run.add_argument("corpus", nargs="?", default=None,
+                     help="corpus URI (local path or s3://) made by `rlm-ray ingest`; optional "
+                          "when every row of FILE has its own context")
     run.add_argument("--queries", required=True, help=".jsonl / .csv / .parquet questions")
     run.add_argument("--out", required=True, help="results folder (local path or s3://)")
     add_model_arguments(run)
@@ -57,6 +62,9 @@ def register(commands, bench) -> None:
                      help="print the plan and a cost estimate; call no model")
     run.add_argument("--calls-per-question", type=int, default=10,
                      help="model calls per question assumed by --dry-run")
+    run.add_argument("--max-context-mib", type=float, default=DEFAULT_MAX_CONTEXT_BYTES / MIB,
+                     metavar="MIB", help="largest per-row text context (bigger ones end that "
+                                         "row as an error; default %(default)g)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar/lines")
     run.set_defaults(func=run_command)
 
@@ -125,7 +133,7 @@ def run_command(args: argparse.Namespace) -> int:
     from rlm_ray.batch.runner import run
 
     _check_positive(args, "concurrency", "budget_usd", "max_attempts", "calls_per_question",
-                    "lease_ttl")
+                    "lease_ttl", "max_context_mib")
     rlm, server = rlm_settings(args, args.out)
     try:
         summary = run(args.corpus, args.queries, args.out, rlm=rlm,
@@ -133,7 +141,8 @@ def run_command(args: argparse.Namespace) -> int:
                       dry_run=args.dry_run, progress=not args.no_progress,
                       budget_usd=args.budget_usd, max_attempts=args.max_attempts,
                       calls_per_question=args.calls_per_question,
-                      lease_wait_s=args.lease_wait, lease_ttl_s=args.lease_ttl)
+                      lease_wait_s=args.lease_wait, lease_ttl_s=args.lease_ttl,
+                      max_context_bytes=int(args.max_context_mib * MIB))
     finally:
         if server is not None:
             server.stop()

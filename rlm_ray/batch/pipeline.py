@@ -138,9 +138,19 @@ def _earlier_ok_answers(spec: PipelineSpec, run_date: str) -> set[tuple[str, str
     return seen
 
 
+def _context_columns(query: Query) -> dict:
+    """A row's own context as the date's queries file carries it: the text, or the
+    resolved (absolute or s3://) `context_file`, valid from the partition's folder."""
+    ctx = query.text_context
+    if ctx is None:
+        return {}
+    return {"context": ctx.text} if ctx.uri is None else {"context_file": ctx.uri}
+
+
 def _write_queries(queries: list[Query], uri: str) -> None:
     lines = [json.dumps({"query_id": q.query_id, "question": q.question, "answer": q.expected,
-                         **q.options}, sort_keys=True) for q in queries]
+                         **q.options, **_context_columns(q)}, sort_keys=True)
+             for q in queries]
     storage.write_bytes_atomic(uri, ("\n".join(lines) + "\n").encode())
 
 

@@ -1,5 +1,8 @@
 """The queries file: `.jsonl`, `.csv` or `.parquet` rows of `query_id`,
-`question`, an optional expected `answer` and optional per-row RLM options.
+`question`, an optional expected `answer`, optional per-row RLM options and an
+optional per-row plain-text context (`context` text, or `context_file`: a
+path relative to the queries file's folder, an absolute path or an s3:// URI;
+see rlm_ray/text_context.py for where and how it is read).
 
 Everything the user can get wrong here (missing columns, empty ids,
 duplicates, a bad option value) becomes one `UserError` line, before any
@@ -12,6 +15,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +26,7 @@ import pyarrow as pa
 from rlm_ray import storage
 from rlm_ray.errors import UserError
 from rlm_ray.jsonl import iter_objects
+from rlm_ray.text_context import DEFAULT_MAX_CONTEXT_BYTES, TextContext
 
 # Per-row overrides of the batch's RLM settings, with the type each must have.
 # Columns not listed here (and not required) are carried along untouched.
@@ -43,6 +48,8 @@ class Query:
     question: str
     expected: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    # The row's own text (it runs over this str instead of the corpus); None: the corpus.
+    text_context: TextContext | None = None
 
     @property
     def question_hash(self) -> str:
@@ -121,7 +128,35 @@ def _as_text(value: Any) -> str | None:
     return str(value)
 
 
-def queries_from_table(table: pa.Table, source: str = "queries") -> list[Query]:
+def _context_of(row: dict, where: str, base: str | None, max_bytes: int) -> TextContext | None:
+    text, file = row.get("context"), _as_text(row.get("context_file"))
+    if isinstance(text, bytes):   # a Parquet binary column
+        text = text.decode("utf-8", errors="replace")
+    elif text is not None and not isinstance(text, str):
+        text = str(text)
+    file = file.strip() if file and file.strip() else None
+    if text is not None and file is not None:
+        raise UserError(f"{where}: give `context` or `context_file`, not both")
+    if file is not None:
+        return TextContext(uri=resolve_context_file(file, base), max_bytes=max_bytes)
+    return None if text is None else TextContext(text=text, max_bytes=max_bytes)
+
+
+def resolve_context_file(file: str, base: str | None) -> str:
+    """An s3:// URI or absolute path as given; a relative path against `base`
+    (the queries file's folder), so the file works from any working directory."""
+    if storage.is_s3(file):
+        return file
+    file = os.path.expanduser(file)
+    if os.path.isabs(file):
+        return file
+    if base is not None and storage.is_s3(base):
+        return storage.join(base, file)
+    return os.path.abspath(os.path.join(base or "", file))
+
+
+def queries_from_table(table: pa.Table, source: str = "queries", base: str | None = None,
+                       max_context_bytes: int = DEFAULT_MAX_CONTEXT_BYTES) -> list[Query]:
     if table.num_rows == 0:
         raise UserError(f"{source} has no questions")
     missing = [c for c in ("query_id", "question") if c not in table.column_names]
@@ -130,7 +165,9 @@ def queries_from_table(table: pa.Table, source: str = "queries") -> list[Query]:
                         f"(has: {', '.join(table.column_names) or 'none'})")
     options = [c for c in table.column_names if c in OPTION_COLUMNS]
     queries: list[Query] = []
-    for index, row in enumerate(table.to_pylist(), 1):
+    # Batch by batch: inline contexts exist once as Python strs, not also as one big list.
+    rows = (row for batch in table.to_batches() for row in batch.to_pylist())
+    for index, row in enumerate(rows, 1):
         query_id = _as_text(row["query_id"])
         question = _as_text(row["question"])
         if not query_id or not query_id.strip():
@@ -141,7 +178,9 @@ def queries_from_table(table: pa.Table, source: str = "queries") -> list[Query]:
                 for name in options if row[name] not in (None, "")}
         opts.update({name: str(row[name]) for name in TEXT_OPTION_COLUMNS
                      if isinstance(row.get(name), str) and row[name].strip()})
-        queries.append(Query(query_id, question, _as_text(row.get("answer")), opts))
+        context = _context_of(row, f"{source} row {index} (query_id {query_id})", base,
+                              max_context_bytes)
+        queries.append(Query(query_id, question, _as_text(row.get("answer")), opts, context))
     duplicates = sorted(q for q, n in Counter(q.query_id for q in queries).items() if n > 1)
     if duplicates:
         shown = ", ".join(duplicates[:10]) + (" ..." if len(duplicates) > 10 else "")
@@ -156,11 +195,13 @@ class QueryFile:
     queries: list[Query]
 
 
-def load_queries(path: str) -> QueryFile:
+def load_queries(path: str, max_context_bytes: int = DEFAULT_MAX_CONTEXT_BYTES) -> QueryFile:
     """Read and validate a queries file (local or s3://)."""
     reader = _reader_for(path)
     if not storage.exists(path):
         raise UserError(f"queries file not found: {path}")
     data = storage.read_bytes(path)
-    queries = queries_from_table(reader(data), source=f"queries file {path}")
+    base = path.rsplit("/", 1)[0] if storage.is_s3(path) else os.path.dirname(os.path.abspath(path))
+    queries = queries_from_table(reader(data), source=f"queries file {path}", base=base,
+                                 max_context_bytes=max_context_bytes)
     return QueryFile(path, hashlib.sha256(data).hexdigest(), queries)

@@ -1,4 +1,5 @@
-"""`run(...)`: many questions over one corpus, through a few RLM host actors.
+"""`run(...)`: many questions over one corpus (or each over its own text
+context, see queries.py), through a few RLM host actors.
 
 The driver keeps `concurrency` questions in flight (many per host actor, see
 pool.py), writes each finished question into the result tables (see tables.py
@@ -30,6 +31,8 @@ from rlm_ray.batch.progress import Progress, Tally
 from rlm_ray.batch.queries import Query, load_queries
 from rlm_ray.batch.scoring import Accuracy, accuracy_of
 from rlm_ray.batch.tables import FinishedQuestion, TableWriter, finished_statuses, read_run
+from rlm_ray.errors import UserError
+from rlm_ray.text_context import DEFAULT_MAX_CONTEXT_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +146,9 @@ class _Batch:
             query, attempt = self.queue.popleft()
             spec = {**self.rlm, **query.options}
             host = self.hosts.pick()
-            ref = self.hosts.submit(host, self.corpus, query, spec)
+            # A row's own text goes as a small reference (or its inline text), read on the host.
+            context = self.corpus if query.text_context is None else query.text_context
+            ref = self.hosts.submit(host, context, query, spec)
             self.in_flight[ref] = _InFlight(query, host, attempt, rows.utc_now(),
                                             _hard_deadline(spec))
         self.peak_in_flight = max(self.peak_in_flight, len(self.in_flight))
@@ -217,19 +222,32 @@ class _Batch:
                 self.hosts.failed(job.host, ref, host_lost=False, stuck=True)
 
 
-def _open_corpus(corpus_uri: str):
+def _open_corpus(corpus_uri: str | None, queries: list[Query]):
+    """The corpus handle, or None when every row brings its own text context."""
+    if corpus_uri is None:
+        bare = [q.query_id for q in queries if q.text_context is None]
+        if bare:
+            shown = ", ".join(bare[:5]) + (" ..." if len(bare) > 5 else "")
+            raise UserError(f"{len(bare)} question(s) have no `context` or `context_file` "
+                            f"and no CORPUS was given ({shown}): give a CORPUS, or a "
+                            "context on every row")
+        return None
     from rlm_ray.corpus import Corpus
 
     return Corpus.open(corpus_uri)
 
 
-def run(corpus_uri: str, queries_path: str, out_uri: str, *, rlm: dict, concurrency: int = 4,
+def run(corpus_uri: str | None, queries_path: str, out_uri: str, *, rlm: dict,
+        concurrency: int = 4,
         retry_failed: bool = False, dry_run: bool = False, progress: bool = True,
         budget_usd: float | None = None, max_attempts: int = 3,
         calls_per_question: int = 10, extra_info: dict | None = None,
         hosts: HostPool | None = None, lease: Lease | None = None,
-        lease_wait_s: float = 0.0, lease_ttl_s: float = DEFAULT_TTL_S) -> Summary:
+        lease_wait_s: float = 0.0, lease_ttl_s: float = DEFAULT_TTL_S,
+        max_context_bytes: int = DEFAULT_MAX_CONTEXT_BYTES) -> Summary:
     """Answer every question of `queries_path` over the corpus into `out_uri`.
+    Rows with their own `context`/`context_file` run over that text instead
+    (each at most `max_context_bytes`); `corpus_uri` may be None when all do.
 
     `concurrency` is questions in flight, spread over `hosts` (a HostPool the
     caller keeps for several batches; by default one is started and stopped
@@ -237,8 +255,9 @@ def run(corpus_uri: str, queries_path: str, out_uri: str, *, rlm: dict, concurre
     another live driver on the same folder makes this one wait `lease_wait_s`
     and then refuse with LeaseHeld."""
     started = time.monotonic()
-    query_file = load_queries(queries_path)
-    corpus = _open_corpus(corpus_uri)   # reads the manifest only: a wrong URI fails here
+    query_file = load_queries(queries_path, max_context_bytes=max_context_bytes)
+    # Reads the manifest only: a wrong URI (or rows with no input at all) fails here.
+    corpus = _open_corpus(corpus_uri, query_file.queries)
     if dry_run:
         from rlm_ray.batch.plan import estimate
 
@@ -247,7 +266,9 @@ def run(corpus_uri: str, queries_path: str, out_uri: str, *, rlm: dict, concurre
         total = len(query_file.queries)
         plan = estimate(todo, rlm, calls_per_question=calls_per_question,
                         total=total, concurrency=concurrency)
-        plan = {"corpus": corpus_uri, "corpus_tokens": len(corpus), **plan}
+        own = sum(q.text_context is not None for q in query_file.queries)
+        plan = {"corpus": corpus_uri or "none", "corpus_tokens": len(corpus) if corpus else 0,
+                "rows_with_own_context": own, **plan}
         return Summary(out_uri, total, total - len(todo), 0, Counter(statuses.values()), 0, 0,
                        0.0, time.monotonic() - started, None, plan=plan)
     own_lease = lease is None
@@ -273,7 +294,8 @@ def _run_leased(corpus_uri, corpus, query_file, out_uri, rlm, concurrency, retry
                         max_attempts=max_attempts, budget_usd=budget_usd, progress=progress,
                         extra_info=extra_info or {})
     rlm = _with_spend_cap(rlm, budget_usd)
-    info = {"corpus_uri": corpus_uri, "corpus_name": corpus.manifest.get("name"),
+    info = {"corpus_uri": corpus_uri,
+            "corpus_name": corpus.manifest.get("name") if corpus is not None else None,
             "queries": query_file.path, "queries_sha256": query_file.sha256, "out": out_uri,
             "questions_total": total,
             "rlm": rlm, "concurrency": concurrency, "budget_usd": budget_usd,

@@ -38,6 +38,8 @@ ANSWERS = pa.schema([
     # Prompt caching: input tokens billed as cache reads / writes, dollars it saved.
     ("cached_tokens", pa.int64()), ("cache_write_tokens", pa.int64()),
     ("cache_saved_usd", pa.float64()),
+    # A row's own text context: its size and hash, never the text (null over a corpus).
+    ("context_chars", pa.int64()), ("context_sha256", pa.string()),
 ])
 CALLS = pa.schema([
     ("query_id", pa.string()), ("call_id", pa.string()), ("parent_call_id", pa.string()),

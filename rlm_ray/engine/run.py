@@ -3,6 +3,7 @@ or the caller with `local=True`): build the REPL, run the root loop, package
 a Result. Never raises for a model or code failure: those are statuses."""
 from __future__ import annotations
 
+import hashlib
 import time
 import traceback
 from typing import Any
@@ -16,6 +17,7 @@ from rlm_ray.engine.spec import Result, RunSpec
 from rlm_ray.engine.subcalls import ChildLauncher, SubCalls
 from rlm_ray.engine.workspace import Workspace
 from rlm_ray.errors import UserError
+from rlm_ray.text_context import load_text_context
 
 
 def describe(context: Any, spec: RunSpec) -> tuple[str, str, ContextView | None]:
@@ -44,6 +46,8 @@ def answer_question(context: Any, question: str, query_id: str, spec: RunSpec,
     stop = StopSignal()
     workspace = None
     try:
+        # A batch row's own text is read here, on the host, bounded (a UserError: the row's error).
+        context = load_text_context(context)
         kind, metadata, view = describe(context, spec)
         subcalls = SubCalls(spec=spec, recorder=recorder, stop=stop, launcher=launcher,
                             context=context, query_id=query_id)
@@ -70,7 +74,11 @@ def answer_question(context: Any, question: str, query_id: str, spec: RunSpec,
     finally:
         if workspace is not None:
             workspace.close()
-    return package(outcome, recorder, spec, time.time() - started)
+    result = package(outcome, recorder, spec, time.time() - started)
+    if isinstance(context, str) and spec.depth == 0:
+        result.context_chars = len(context)
+        result.context_sha256 = hashlib.sha256(context.encode("utf-8", "surrogatepass")).hexdigest()
+    return result
 
 
 def package(outcome: Outcome, recorder: Recorder, spec: RunSpec, wall_s: float) -> Result:

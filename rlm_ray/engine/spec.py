@@ -57,6 +57,10 @@ class Result:
     calls: list[dict]
     steps: list[dict]
     model: str
+    # Identity of a plain-text context (None over a corpus): the batch records
+    # these instead of the text, so a changed context is visible in the tables.
+    context_chars: int | None = None
+    context_sha256: str | None = None
 
     @property
     def ok(self) -> bool:
