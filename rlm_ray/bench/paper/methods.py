@@ -3,8 +3,8 @@
 - `rlm` / `rlm-no-sub`: the tasks become a queries file and go through the
   batch layer (`rlm_ray.batch.runner.run`, what `rlm-ray run` calls), so
   resume, budgets, the response cache and the answers/calls/steps tables
-  apply. `str` contexts ride in the queries file's `context` column in one
-  batch; a task with documents is ingested as its own corpus and answered
+  apply. `str` contexts go in one batch, each row naming its text in the
+  queries file's `context_file` column; a task with documents is ingested as its own corpus and answered
   in its own batch folder, all batches sharing one pool of RLM hosts.
   `rlm-no-sub` sets max_sub_calls to 0 and tells the root model that it has
   no sub-model (the paper's "RLM with REPL, no sub-calls").
@@ -69,6 +69,19 @@ You have at most {max_iterations} replies."""
 
 
 # -- rlm / rlm-no-sub -------------------------------------------------------
+def _context_file(task: Task, folder: Path) -> str:
+    """The task's text in a file named by its digest: a window shared by many
+    questions (OOLONG-Pairs) is written once, and the queries file stays small."""
+    data = (task.context_text or "").encode("utf-8")
+    path = folder / f"{hashlib.sha256(data).hexdigest()[:24]}.txt"
+    if not path.exists() or path.stat().st_size != len(data):
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return str(path.resolve())
+
+
 def _write_queries(path: Path, tasks: list[Task], with_context: bool) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -76,7 +89,7 @@ def _write_queries(path: Path, tasks: list[Task], with_context: bool) -> None:
     columns = {"query_id": [t.query_id for t in tasks], "question": [t.question for t in tasks],
                "answer": [t.expected for t in tasks]}
     if with_context:
-        columns["context"] = [t.context_text for t in tasks]
+        columns["context_file"] = [_context_file(t, path.parent / "contexts") for t in tasks]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(pa.table(columns), tmp)
