@@ -39,7 +39,7 @@ def make_task(index: int, context_len: int, rng: random.Random) -> Task:
 
 
 def _score(task: Task, answer: str | None) -> scoring.Scored:
-    return scoring.score_contains(answer, task.expected, "string-match")
+    return scoring.score_contains(answer, task.expected, "string match (RULER)")
 
 
 @dataset("sniah", title="S-NIAH (RULER-style, generated)", source="generated", score=_score,

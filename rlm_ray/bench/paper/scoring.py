@@ -88,7 +88,7 @@ def _parse_date(text: str) -> dt.datetime | None:
 def score_oolong(answer: str | None, expected: str, answer_type: str) -> Scored:
     gold = oolong_gold(expected)
     got = oolong_extract(answer or "")
-    rule = "oolong"
+    rule = "OOLONG's rule (exact; numeric 0.75^|diff|)"
     if got == str(gold):
         return Scored(1.0, got, rule)
     if got in COMPARISONS:
@@ -128,7 +128,7 @@ def pairs_f1(predicted: set, gold: set) -> float:
 def score_pairs(answer: str | None, gold_pairs: list[str]) -> Scored:
     predicted = pairs_in(answer or "")
     gold = pairs_in("\n".join(gold_pairs))
-    return Scored(pairs_f1(predicted, gold), f"{len(predicted)} pairs", "pairs-f1")
+    return Scored(pairs_f1(predicted, gold), f"{len(predicted)} pairs", "F1 over pairs")
 
 
 # -- LongBench-v2 --------------------------------------------------------------
@@ -145,7 +145,7 @@ def extract_choice(answer: str | None) -> str | None:
 def score_choice(answer: str | None, gold_letter: str) -> Scored:
     letter = extract_choice(answer)
     return Scored(1.0 if letter == gold_letter.strip().upper() else 0.0, letter or "",
-                  "multiple-choice")
+                  "multiple-choice letter")
 
 
 # -- BrowseComp-Plus / S-NIAH ---------------------------------------------------
