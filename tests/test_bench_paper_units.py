@@ -194,3 +194,24 @@ def test_missing_data_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("rlm-ray: error:") and "needs --data" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_base_prompt_cuts_the_context_to_the_window_and_keeps_the_question():
+    from rlm_ray.bench.paper.methods import OUTPUT_RESERVE_TOKENS, base_prompt
+    from rlm_ray.bench.paper.tasks import Task
+    from rlm_ray.tokens import count_tokens
+
+    task = Task("t", "What is the special magic number?", "1", context_text="word " * 5000)
+    whole, cut = base_prompt(task, 100_000)
+    assert not cut and whole.startswith("word word") and whole.endswith("magic number?")
+    window = OUTPUT_RESERVE_TOKENS + 600
+    short, cut = base_prompt(task, window)
+    assert cut and short.endswith("\n\nWhat is the special magic number?")
+    assert 400 < count_tokens(short) <= window - OUTPUT_RESERVE_TOKENS
+
+
+def test_judge_model_is_refused_where_the_benchmark_has_its_own_rule(tmp_path, capsys):
+    data = fx.write_longbench(tmp_path)
+    code = main(["bench", "paper", "--dataset", "longbench-codeqa", "--data", str(data),
+                 "--model", "sim", "--judge-model", "gpt-4.1", "--out", str(tmp_path / "o")])
+    assert code == 2 and "grades BrowseComp-Plus only" in capsys.readouterr().err

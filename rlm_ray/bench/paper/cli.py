@@ -54,6 +54,9 @@ def paper_command(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     ds = datasets()[args.dataset]
+    if args.judge_model and not ds.judged:
+        raise UserError(f"--judge-model grades BrowseComp-Plus only; {ds.name} has its own "
+                        "exact rule")
     if ds.needs_data and not args.data:
         raise UserError(f"--dataset {ds.name} needs --data (the files of {ds.source})")
     files = data_files(args.data) if args.data else []

@@ -43,38 +43,71 @@ def looks_obfuscated(text: str) -> bool:
         return True
 
 
-def _read(files: list[Path]) -> tuple[list[dict], list[dict]]:
+def _read_queries(files: list[Path]) -> tuple[list[dict], list[Path]]:
+    """The decrypted queries, and the corpus shards (read lazily: ~100K documents)."""
     queries: list[dict] = []
-    corpus: list[dict] = []
+    shards: list[Path] = []
     for path in iter_files(files, (".jsonl", ".json", ".parquet")):
+        if path.name.lower().endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            names = pq.read_schema(path).names
+            if "docid" in names:
+                if "text" not in names:
+                    raise UserError(f"{path}: the corpus lacks the published column text")
+                shards.append(path)
+                continue
         rows = read_rows(path)
-        if rows and "query" in rows[0]:
+        if rows and "docid" in rows[0] and "query" not in rows[0]:
+            require_columns(rows, CORPUS_COLUMNS, str(path))
+            shards.append(path)
+        elif rows:
             require_columns(rows, QUERY_COLUMNS, str(path))
             queries += rows
-        elif rows and "docid" in rows[0]:
-            require_columns(rows, CORPUS_COLUMNS, str(path))
-            corpus += rows
     if not queries:
         raise UserError("BrowseComp-Plus: no queries among --data (the decrypted JSONL the "
                         "publishers' decryption script writes, with query_id, query, answer, ...)")
     if any(looks_obfuscated(q["query"]) and looks_obfuscated(q["answer"]) for q in queries[:5]):
         raise UserError("BrowseComp-Plus: these queries are still obfuscated; run the "
                         "publishers' decryption script and pass the JSONL it writes")
-    return queries, corpus
+    return queries, shards
 
 
-def documents_for(query: dict, corpus: list[dict], size: int, seed: int) -> list[tuple[str, str]]:
-    """Evidence and gold documents first, then hard negatives, then random corpus documents."""
-    chosen: dict[str, str] = {}
+def _corpus_ids(shards: list[Path]) -> list[str]:
+    ids: list[str] = []
+    for shard in shards:
+        ids += [str(r["docid"]) for r in read_rows(shard, ["docid"])]
+    return sorted(set(ids))
+
+
+def _corpus_texts(shards: list[Path], wanted: set[str]) -> dict[str, str]:
+    """Texts of the chosen corpus documents only (a filter pushed into each shard)."""
+    texts: dict[str, str] = {}
+    for shard in shards:
+        if shard.name.lower().endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(shard, columns=["docid", "text"],
+                                  filters=[("docid", "in", sorted(wanted))])
+            rows = table.to_pylist()
+        else:
+            rows = [r for r in read_rows(shard) if str(r["docid"]) in wanted]
+        texts.update((str(r["docid"]), str(r["text"] or "")) for r in rows)
+    return texts
+
+
+def documents_for(query: dict, corpus_ids: list[str], size: int, seed: int
+                  ) -> tuple[dict[str, str], list[str]]:
+    """The query's own documents (evidence and gold first, then hard negatives up to
+    `size`) and the corpus ids drawn at random to fill the rest."""
+    own: dict[str, str] = {}
     for key in ("evidence_docs", "gold_docs", "negative_docs"):
         for doc in query.get(key) or []:
-            if len(chosen) < size or key != "negative_docs":
-                chosen.setdefault(str(doc["docid"]), str(doc.get("text") or ""))
-    pool = [d for d in corpus if str(d["docid"]) not in chosen]
+            if len(own) < size or key != "negative_docs":
+                own.setdefault(str(doc["docid"]), str(doc.get("text") or ""))
+    pool = [d for d in corpus_ids if d not in own]
     rng = random.Random(f"{seed}:{query['query_id']}")
-    for doc in rng.sample(pool, min(len(pool), max(0, size - len(chosen)))):
-        chosen[str(doc["docid"])] = str(doc.get("text") or "")
-    return [(f"doc-{docid}.txt", text) for docid, text in sorted(chosen.items())]
+    return own, rng.sample(pool, min(len(pool), max(0, size - len(own))))
 
 
 def _score(task: Task, answer: str | None) -> scoring.Scored:
@@ -85,9 +118,15 @@ def _score(task: Task, answer: str | None) -> scoring.Scored:
 @dataset("browsecomp-plus", title="BrowseComp-Plus (1K documents)", score=_score, judged=True,
          source="Tevatron/browsecomp-plus (decrypted) + Tevatron/browsecomp-plus-corpus")
 def load_browsecomp(files: list[Path], opts: LoadOptions) -> list[Task]:
-    queries, corpus = _read(files)
-    queries.sort(key=lambda q: str(q["query_id"]))
-    return [Task(query_id=f"bcp-{q['query_id']}", question=str(q["query"]),
-                 expected=str(q["answer"]),
-                 documents=tuple(documents_for(q, corpus, opts.docs_per_query, opts.seed)))
-            for q in sample(queries, opts.limit, opts.seed)]
+    queries, shards = _read_queries(files)
+    queries = sample(sorted(queries, key=lambda q: str(q["query_id"])), opts.limit, opts.seed)
+    corpus_ids = _corpus_ids(shards)
+    chosen = [documents_for(q, corpus_ids, opts.docs_per_query, opts.seed) for q in queries]
+    texts = _corpus_texts(shards, {d for _, fill in chosen for d in fill}) if shards else {}
+    tasks = []
+    for q, (own, fill) in zip(queries, chosen):
+        docs = {**own, **{d: texts.get(d, "") for d in fill}}
+        tasks.append(Task(query_id=f"bcp-{q['query_id']}", question=str(q["query"]),
+                          expected=str(q["answer"]),
+                          documents=tuple((f"doc-{d}.txt", t) for d, t in sorted(docs.items()))))
+    return tasks

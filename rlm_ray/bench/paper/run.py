@@ -110,11 +110,12 @@ def dry_run(ds: Dataset, tasks: list[Task], method: str, rlm: dict, concurrency:
     estimate for RLM methods; the prompts' real token counts for `base`)."""
     from rlm_ray.llm.config import GatewayConfig
     from rlm_ray.llm.cost import price_for
-    from rlm_ray.tokens import count_tokens
 
     gateway = rlm.get("gateway") or GatewayConfig()
     plan: dict = {"benchmark": ds.name, "method": method, "tasks": len(tasks)}
     if method == "base":
+        from rlm_ray.tokens import count_tokens
+
         window = base_window(rlm)
         inputs = [count_tokens(base_prompt(t, window)[0]) for t in tasks]
         price = price_for(rlm["model"], gateway, gateway.service_tier)
@@ -128,7 +129,7 @@ def dry_run(ds: Dataset, tasks: list[Task], method: str, rlm: dict, concurrency:
     from rlm_ray.batch.queries import Query
 
     queries = [Query(t.query_id, t.question, t.expected) for t in tasks]
-    plan["context_tokens"] = sum(count_tokens(t.base_context()) for t in tasks)
+    plan["context_chars"] = sum(len(t.base_context()) for t in tasks)
     plan.update(estimate(queries, rlm, calls_per_question=RLM_CALLS_PER_QUESTION[method],
                          total=len(queries), concurrency=concurrency))
     return plan
