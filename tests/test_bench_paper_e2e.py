@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fixtures import paper as fx
+from rlm_ray.batch.manifest import read_run_info
 from rlm_ray.batch.tables import read_run
 from rlm_ray.cli import main
 
@@ -23,7 +24,7 @@ def _data(name: str, folder) -> list[str]:
     if name == "browsecomp-plus":
         queries, corpus = fx.write_browsecomp(folder)
         return ["--data", str(queries), "--data", str(corpus), "--docs-per-query", "5",
-                "--limit", "1"]
+                "--limit", "1", "--judge-model", "sim"]
     if name == "longbench-codeqa":
         return ["--data", str(fx.write_longbench(folder))]
     return ["--context-len", "512", "--limit", "2"]          # sniah: generated
@@ -61,6 +62,10 @@ def test_each_benchmark_runs_end_to_end_on_the_simulator(ray_session, tmp_path, 
     assert len(this_run) == 1 and this_run[0]["simulated"]
     assert this_run[0]["questions"] == EXPECTED_ROWS[dataset]
     papers = [r for r in table if r["row"] == "paper"]
+    if dataset == "browsecomp-plus":
+        # Graded by the judge model (the simulator here): its verdict, not a string match.
+        assert {r["scoring"] for r in per_query} == {"judge:openai/sim/rlm-policy"}
+        assert all(r["extracted"] in ("yes", "no", "unparsed") for r in per_query)
     if dataset == "sniah":
         assert not papers and "only as a plot" in printed
     else:
@@ -100,5 +105,10 @@ def test_rlm_without_sub_calls_never_reaches_a_sub_model(ray_session, tmp_path, 
     runs = tmp_path / "oolong-pairs-rlm-no-sub" / "runs" / "text"
     calls = read_run(str(runs)).calls.to_pylist()
     assert calls and {c["kind"] for c in calls} == {"root"}
+    # The batch ran with sub-calls switched off and a prompt that offers none.
+    settings = read_run_info(str(runs))["rlm"]
+    assert settings["max_sub_calls"] == 0
+    assert "There is no sub-model" in settings["system_prompt"]
+    assert "llm_query(prompt" not in settings["system_prompt"]
     assert {(r["model"], r["score"]) for r in table if r["row"] == "paper"} >= {("GPT-5", 43.9)}
     assert "RLM (no sub-calls)" in printed

@@ -66,6 +66,11 @@ def paper_command(args: argparse.Namespace) -> int:
     out = Path(args.out or f"bench-paper/{ds.name}-{args.method}")
     rlm, server = rlm_settings(args, str(out))
     simulated = server is not None or "sim/" in rlm["model"]
+    if args.judge_model:
+        from rlm_ray.sim import resolve_model
+
+        # `sim` as a judge is the same simulator; any other model string passes through.
+        args.judge_model = resolve_model(args.judge_model, rlm["api_base"] or "unused")[0]
     if simulated:
         # Notional prices (a small hosted model's list price) so $/query exists at all.
         prices = {m: dict(SIM_PRICE_PER_1M) for m in {rlm["model"], rlm.get("sub_model")} if m}
