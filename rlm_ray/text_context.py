@@ -17,10 +17,13 @@ from rlm_ray.errors import UserError
 
 MIB = 1024 * 1024
 # The REPL receives the context in one sandbox frame (sandbox.protocol's
-# MAX_FRAME_BYTES, 64 MiB of JSON), where escaping can double text full of
-# newlines or quotes: 32 MiB of UTF-8 always fits. That is ~8M tokens, far
-# above any single text window a benchmark or a report gives one question
-# (OOLONG's largest is 131K tokens, ~0.5 MiB); bigger inputs belong in a corpus.
+# MAX_FRAME_BYTES, 64 MiB of JSON). JSON escaping adds a few percent to ordinary
+# text, so 32 MiB of UTF-8 fits with room to spare (measured: a 32 MiB report
+# answered through `query --text`, host peak RSS ~550 MB); only text made mostly
+# of newlines, quotes or control characters could outgrow the frame, and that
+# row then ends as an error naming the limit. 32 MiB is ~8M tokens, far above
+# any single text window a benchmark or a report gives one question (OOLONG's
+# largest is 131K tokens, ~0.5 MiB); bigger inputs belong in a corpus.
 DEFAULT_MAX_CONTEXT_BYTES = 32 * MIB
 
 

@@ -3,8 +3,9 @@ limits, budget, output) run once per date by cron or any scheduler.
 
 Each run re-ingests incrementally, picks the questions to answer (all, or
 only those new or changed since earlier dates: a question is unchanged when
-its query_id, question text and the corpus content all match an earlier
-date's `ok` answer), and writes a batch under `<output>/run_date=<date>/`.
+its query_id, question text and the corpus content (or, for a row with its
+own text context, that text) all match an earlier date's `ok` answer), and
+writes a batch under `<output>/run_date=<date>/`.
 A date whose partition is complete is never touched again, so a scheduler
 that fires twice changes nothing; an incomplete one (a crash) resumes. Two
 fires of one date at the same moment meet at the partition's lease: the
@@ -121,8 +122,30 @@ def _questions(spec: PipelineSpec) -> list[Query]:
     return queries_from_table(table, source="pipeline spec questions")
 
 
+def input_hash(query: Query, corpus_hash: str) -> str:
+    """What a question ran over: the corpus content, or its own text (the sha256 that
+    `answers.context_sha256` records). A `context_file` is hashed streaming, never held;
+    one that cannot be read counts as changed (its run then reports why)."""
+    ctx = query.text_context
+    if ctx is None:
+        return corpus_hash
+    if ctx.uri is None:
+        return hashlib.sha256(ctx.text.encode("utf-8", "surrogatepass")).hexdigest()
+    digest = hashlib.sha256()
+    try:
+        fs, path = storage.filesystem(ctx.uri)
+        with fs.open_input_stream(path) as stream:
+            while chunk := stream.read(1 << 20):
+                digest.update(chunk)
+    except (OSError, pa.ArrowException):
+        return "unreadable"
+    return digest.hexdigest()
+
+
 def _earlier_ok_answers(spec: PipelineSpec, run_date: str) -> set[tuple[str, str, str]]:
-    """(query_id, question hash, corpus hash) of every ok answer of earlier dates."""
+    """(query_id, question hash, input hash) of every ok answer of earlier dates: the
+    input is the row's own text when it had one (its recorded context_sha256), else
+    the corpus content."""
     seen: set[tuple[str, str, str]] = set()
     for entry in storage.list_prefix(spec.output):
         match = PARTITION.match(entry.relpath)
@@ -134,7 +157,8 @@ def _earlier_ok_answers(spec: PipelineSpec, run_date: str) -> set[tuple[str, str
         for a in answers:
             if a["status"] == "ok":
                 q = Query(a["query_id"], a["question"])
-                seen.add((q.query_id, q.question_hash, str(corpus_hash)))
+                seen.add((q.query_id, q.question_hash,
+                          a.get("context_sha256") or str(corpus_hash)))
     return seen
 
 
@@ -216,7 +240,8 @@ def _run_date(spec: PipelineSpec, run_date: str, partition: str, progress: bool,
     questions = _questions(spec)
     if spec.rerun == "changed":
         done = _earlier_ok_answers(spec, run_date)
-        selected = [q for q in questions if (q.query_id, q.question_hash, corpus_hash) not in done]
+        selected = [q for q in questions
+                    if (q.query_id, q.question_hash, input_hash(q, corpus_hash)) not in done]
     else:
         selected = questions
     rlm, server, concurrency = rlm_from_spec(spec, partition)

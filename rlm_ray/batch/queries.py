@@ -204,4 +204,7 @@ def load_queries(path: str, max_context_bytes: int = DEFAULT_MAX_CONTEXT_BYTES) 
     base = path.rsplit("/", 1)[0] if storage.is_s3(path) else os.path.dirname(os.path.abspath(path))
     queries = queries_from_table(reader(data), source=f"queries file {path}", base=base,
                                  max_context_bytes=max_context_bytes)
+    # The parsed table is garbage now; Arrow's allocator would keep its pages (with
+    # inline contexts, ~2x the file) for the whole batch unless told to give them back.
+    pa.default_memory_pool().release_unused()
     return QueryFile(path, hashlib.sha256(data).hexdigest(), queries)

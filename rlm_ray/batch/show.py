@@ -21,8 +21,8 @@ def table_summary(tables: RunTables, info: dict | None) -> list[tuple[str, str]]
     answers = tables.answers
     rows: list[tuple[str, str]] = []
     if info:
-        rows += [("corpus", str(info.get("corpus_uri") or "none (per-row text contexts)")), ("queries", str(info.get("queries"))),
-                 ("run status", str(info.get("status")))]
+        rows += [("corpus", str(info.get("corpus_uri") or "none (per-row text contexts)")),
+                 ("queries", str(info.get("queries"))), ("run status", str(info.get("status")))]
     rows.append(("questions answered", str(answers.num_rows)))
     for status, n in sorted(Counter(answers.column("status").to_pylist()).items()):
         rows.append((f"status {status}", str(n)))
