@@ -4,6 +4,8 @@ publishers' file formats (tiny fixtures), the official scorers and the
 Table-1-style output with the paper's reference rows."""
 from __future__ import annotations
 
+import json
+
 import pyarrow.parquet as pq
 import pytest
 
@@ -24,13 +26,13 @@ def _data(name: str, folder) -> list[str]:
     if name == "browsecomp-plus":
         queries, corpus = fx.write_browsecomp(folder)
         return ["--data", str(queries), "--data", str(corpus), "--docs-per-query", "5",
-                "--limit", "1", "--judge-model", "sim"]
+                "--judge-model", "sim"]
     if name == "longbench-codeqa":
         return ["--data", str(fx.write_longbench(folder))]
     return ["--context-len", "512", "--limit", "2"]          # sniah: generated
 
 
-EXPECTED_ROWS = {"oolong": 2, "oolong-pairs": 2, "browsecomp-plus": 1, "longbench-codeqa": 2,
+EXPECTED_ROWS = {"oolong": 2, "oolong-pairs": 2, "browsecomp-plus": 2, "longbench-codeqa": 2,
                  "sniah": 2}
 
 
@@ -63,6 +65,12 @@ def test_each_benchmark_runs_end_to_end_on_the_simulator(ray_session, tmp_path, 
     assert this_run[0]["questions"] == EXPECTED_ROWS[dataset]
     papers = [r for r in table if r["row"] == "paper"]
     if dataset == "browsecomp-plus":
+        # One batch per query, each over its own corpus of the query's documents.
+        assert sorted(p.name for p in (tmp_path / "browsecomp-plus-rlm" / "runs").iterdir()) \
+            == ["bcp-784", "bcp-785"]
+        for qid in ("bcp-784", "bcp-785"):
+            manifest = tmp_path / "browsecomp-plus-rlm" / "work" / "corpora" / qid / "corpus"
+            assert json.loads((manifest / "manifest.json").read_text())["documents"] == 5
         # Graded by the judge model (the simulator here): its verdict, not a string match.
         assert {r["scoring"] for r in per_query} == {"judge:openai/sim/rlm-policy"}
         assert all(r["extracted"] in ("yes", "no", "unparsed") for r in per_query)

@@ -5,7 +5,7 @@
   resume, budgets, the response cache and the answers/calls/steps tables
   apply. `str` contexts go in one batch, each row naming its text in the
   queries file's `context_file` column; a task with documents is ingested as its own corpus and answered
-  in its own batch folder, all batches sharing one pool of RLM hosts.
+  in its own batch folder, `--concurrency` such batches at a time.
   `rlm-no-sub` sets max_sub_calls to 0 and tells the root model that it has
   no sub-model (the paper's "RLM with REPL, no sub-calls").
 - `base`: one direct call per task through the model gateway, the context
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,9 +132,9 @@ def run_rlm(tasks: list[Task], run: MethodRun, rlm: dict | None = None) -> list[
     answered: list[Answered] = []
     text = [t for t in tasks if t.kind == "text"]
     corpora = [t for t in tasks if t.kind == "corpus"]
-    hosts = HostPool(concurrency=run.concurrency)
-    try:
-        if text:
+    if text:
+        hosts = HostPool(concurrency=run.concurrency)
+        try:
             queries = run.out / "work" / "queries-text.parquet"
             _write_queries(queries, text, with_context=True)
             run_dir = run.out / "runs" / "text"
@@ -141,18 +142,58 @@ def run_rlm(tasks: list[Task], run: MethodRun, rlm: dict | None = None) -> list[
             run_batch(None, str(queries), str(run_dir), rlm=rlm, concurrency=run.concurrency,
                       progress=False, hosts=hosts)
             answered += _answers(run_dir)
-        for task in corpora:
-            folder = run.out / "work" / "corpora" / task.query_id
-            corpus = _corpus_for(task, folder, run.log)
-            queries = folder / "queries.parquet"
-            _write_queries(queries, [task], with_context=False)
-            run_dir = run.out / "runs" / task.query_id
-            run_batch(str(corpus), str(queries), str(run_dir), rlm=rlm,
-                      concurrency=run.concurrency, progress=False, hosts=hosts)
-            answered += _answers(run_dir)
-    finally:
-        hosts.shutdown()
+        finally:
+            hosts.shutdown()
+    if corpora:
+        answered += _corpus_batches(corpora, run, rlm)
     return answered
+
+
+def _corpus_batches(corpora: list[Task], run: MethodRun, rlm: dict) -> list[Answered]:
+    """One batch per task (each over its own corpus), `concurrency` batches at a time:
+    each worker thread owns one RLM host and takes the next task when its batch ends."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rlm_ray.batch.pool import HostPool
+    from rlm_ray.batch.runner import run as run_batch
+
+    pending = deque(corpora)
+    lock = threading.Lock()
+    stop = threading.Event()
+    run.log(f"  {len(corpora)} questions, each over its own corpus -> {run.out / 'runs'}")
+
+    def worker() -> list[Answered]:
+        done: list[Answered] = []
+        hosts = HostPool(hosts=1, concurrency=1)
+        try:
+            while not stop.is_set():
+                with lock:
+                    task = pending.popleft() if pending else None
+                if task is None:
+                    return done
+                folder = run.out / "work" / "corpora" / task.query_id
+                corpus = _corpus_for(task, folder, run.log)
+                queries = folder / "queries.parquet"
+                _write_queries(queries, [task], with_context=False)
+                run_dir = run.out / "runs" / task.query_id
+                run_batch(str(corpus), str(queries), str(run_dir), rlm=rlm, concurrency=1,
+                          progress=False, hosts=hosts)
+                done += _answers(run_dir)
+            return done
+        finally:
+            hosts.shutdown()
+
+    workers = min(run.concurrency, len(corpora))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="paper-batch") as pool:
+        futures = [pool.submit(worker) for _ in range(workers)]
+        try:
+            results = [f.result() for f in futures]
+        except BaseException:
+            stop.set()   # the others finish their current question and stop
+            raise
+    order = {t.query_id: i for i, t in enumerate(corpora)}
+    return sorted((a for part in results for a in part), key=lambda a: order.get(a.query_id, 0))
 
 
 def run_rlm_no_sub(tasks: list[Task], run: MethodRun) -> list[Answered]:
