@@ -43,6 +43,10 @@ def register(commands, bench) -> None:
 
     add_compare_parser(bench)
 
+    from rlm_ray.bench.paper.cli import add_paper_parser
+
+    add_paper_parser(bench)
+
 
 def parse_size(text: str) -> int:
     text = text.strip().replace("_", "").replace(",", "")
