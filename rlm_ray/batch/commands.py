@@ -24,9 +24,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", default=None,
                         help="response cache URI (default RESULTS/cache; 'off' disables)")
     add_cost_arguments(parser)
-    from rlm_ray.engine.commands import add_dialect_args
+    from rlm_ray.engine.commands import add_dialect_args, add_window_args
 
     add_dialect_args(parser)   # --system-prompt FILE, --allow-model M
+    add_window_args(parser)    # --root-window TOKENS
 
 
 def register(commands, bench) -> None:
@@ -109,13 +110,19 @@ def rlm_settings(args: argparse.Namespace, out_uri: str) -> tuple[dict, object |
     gateway = GatewayConfig(rpm=args.rpm, tpm=args.tpm, cache_uri=cache, api_base=api_base,
                             cache_mode="off" if cache is None else "auto",
                             **cost_fields(args, model))
-    from rlm_ray.engine.commands import allowed_models, read_system_prompt
+    from rlm_ray.engine.commands import allowed_models, read_system_prompt, window_note
+
+    root_window = getattr(args, "root_window", None)
+    note = window_note(model, root_window, gateway)
+    if note:
+        print(note, file=sys.stderr)
 
     rlm = {"model": model, "sub_model": sub_model, "api_base": api_base,
            "max_depth": args.max_depth, "max_iterations": args.max_iterations,
            "timeout_s": args.timeout_s, "budget_usd": args.question_budget_usd,
            "gateway": gateway, "system_prompt": read_system_prompt(args.system_prompt),
-           "allowed_models": allowed_models(args.allow_model, api_base)}
+           "allowed_models": allowed_models(args.allow_model, api_base),
+           **({"root_window": root_window} if root_window is not None else {})}
     return rlm, server
 
 

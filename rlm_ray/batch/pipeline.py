@@ -52,7 +52,7 @@ class PipelineSpec:
     price_like: Any = None              # ENTRY or {model: ENTRY}
 
     LIMIT_KEYS = ("max_depth", "max_iterations", "timeout_s", "question_budget_usd",
-                  "rpm", "tpm", "concurrency")
+                  "rpm", "tpm", "concurrency", "root_window")
 
 
 def load_spec(path: str) -> PipelineSpec:
@@ -163,7 +163,10 @@ def rlm_from_spec(spec: PipelineSpec, partition: str) -> tuple[dict, Any, int]:
            "max_depth": int(limits.get("max_depth", 1)),
            "max_iterations": int(limits.get("max_iterations", 20)),
            "timeout_s": limits.get("timeout_s"), "budget_usd": limits.get("question_budget_usd"),
-           "gateway": gateway}
+           "gateway": gateway,
+           # the root model's input window (compaction); 0 turns compaction off
+           **({"root_window": limits["root_window"]}
+              if limits.get("root_window") is not None else {})}
     return rlm, server, int(limits.get("concurrency", 4))
 
 

@@ -32,6 +32,33 @@ def add_dialect_args(parser: argparse.ArgumentParser) -> None:
                              "(repeatable; the sub-model is always allowed)")
 
 
+def add_window_args(parser: argparse.ArgumentParser) -> None:
+    """--root-window, shared by `query` and `run`: the root model's input window."""
+    parser.add_argument("--root-window", type=int, default=None, metavar="TOKENS",
+                        help="the root model's input window in tokens: the conversation is "
+                             "compacted (older turns summarised by the root model, the full "
+                             "history kept in the REPL as `history`) past 85%% of it. Default: "
+                             "litellm's table for the model (unknown model: no compaction "
+                             "before calls); 0 turns compaction off")
+
+
+def window_note(model: str, root_window: int | None, gateway) -> str | None:
+    """One line for stderr when compaction cannot work from a known window."""
+    from rlm_ray.errors import UserError
+    from rlm_ray.llm.cost import context_window
+
+    if root_window is not None and root_window < 0:
+        raise UserError(f"--root-window must be >= 0 (0 turns compaction off), got {root_window}")
+    if root_window == 0:
+        return ("rlm-ray: compaction is off (--root-window 0): a conversation longer than "
+                "the root model's window ends the question with status error")
+    if root_window is None and context_window(model, gateway) is None:
+        return (f"rlm-ray: the input window of {model} is unknown (not in litellm's table): "
+                "no compaction before root calls; give --root-window TOKENS to enable it "
+                "(a context_length_exceeded still compacts and retries once)")
+    return None
+
+
 def read_system_prompt(path: str | None) -> str | None:
     """The text of --system-prompt FILE (None without the flag); a UserError if unusable."""
     from rlm_ray.errors import UserError
@@ -80,6 +107,7 @@ def register(commands, bench) -> None:
                        help="use the content of FILE as a plain string context")
     add_model_args(query)
     add_limit_args(query)
+    add_window_args(query)
     add_cost_arguments(query)
     query.add_argument("--trajectory", default=None, metavar="FILE",
                        help="where to write the trajectory JSON "
@@ -172,12 +200,16 @@ def _query(args) -> int:
     context, question = open_input(args)
     with ExitStack() as stack:
         model, sub_model, api_base = resolve_models(args, stack)
+        gateway = GatewayConfig(**cost_fields(args, model))
+        note = window_note(model, args.root_window, gateway)
+        if note:
+            print(note, file=sys.stderr)
         rlm = RLM(model, sub_model, api_base=api_base, max_depth=args.max_depth,
                   max_iterations=args.max_iterations, max_sub_calls=args.max_sub_calls,
                   budget_usd=args.budget_usd, budget_tokens=args.budget_tokens,
                   timeout_s=args.timeout, local=args.local, system_prompt=system_prompt,
                   allowed_models=allowed_models(args.allow_model, api_base),
-                  gateway=GatewayConfig(**cost_fields(args, model)))
+                  gateway=gateway, root_window=args.root_window)
         query_id = uuid.uuid4().hex[:12]
         result = rlm.answer(context, question, query_id=query_id)
     path = args.trajectory or f"{DEFAULT_TRAJECTORY_DIR}/{query_id}.json"
