@@ -92,6 +92,7 @@ def rlm_settings(args: argparse.Namespace, out_uri: str) -> tuple[dict, object |
     from rlm_ray import storage
     from rlm_ray.llm.config import GatewayConfig
     from rlm_ray.sim import resolve_model
+    from rlm_ray.sim.server import served_windows
 
     _check_positive(args, "max_iterations", "timeout_s", "question_budget_usd", "rpm", "tpm")
     if args.max_depth < 0:
@@ -109,6 +110,7 @@ def rlm_settings(args: argparse.Namespace, out_uri: str) -> tuple[dict, object |
     cache = None if args.cache == "off" else (args.cache or storage.join(out_uri, "cache"))
     gateway = GatewayConfig(rpm=args.rpm, tpm=args.tpm, cache_uri=cache, api_base=api_base,
                             cache_mode="off" if cache is None else "auto",
+                            context_windows=served_windows(server, model),
                             **cost_fields(args, model))
     from rlm_ray.engine.commands import allowed_models, read_system_prompt, window_note
 

@@ -149,6 +149,7 @@ def rlm_from_spec(spec: PipelineSpec, partition: str) -> tuple[dict, Any, int]:
     from rlm_ray.llm.config import GatewayConfig
     from rlm_ray.llm.options import cost_fields, entry_for
     from rlm_ray.sim import resolve_model
+    from rlm_ray.sim.server import served_windows
 
     limits = spec.limits
     model, api_base, server = resolve_model(spec.model, spec.api_base,
@@ -158,6 +159,7 @@ def rlm_from_spec(spec: PipelineSpec, partition: str) -> tuple[dict, Any, int]:
     cache = None if spec.cache == "off" else (spec.cache or storage.join(spec.output, "cache"))
     gateway = GatewayConfig(rpm=limits.get("rpm"), tpm=limits.get("tpm"), cache_uri=cache,
                             api_base=api_base, cache_mode="off" if cache is None else "auto",
+                            context_windows=served_windows(server, model),
                             **cost_fields(vars(spec), model))
     rlm = {"model": model, "sub_model": sub_model, "api_base": api_base,
            "max_depth": int(limits.get("max_depth", 1)),

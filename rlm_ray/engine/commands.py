@@ -131,10 +131,12 @@ def register(commands, bench) -> None:
     engine.set_defaults(func=_bench)
 
 
-def resolve_models(args, stack: ExitStack) -> tuple[str, str, str | None]:
-    """(root model, sub model, api_base); `sim` models start an in-process SIMULATOR."""
+def resolve_models(args, stack: ExitStack) -> tuple[str, str, str | None, dict | None]:
+    """(root model, sub model, api_base, windows); `sim` models start an in-process
+    SIMULATOR, whose windows are known as litellm's table knows a real model's."""
     from rlm_ray.llm.options import entry_for
     from rlm_ray.sim import resolve_model
+    from rlm_ray.sim.server import served_windows
 
     model, api_base, server = resolve_model(args.model, args.api_base,
                                             entry_for(getattr(args, "price_like", None), args.model))
@@ -147,7 +149,7 @@ def resolve_models(args, stack: ExitStack) -> tuple[str, str, str | None]:
         sub_model, _, sub_server = resolve_model(args.sub_model, api_base)
         if sub_server is not None:
             stack.callback(sub_server.stop)
-    return model, sub_model, api_base
+    return model, sub_model, api_base, served_windows(server, model)
 
 
 def allowed_models(names: list[str], api_base: str | None) -> list[str]:
@@ -199,8 +201,8 @@ def _query(args) -> int:
     system_prompt = read_system_prompt(args.system_prompt)
     context, question = open_input(args)
     with ExitStack() as stack:
-        model, sub_model, api_base = resolve_models(args, stack)
-        gateway = GatewayConfig(**cost_fields(args, model))
+        model, sub_model, api_base, windows = resolve_models(args, stack)
+        gateway = GatewayConfig(**cost_fields(args, model), context_windows=windows)
         note = window_note(model, args.root_window, gateway)
         if note:
             print(note, file=sys.stderr)
