@@ -174,3 +174,23 @@ def test_window_from_a_provider_message():
     text = "This model's maximum context length is 32000 tokens. However, you requested 40000"
     assert compaction.window_from_error(text) == 32000
     assert compaction.window_from_error("rate limited") is None
+
+
+def test_replay_answers_compaction_without_consuming_a_recorded_reply(sim, haystack):
+    """A recorded run whose outputs overflow a 12k window: the engine compacts
+    between recorded replies, the replay answers each summary request itself, and
+    every recorded reply is served once, in order (the answer lists them)."""
+    reads = [f"Reading part {k}.\n```repl\nseen = globals().get('seen', []) + [{k}]\n"
+             f"print(context[{(k - 1) * PIECE}:{k * PIECE}])\n```" for k in range(1, 6)]
+    finish = "All parts read.\n```repl\nparts = ','.join(map(str, seen))\n```\nFINAL_VAR(parts)"
+    replay = {"format": "rlm-ray-replay/1",
+              "recordings": [{"question": "Which parts were read?",
+                              "root_replies": [*reads, finish]}]}
+    server = sim(replay=replay, model_windows={"sim/replay": 12_000})
+    rlm = RLM("openai/sim/replay", api_base=server.base_url, local=True, max_iterations=10,
+              gateway=GatewayConfig(max_retries=0), root_window=12_000)
+    result = rlm.answer(haystack, "Which parts were read?")
+    assert result.status == "ok", result.error
+    assert result.answer == "1,2,3,4,5"
+    assert result.iterations == 6 and len(_rows(result, "compact")) >= 2
+    assert server.stats()["by_status"] == {200: len(result.calls)}
