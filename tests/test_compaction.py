@@ -194,3 +194,67 @@ def test_replay_answers_compaction_without_consuming_a_recorded_reply(sim, hayst
     assert result.answer == "1,2,3,4,5"
     assert result.iterations == 6 and len(_rows(result, "compact")) >= 2
     assert server.stats()["by_status"] == {200: len(result.calls)}
+
+
+# ---- the CLI: `query --model sim/<policy>@TOKENS`, --root-window ---------------------
+def test_query_compacts_against_the_window_the_in_process_simulator_enforces(tmp_path,
+                                                                           capsys, haystack):
+    import json
+
+    from rlm_ray.cli import main
+
+    text = tmp_path / "log.txt"
+    text.write_text(haystack)
+    common = [QUESTION, "--text", str(text), "--local", "--max-iterations", "45",
+              "--model", f"sim/explorer@{WINDOW}"]
+    code = main(["query", *common, "--trajectory", str(tmp_path / "on.json")])
+    out, err = capsys.readouterr()
+    assert code == 0 and out.strip() == VALUE, err
+    assert "is unknown" not in err     # the in-process simulator's window is known
+    saved = json.loads((tmp_path / "on.json").read_text())
+    assert saved["status"] == "ok" and saved["usage"]["compact_calls"] >= 3
+    assert "compact " in err        # the summary line counts the compact calls
+
+    code = main(["query", *common, "--root-window", "0",
+                 "--trajectory", str(tmp_path / "off.json")])
+    out, err = capsys.readouterr()
+    assert code == 1 and "compaction is off" in err and "context_length_exceeded" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["query", "q?", "--text", "/etc/hostname", "--model", "sim", "--root-window", "-1"],
+     "--root-window"),
+    (["query", "q?", "--text", "/etc/hostname", "--model", "sim/explorer@lots"],
+     "token count"),
+    (["sim", "--model-window", "sim/explorer"], "MODEL=TOKENS"),
+])
+def test_bad_window_input_is_one_line_and_exit_2(argv, message, capsys):
+    from rlm_ray.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rlm-ray: error:") and message in err and "\n" not in err
+
+
+def test_run_and_pipeline_pass_the_root_window_to_every_question(tmp_path):
+    """`run --root-window` and a pipeline spec's `limits.root_window` reach RLM(...),
+    and an in-process simulator's window reaches the gateway as a known window."""
+    import argparse
+
+    from rlm_ray.batch import commands as batch_commands
+    from rlm_ray.batch.pipeline import PipelineSpec, rlm_from_spec
+
+    parser = argparse.ArgumentParser()
+    batch_commands.add_model_arguments(parser)
+    args = parser.parse_args(["--model", f"sim/explorer@{WINDOW}", "--root-window", "0"])
+    rlm, server = batch_commands.rlm_settings(args, str(tmp_path / "out"))
+    try:
+        assert rlm["root_window"] == 0 and RLM(**rlm).settings.root_window_tokens == 0
+        assert rlm["gateway"].context_windows == {EXPLORER: WINDOW}
+    finally:
+        server.stop()
+    spec = PipelineSpec(name="n", sources=["s"], corpus="c", output=str(tmp_path / "o"),
+                        questions="q.jsonl", model=EXPLORER, api_base="http://127.0.0.1:9/v1",
+                        limits={"root_window": 16_000})
+    rlm, server, _ = rlm_from_spec(spec, str(tmp_path / "o" / "d"))
+    assert server is None and RLM(**rlm).settings.root_window_tokens == 16_000

@@ -97,6 +97,9 @@ def rlm_settings(args: argparse.Namespace, out_uri: str) -> tuple[dict, object |
     _check_positive(args, "max_iterations", "timeout_s", "question_budget_usd", "rpm", "tpm")
     if args.max_depth < 0:
         raise UserError("--max-depth must be >= 0")
+    from rlm_ray.engine.commands import check_root_window
+
+    check_root_window(getattr(args, "root_window", None))
     from rlm_ray.llm.options import entry_for
 
     model, api_base, server = resolve_model(args.model, args.api_base,

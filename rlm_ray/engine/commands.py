@@ -42,13 +42,17 @@ def add_window_args(parser: argparse.ArgumentParser) -> None:
                              "before calls); 0 turns compaction off")
 
 
-def window_note(model: str, root_window: int | None, gateway) -> str | None:
-    """One line for stderr when compaction cannot work from a known window."""
+def check_root_window(root_window: int | None) -> None:
     from rlm_ray.errors import UserError
-    from rlm_ray.llm.cost import context_window
 
     if root_window is not None and root_window < 0:
         raise UserError(f"--root-window must be >= 0 (0 turns compaction off), got {root_window}")
+
+
+def window_note(model: str, root_window: int | None, gateway) -> str | None:
+    """One line for stderr when compaction cannot work from a known window."""
+    from rlm_ray.llm.cost import context_window
+
     if root_window == 0:
         return ("rlm-ray: compaction is off (--root-window 0): a conversation longer than "
                 "the root model's window ends the question with status error")
@@ -198,6 +202,7 @@ def _query(args) -> int:
     Limits(max_depth=args.max_depth, max_iterations=args.max_iterations,
            max_sub_calls=args.max_sub_calls, budget_usd=args.budget_usd,
            budget_tokens=args.budget_tokens, timeout_s=args.timeout)
+    check_root_window(args.root_window)
     system_prompt = read_system_prompt(args.system_prompt)
     context, question = open_input(args)
     with ExitStack() as stack:
