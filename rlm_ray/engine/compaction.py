@@ -17,9 +17,11 @@ Message layout of a compacted conversation (roles keep alternating):
 """
 from __future__ import annotations
 
+import hashlib
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
-from functools import lru_cache
 
 DEFAULT_FRACTION = 0.85          # compact once the conversation passes this share of the window
 KEEP_LATEST_REPLIES = 2          # replies (with their REPL views) kept verbatim
@@ -80,12 +82,31 @@ def content_text(content) -> str:
     return "" if content is None else str(content)
 
 
-@lru_cache(maxsize=4096)
+_COUNT_CACHE_MIN_CHARS = 2048     # shorter texts: counting is cheaper than a lookup
+_COUNT_CACHE_ENTRIES = 8192       # digests and ints only (the texts are not kept)
+_counts: OrderedDict[bytes, int] = OrderedDict()
+_counts_lock = threading.Lock()
+
+
 def _text_tokens(text: str) -> int:
-    # A root conversation is resent whole every turn: count each message once.
+    """Token count of one message text. A root conversation is resent whole every
+    turn, so long texts are counted once (keyed by digest: an actor hosting many
+    loops must not keep their texts alive)."""
     from rlm_ray.tokens import count_tokens
 
-    return count_tokens(text)
+    if len(text) < _COUNT_CACHE_MIN_CHARS:
+        return count_tokens(text)
+    key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    with _counts_lock:
+        if key in _counts:
+            _counts.move_to_end(key)
+            return _counts[key]
+    n = count_tokens(text)
+    with _counts_lock:
+        _counts[key] = n
+        if len(_counts) > _COUNT_CACHE_ENTRIES:
+            _counts.popitem(last=False)
+    return n
 
 
 def conversation_tokens(messages: list[dict]) -> int:
