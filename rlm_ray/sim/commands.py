@@ -120,6 +120,9 @@ def serve_command(args: argparse.Namespace) -> int:
     if replay is not None:
         print(f"replaying {len(replay.recordings)} recorded conversation(s) from {args.replay} "
               "as sim/replay", flush=True)
+    windows = ", ".join(f"{m}={w}" for m, w in server.config.model_windows)
+    print(f"input windows: {windows + ', ' if windows else ''}others "
+          f"{server.config.context_window} tokens", flush=True)
     try:
         while not stopping.wait(0.5):  # wake periodically so signals are handled promptly
             pass
