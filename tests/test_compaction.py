@@ -258,3 +258,19 @@ def test_run_and_pipeline_pass_the_root_window_to_every_question(tmp_path):
                         limits={"root_window": 16_000})
     rlm, server, _ = rlm_from_spec(spec, str(tmp_path / "o" / "d"))
     assert server is None and RLM(**rlm).settings.root_window_tokens == 16_000
+
+
+def test_rlm_policy_continues_its_plan_from_its_own_summary(sim):
+    """At a 3k window the needle run is compacted after its first reply (nothing
+    older is kept): `sim/rlm-policy` reads the step it reached from the summary it
+    wrote, and finishes without redoing the search."""
+    lines = [f"log line {i}: value {i * 7 % 1000:03d} " + "filler " * 8 for i in range(3000)]
+    lines[2500] = "The secret code for ORCHID-7 is 4471-XQ."
+    server = sim(model_windows={"sim/rlm-policy": 3000})
+    rlm = RLM("openai/sim/rlm-policy", api_base=server.base_url, local=True,
+              max_iterations=8, gateway=GatewayConfig(max_retries=0), root_window=3000)
+    result = rlm.answer("\n".join(lines), "What is the secret code for ORCHID-7?")
+    assert result.status == "ok" and result.answer == "4471-XQ"
+    assert result.iterations == 2 and result.usage["compact_calls"] == 1
+    summary = next(s for s in result.steps if s["code"].startswith("# context compacted"))
+    assert "Steps of my plan completed: 1 to 1." in summary["output"]

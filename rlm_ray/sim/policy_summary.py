@@ -19,6 +19,9 @@ _REQUEST = re.compile(rf"(?m)^{re.escape(SUMMARY_REQUEST)}")
 _OUTPUT_HEAD = re.compile(r"^REPL output \(iteration (\d+)\):\n?")
 _VARIABLES = re.compile(r"(?m)^REPL variables: (.*)$")
 _SO_FAR = re.compile(r"(?m)^answer so far: (.*)$")
+_STEP_DONE = re.compile(r"(?m)^STEP_DONE (\d+)\s*$")
+_EARLIER_STEPS = re.compile(r"(?m)^Steps of my plan completed: 1 to (\d+)\.")
+_PARTIAL = re.compile(r"(?m)^Partial answer so far: (.*)$")
 _EARLIER = re.compile(r"(?s)^Summary of my work so far \(replies 1 to \d+\):\n(.*)$")
 LINES_PER_OUTPUT = 2
 LINE_CHARS = 160
@@ -81,9 +84,14 @@ def summarise(messages: list[dict]) -> str:
         variables = _VARIABLES.findall(seen[-1][1])
         if variables:
             parts.append(f"Variables in the REPL: {variables[-1]}")
-        partial = [p for _, text in seen for p in _SO_FAR.findall(text)]
-        if partial:
-            parts.append(f"Partial answer so far: {partial[-1].strip()}")
+    steps = [int(k) for _, text in seen for k in _STEP_DONE.findall(text)]
+    steps += [int(k) for k in _EARLIER_STEPS.findall(earlier or "")]
+    if steps:
+        parts.append(f"Steps of my plan completed: 1 to {max(steps)}.")
+    partial = _PARTIAL.findall(earlier or "")
+    partial += [p for _, text in seen for p in _SO_FAR.findall(text)]
+    if partial:
+        parts.append(f"Partial answer so far: {partial[-1].strip()}")
     parts.append("Next step: continue from the last output above; the full earlier turns are "
                  "in `history` if I need a detail.")
     return "\n".join(parts)
