@@ -71,7 +71,6 @@ class RootLoop:
         self.compaction_on = settings.root_window_tokens != 0
         self.window = compaction.root_window(settings, spec.model, spec.gateway)
         self.archive: list[dict] = []    # real turns compacted so far (for `history`)
-        self.compactions = 0
 
     # ---- the loop ---------------------------------------------------------------
     def run(self) -> Outcome:
@@ -170,7 +169,6 @@ class RootLoop:
             f"# context compacted: {why}; replies 1 to {step.replies} summarised{shown}, "
             f"{before} -> {after} tokens; `{compaction.HISTORY_NAME}` holds {len(history)} "
             "messages", text, stored, 0.0)
-        self.compactions += 1
         return True
 
     def _summarise(self, messages: list[dict], step: compaction.Plan, window: int,
