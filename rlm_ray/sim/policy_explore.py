@@ -118,6 +118,5 @@ def explorer(messages: list[dict]) -> str:
         return f"I have read all {total} pieces and {subject} is not in them.\nFINAL({NOT_FOUND})"
     compacted = any(_COMPACTED.search(text_of(m.get("content"))) for m in messages
                     if m.get("role") == "user")
-    looked = any(_HISTORY_LOOKED in text for _, text in
-                 ((o.iteration, o.text) for o in conv.outputs))
+    looked = any(_HISTORY_LOOKED in output.text for output in conv.outputs)
     return read_piece(read, total, subject, compacted and not looked)
