@@ -118,9 +118,8 @@ def rlm_settings(args: argparse.Namespace, out_uri: str) -> tuple[dict, object |
     from rlm_ray.engine.commands import allowed_models, read_system_prompt, window_note
 
     root_window = getattr(args, "root_window", None)
-    note = window_note(model, root_window, gateway)
-    if note:
-        print(note, file=sys.stderr)
+    # Said after the run (run_command), so that bad input stays a one-line error.
+    args.window_note = window_note(model, root_window, gateway)
 
     rlm = {"model": model, "sub_model": sub_model, "api_base": api_base,
            "max_depth": args.max_depth, "max_iterations": args.max_iterations,
@@ -149,6 +148,8 @@ def run_command(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.stop()
+    if getattr(args, "window_note", None):
+        print(args.window_note, file=sys.stderr)
     if summary.plan is not None:
         print(format_plan(summary.plan))
         return 0

@@ -209,8 +209,6 @@ def _query(args) -> int:
         model, sub_model, api_base, windows = resolve_models(args, stack)
         gateway = GatewayConfig(**cost_fields(args, model), context_windows=windows)
         note = window_note(model, args.root_window, gateway)
-        if note:
-            print(note, file=sys.stderr)
         rlm = RLM(model, sub_model, api_base=api_base, max_depth=args.max_depth,
                   max_iterations=args.max_iterations, max_sub_calls=args.max_sub_calls,
                   budget_usd=args.budget_usd, budget_tokens=args.budget_tokens,
@@ -223,6 +221,8 @@ def _query(args) -> int:
     write_trajectory(path, question, query_id, result)
     # The terminal gets inert text; the trajectory file keeps the exact answer.
     print(terminal_safe(result.answer if result.answer is not None else ""))
+    if note:   # after the run: bad input stays a one-line error
+        print(note, file=sys.stderr)
     error = f" error={result.error!r}" if result.error else ""
     print(terminal_safe(f"rlm-ray: {result.summary()}{error} trajectory={path}"), file=sys.stderr)
     return 1 if result.status == "error" else 0
