@@ -100,10 +100,8 @@ def test_a_30_turn_run_compacts_and_finishes_ok(window_sim, haystack):
     # The model saw `history` in the REPL after a compaction, and the REPL state the
     # first turn made (`piece`, `pieces`) survived every compaction.
     looked = [s for s in result.steps if "earlier messages in `history`" in s["output"]]
-    assert looked and all(s["error"] is None for s in result.steps if s["code"] in ("", None)
-                          or not s["code"].startswith("#"))
-    first_look = looked[0]["output"].split()[0]
-    assert int(first_look) > 10
+    assert looked and all(s["error"] is None for s in result.steps)   # no NameError
+    assert int(looked[0]["output"].split()[0]) > 10    # messages `history` held then
 
 
 def test_the_same_run_without_compaction_ends_with_context_length_exceeded(window_sim,
