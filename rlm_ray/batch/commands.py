@@ -25,9 +25,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", default=None,
                         help="response cache URI (default RESULTS/cache; 'off' disables)")
     add_cost_arguments(parser)
-    from rlm_ray.engine.commands import add_dialect_args
+    from rlm_ray.engine.commands import add_dialect_args, add_window_args
 
     add_dialect_args(parser)   # --system-prompt FILE, --allow-model M
+    add_window_args(parser)    # --root-window TOKENS
 
 
 def register(commands, bench) -> None:
@@ -99,10 +100,14 @@ def rlm_settings(args: argparse.Namespace, out_uri: str) -> tuple[dict, object |
     from rlm_ray import storage
     from rlm_ray.llm.config import GatewayConfig
     from rlm_ray.sim import resolve_model
+    from rlm_ray.sim.server import served_windows
 
     _check_positive(args, "max_iterations", "timeout_s", "question_budget_usd", "rpm", "tpm")
     if args.max_depth < 0:
         raise UserError("--max-depth must be >= 0")
+    from rlm_ray.engine.commands import check_root_window
+
+    check_root_window(getattr(args, "root_window", None))
     from rlm_ray.llm.options import entry_for
 
     model, api_base, server = resolve_model(args.model, args.api_base,
@@ -116,14 +121,20 @@ def rlm_settings(args: argparse.Namespace, out_uri: str) -> tuple[dict, object |
     cache = None if args.cache == "off" else (args.cache or storage.join(out_uri, "cache"))
     gateway = GatewayConfig(rpm=args.rpm, tpm=args.tpm, cache_uri=cache, api_base=api_base,
                             cache_mode="off" if cache is None else "auto",
+                            context_windows=served_windows(server, model),
                             **cost_fields(args, model))
-    from rlm_ray.engine.commands import allowed_models, read_system_prompt
+    from rlm_ray.engine.commands import allowed_models, read_system_prompt, window_note
+
+    root_window = getattr(args, "root_window", None)
+    # Said after the run (run_command), so that bad input stays a one-line error.
+    args.window_note = window_note(model, root_window, gateway)
 
     rlm = {"model": model, "sub_model": sub_model, "api_base": api_base,
            "max_depth": args.max_depth, "max_iterations": args.max_iterations,
            "timeout_s": args.timeout_s, "budget_usd": args.question_budget_usd,
            "gateway": gateway, "system_prompt": read_system_prompt(args.system_prompt),
-           "allowed_models": allowed_models(args.allow_model, api_base)}
+           "allowed_models": allowed_models(args.allow_model, api_base),
+           **({"root_window": root_window} if root_window is not None else {})}
     return rlm, server
 
 
@@ -146,6 +157,8 @@ def run_command(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.stop()
+    if getattr(args, "window_note", None):
+        print(args.window_note, file=sys.stderr)
     if summary.plan is not None:
         print(format_plan(summary.plan))
         return 0

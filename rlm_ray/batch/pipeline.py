@@ -53,7 +53,7 @@ class PipelineSpec:
     price_like: Any = None              # ENTRY or {model: ENTRY}
 
     LIMIT_KEYS = ("max_depth", "max_iterations", "timeout_s", "question_budget_usd",
-                  "rpm", "tpm", "concurrency")
+                  "rpm", "tpm", "concurrency", "root_window")
 
 
 def load_spec(path: str) -> PipelineSpec:
@@ -183,6 +183,7 @@ def rlm_from_spec(spec: PipelineSpec, partition: str) -> tuple[dict, Any, int]:
     from rlm_ray.llm.config import GatewayConfig
     from rlm_ray.llm.options import cost_fields, entry_for
     from rlm_ray.sim import resolve_model
+    from rlm_ray.sim.server import served_windows
 
     limits = spec.limits
     model, api_base, server = resolve_model(spec.model, spec.api_base,
@@ -192,12 +193,16 @@ def rlm_from_spec(spec: PipelineSpec, partition: str) -> tuple[dict, Any, int]:
     cache = None if spec.cache == "off" else (spec.cache or storage.join(spec.output, "cache"))
     gateway = GatewayConfig(rpm=limits.get("rpm"), tpm=limits.get("tpm"), cache_uri=cache,
                             api_base=api_base, cache_mode="off" if cache is None else "auto",
+                            context_windows=served_windows(server, model),
                             **cost_fields(vars(spec), model))
     rlm = {"model": model, "sub_model": sub_model, "api_base": api_base,
            "max_depth": int(limits.get("max_depth", 1)),
            "max_iterations": int(limits.get("max_iterations", 20)),
            "timeout_s": limits.get("timeout_s"), "budget_usd": limits.get("question_budget_usd"),
-           "gateway": gateway}
+           "gateway": gateway,
+           # the root model's input window (compaction); 0 turns compaction off
+           **({"root_window": limits["root_window"]}
+              if limits.get("root_window") is not None else {})}
     return rlm, server, int(limits.get("concurrency", 4))
 
 

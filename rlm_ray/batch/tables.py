@@ -43,6 +43,7 @@ ANSWERS = pa.schema([
 ])
 CALLS = pa.schema([
     ("query_id", pa.string()), ("call_id", pa.string()), ("parent_call_id", pa.string()),
+    # kind: root | sub | rlm | compact (the root model summarising older turns)
     ("depth", pa.int64()), ("kind", pa.string()), ("model", pa.string()),
     ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
     ("cost_usd", pa.float64()), ("latency_s", pa.float64()), ("retries", pa.int64()),

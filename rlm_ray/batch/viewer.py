@@ -30,7 +30,7 @@ dl.answer dt{color:#5b6475} dl.answer dd{margin:0;font-family:ui-monospace,monos
 ul.call-tree{list-style:none;padding-left:18px;margin:4px 0;border-left:2px solid #e5e8ee}
 ul.call-tree.top{padding-left:0;border-left:none}
 summary.call{cursor:pointer;padding:2px 0} .kind{font-weight:600;text-transform:uppercase;font-size:11px;padding:0 6px;border-radius:4px;margin-right:6px}
-.k-root{background:#d0ebff}.k-sub{background:#e6fcf5}.k-rlm{background:#fff3bf}
+.k-root{background:#d0ebff}.k-sub{background:#e6fcf5}.k-rlm{background:#fff3bf}.k-compact{background:#f3f0ff}
 .metrics{color:#5b6475;font-size:12px} .cache{color:#1971c2}
 div.step{margin:6px 0 6px 4px;border:1px solid #e5e8ee;border-radius:6px;overflow:hidden}
 div.step>.label{background:#f1f3f5;font-size:12px;padding:2px 8px;color:#5b6475}

@@ -32,6 +32,37 @@ def add_dialect_args(parser: argparse.ArgumentParser) -> None:
                              "(repeatable; the sub-model is always allowed)")
 
 
+def add_window_args(parser: argparse.ArgumentParser) -> None:
+    """--root-window, shared by `query` and `run`: the root model's input window."""
+    parser.add_argument("--root-window", type=int, default=None, metavar="TOKENS",
+                        help="the root model's input window in tokens: the conversation is "
+                             "compacted (older turns summarised by the root model, the full "
+                             "history kept in the REPL as `history`) past 85%% of it. Default: "
+                             "litellm's table for the model (unknown model: no compaction "
+                             "before calls); 0 turns compaction off")
+
+
+def check_root_window(root_window: int | None) -> None:
+    from rlm_ray.errors import UserError
+
+    if root_window is not None and root_window < 0:
+        raise UserError(f"--root-window must be >= 0 (0 turns compaction off), got {root_window}")
+
+
+def window_note(model: str, root_window: int | None, gateway) -> str | None:
+    """One line for stderr when compaction cannot work from a known window."""
+    from rlm_ray.llm.cost import context_window
+
+    if root_window == 0:
+        return ("rlm-ray: compaction is off (--root-window 0): a conversation longer than "
+                "the root model's window ends the question with status error")
+    if root_window is None and context_window(model, gateway) is None:
+        return (f"rlm-ray: the input window of {model} is unknown (not in litellm's table): "
+                "no compaction before root calls; give --root-window TOKENS to enable it "
+                "(a context_length_exceeded still compacts and retries once)")
+    return None
+
+
 def read_system_prompt(path: str | None) -> str | None:
     """The text of --system-prompt FILE (None without the flag); a UserError if unusable."""
     from rlm_ray.errors import UserError
@@ -80,6 +111,7 @@ def register(commands, bench) -> None:
                        help="use the content of FILE as a plain string context")
     add_model_args(query)
     add_limit_args(query)
+    add_window_args(query)
     add_cost_arguments(query)
     query.add_argument("--trajectory", default=None, metavar="FILE",
                        help="where to write the trajectory JSON "
@@ -103,10 +135,12 @@ def register(commands, bench) -> None:
     engine.set_defaults(func=_bench)
 
 
-def resolve_models(args, stack: ExitStack) -> tuple[str, str, str | None]:
-    """(root model, sub model, api_base); `sim` models start an in-process SIMULATOR."""
+def resolve_models(args, stack: ExitStack) -> tuple[str, str, str | None, dict | None]:
+    """(root model, sub model, api_base, windows); `sim` models start an in-process
+    SIMULATOR, whose windows are known as litellm's table knows a real model's."""
     from rlm_ray.llm.options import entry_for
     from rlm_ray.sim import resolve_model
+    from rlm_ray.sim.server import served_windows
 
     model, api_base, server = resolve_model(args.model, args.api_base,
                                             entry_for(getattr(args, "price_like", None), args.model))
@@ -119,7 +153,7 @@ def resolve_models(args, stack: ExitStack) -> tuple[str, str, str | None]:
         sub_model, _, sub_server = resolve_model(args.sub_model, api_base)
         if sub_server is not None:
             stack.callback(sub_server.stop)
-    return model, sub_model, api_base
+    return model, sub_model, api_base, served_windows(server, model)
 
 
 def allowed_models(names: list[str], api_base: str | None) -> list[str]:
@@ -168,22 +202,27 @@ def _query(args) -> int:
     Limits(max_depth=args.max_depth, max_iterations=args.max_iterations,
            max_sub_calls=args.max_sub_calls, budget_usd=args.budget_usd,
            budget_tokens=args.budget_tokens, timeout_s=args.timeout)
+    check_root_window(args.root_window)
     system_prompt = read_system_prompt(args.system_prompt)
     context, question = open_input(args)
     with ExitStack() as stack:
-        model, sub_model, api_base = resolve_models(args, stack)
+        model, sub_model, api_base, windows = resolve_models(args, stack)
+        gateway = GatewayConfig(**cost_fields(args, model), context_windows=windows)
+        note = window_note(model, args.root_window, gateway)
         rlm = RLM(model, sub_model, api_base=api_base, max_depth=args.max_depth,
                   max_iterations=args.max_iterations, max_sub_calls=args.max_sub_calls,
                   budget_usd=args.budget_usd, budget_tokens=args.budget_tokens,
                   timeout_s=args.timeout, local=args.local, system_prompt=system_prompt,
                   allowed_models=allowed_models(args.allow_model, api_base),
-                  gateway=GatewayConfig(**cost_fields(args, model)))
+                  gateway=gateway, root_window=args.root_window)
         query_id = uuid.uuid4().hex[:12]
         result = rlm.answer(context, question, query_id=query_id)
     path = args.trajectory or f"{DEFAULT_TRAJECTORY_DIR}/{query_id}.json"
     write_trajectory(path, question, query_id, result)
     # The terminal gets inert text; the trajectory file keeps the exact answer.
     print(terminal_safe(result.answer if result.answer is not None else ""))
+    if note:   # after the run: bad input stays a one-line error
+        print(note, file=sys.stderr)
     error = f" error={result.error!r}" if result.error else ""
     print(terminal_safe(f"rlm-ray: {result.summary()}{error} trajectory={path}"), file=sys.stderr)
     return 1 if result.status == "error" else 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rlm_ray.engine import parsing, prompts
+from rlm_ray.engine import compaction, parsing, prompts
 from rlm_ray.engine.feedback import BlockOutput, TurnFeedback, render
 from rlm_ray.engine.limits import StopSignal
 from rlm_ray.engine.records import CallRow, Recorder, new_call_id, redact
@@ -33,6 +33,26 @@ class _Stop(Exception):
         self.status, self.error = status, error
 
 
+def _billed(row: CallRow, completion: Completion) -> CallRow:
+    row.prompt_tokens = completion.prompt_tokens
+    row.completion_tokens = completion.completion_tokens
+    row.cost_usd, row.latency_s = completion.cost_usd, round(completion.latency_s, 6)
+    row.retries, row.cache_hit = completion.retries, completion.cache_hit
+    row.take_billing(completion)
+    return row
+
+
+class _Overflow(Exception):
+    """A root call the provider refused as longer than its window."""
+
+    def __init__(self, messages: list[dict], reason: str) -> None:
+        super().__init__(reason)
+        self.reason = f"root model call failed: context_length_exceeded: {reason}"
+        tokens = compaction.conversation_tokens(messages)
+        # The window the provider names, else a guess safely below what it refused.
+        self.window = compaction.window_from_error(reason) or int(tokens * 0.75)
+
+
 class RootLoop:
     def __init__(self, *, spec: RunSpec, query_id: str, system: str, first_user: str,
                  workspace: Workspace, recorder: Recorder, stop: StopSignal,
@@ -47,6 +67,10 @@ class RootLoop:
         self.messages = [{"role": "system", "content": system},
                          {"role": "user", "content": first_user}]
         self.iterations = 0
+        settings = spec.settings
+        self.compaction_on = settings.root_window_tokens != 0
+        self.window = compaction.root_window(settings, spec.model, spec.gateway)
+        self.archive: list[dict] = []    # real turns compacted so far (for `history`)
 
     # ---- the loop ---------------------------------------------------------------
     def run(self) -> Outcome:
@@ -75,7 +99,24 @@ class RootLoop:
             raise _Stop("timeout", "wall-time limit reached")
 
     def _turn(self, messages: list[dict]) -> tuple[str, str]:
-        """One root model call, recorded as a `root` row; limits become _Stop."""
+        """One root model call, recorded as a `root` row; limits become _Stop. The
+        conversation is compacted first when it nears the window, and once more
+        (then the call is retried once) when the provider says it is too long."""
+        self._compact_if_needed(messages)
+        try:
+            return self._root_call(messages)
+        except _Overflow as overflow:
+            # What the provider accepts is the truth: later turns compact against it.
+            self.window = min(w for w in (self.window, overflow.window) if w)
+            if not self._compact(messages, self.window, "the provider refused the "
+                                 "conversation as too long (context_length_exceeded)"):
+                raise _Stop("error", overflow.reason) from None
+        try:
+            return self._root_call(messages)
+        except _Overflow as again:
+            raise _Stop("error", again.reason) from None
+
+    def _root_call(self, messages: list[dict]) -> tuple[str, str]:
         row = CallRow(self.query_id, new_call_id(), self.spec.parent_call_id, self.spec.depth,
                       "root", self.spec.model)
         try:
@@ -86,14 +127,72 @@ class RootLoop:
             row.status, row.retries = "error", exc.retries
             self.recorder.add_call(row)
             reason = redact(str(exc), self.recorder.secrets)
+            if exc.kind == "context_length" and self.compaction_on:
+                raise _Overflow(messages, reason) from None
+            if exc.kind == "context_length":
+                reason = f"context_length_exceeded: {reason}"
             raise _Stop("error", f"root model call failed: {reason}") from None
-        row.prompt_tokens = completion.prompt_tokens
-        row.completion_tokens = completion.completion_tokens
-        row.cost_usd, row.latency_s = completion.cost_usd, round(completion.latency_s, 6)
-        row.retries, row.cache_hit = completion.retries, completion.cache_hit
-        row.take_billing(completion)
-        self.recorder.add_call(row)
+        self.recorder.add_call(_billed(row, completion))
         return row.call_id, completion.text
+
+    # ---- compaction (engine/compaction.py) ------------------------------------------
+    def _compact_if_needed(self, messages: list[dict]) -> None:
+        if self.window is None:
+            return
+        limit = int(self.window * self.spec.settings.compact_fraction)
+        if compaction.conversation_tokens(messages) > limit:
+            self._compact(messages, self.window, "the conversation passed "
+                          f"{self.spec.settings.compact_fraction:.0%} of the {self.window}-token "
+                          "window")
+
+    def _compact(self, messages: list[dict], window: int, why: str) -> bool:
+        """Replace older turns by the root model's own summary, in place; put the
+        full history into the REPL as `history`. False when nothing could be done."""
+        limit = int(window * self.spec.settings.compact_fraction)
+        step = compaction.plan(messages, limit)
+        if step is None:
+            return False
+        before = compaction.conversation_tokens(messages)
+        summary = self._summarise(messages, step, window, limit)
+        if summary is None:
+            return False
+        call_id, text, cut = summary
+        earlier = compaction.compacted_replies(messages)
+        self.archive += step.older[2:] if earlier else step.older
+        history = [*messages[:compaction.PREFIX_MESSAGES], *self.archive, *step.kept]
+        stored = self.workspace.set_variable(compaction.HISTORY_NAME, history)
+        messages[:] = compaction.compacted(messages, step, text)
+        after = compaction.conversation_tokens(messages)
+        shown = " (from a shortened view)" if cut else ""
+        self.recorder.add_step(
+            call_id, self.iterations,
+            f"# context compacted: {why}; replies 1 to {step.replies} summarised{shown}, "
+            f"{before} -> {after} tokens; `{compaction.HISTORY_NAME}` holds {len(history)} "
+            "messages", text, stored, 0.0)
+        return True
+
+    def _summarise(self, messages: list[dict], step: compaction.Plan, window: int,
+                   limit: int) -> tuple[str, str, bool] | None:
+        """The summary call (a `compact` row: costed, not an iteration); a view
+        too long even shortened is tried once more at half the limit."""
+        for attempt_limit in (limit, limit // 2):
+            request, cut = compaction.summary_request(messages, step, window, attempt_limit)
+            row = CallRow(self.query_id, new_call_id(), self.spec.parent_call_id,
+                          self.spec.depth, "compact", self.spec.model)
+            try:
+                completion = self.call_model(request)
+            except BudgetExceeded as exc:
+                raise _Stop("budget_exceeded", str(exc)) from None
+            except LLMError as exc:
+                row.status, row.retries = "error", exc.retries
+                self.recorder.add_call(row)
+                if exc.kind == "context_length":
+                    continue
+                return None
+            self.recorder.add_call(_billed(row, completion))
+            text = redact(completion.text, self.recorder.secrets) or ""
+            return (row.call_id, text, cut) if text.strip() else None
+        return None
 
     def _act(self, call_id: str, reply: str, forced: bool = False) -> str | None:
         """Run the reply's code, then look for its FINAL; returns the answer once

@@ -12,7 +12,9 @@ import threading
 import uuid
 from dataclasses import asdict, dataclass, field
 
-CALL_KINDS = ("root", "sub", "rlm")
+# `compact`: a root-model call that summarised older turns (engine/compaction.py):
+# costed like any call, never one of the model's iterations.
+CALL_KINDS = ("root", "sub", "rlm", "compact")
 STEP_OUTPUT_CHARS = 4000
 REDACTED = "[REDACTED]"
 
@@ -134,6 +136,7 @@ def usage_of(calls: list[dict]) -> dict:
         "root_calls": sum(c["kind"] == "root" for c in model_calls),
         "sub_calls": sum(c["kind"] == "sub" for c in model_calls),
         "rlm_calls": sum(c["kind"] == "rlm" for c in calls),
+        "compact_calls": sum(c["kind"] == "compact" for c in model_calls),
         "input_tokens": sum(c["prompt_tokens"] for c in model_calls),
         "output_tokens": sum(c["completion_tokens"] for c in model_calls),
         "cost_usd": sum(costs) if costs else (None if model_calls else 0.0),

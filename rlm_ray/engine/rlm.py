@@ -25,7 +25,7 @@ class RLM:
                  timeout_s: float | None = None, gateway: GatewayConfig | None = None,
                  sandbox_opts: dict | None = None, settings: EngineSettings | None = None,
                  local: bool = False, allowed_models: list[str] | tuple[str, ...] | None = None,
-                 system_prompt: str | None = None) -> None:
+                 system_prompt: str | None = None, root_window: int | None = None) -> None:
         if not model:
             raise UserError("a model is required (e.g. --model sim)")
         self.model = model
@@ -37,6 +37,13 @@ class RLM:
         self.gateway = replace(gateway, api_base=api_base) if api_base else gateway
         self.sandbox_opts = dict(sandbox_opts or {})
         self.settings = settings or EngineSettings()
+        if root_window is not None:
+            # The root model's input window for compaction; 0 turns compaction off.
+            if isinstance(root_window, bool) or not isinstance(root_window, int) \
+                    or root_window < 0:
+                raise UserError(f"the root window must be a token count >= 0 (0 turns "
+                                f"compaction off), got {root_window!r}")
+            self.settings = replace(self.settings, root_window_tokens=root_window)
         self.local = local
         # `model=` in llm_query & co. may pick these; the sub-model always, never a fallback.
         self.allowed_models = tuple(dict.fromkeys((self.sub_model, *(allowed_models or ()))))

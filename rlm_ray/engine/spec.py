@@ -22,6 +22,10 @@ class EngineSettings:
     sandbox_timeout_s: float = 300.0  # per code block (also bounded by the deadline)
     temperature: float = 0.0          # deterministic calls: the response cache makes reruns free
     reuse_actors: bool = True         # keep RLMActors warm between questions (see ActorPool)
+    # The root model's input window for compaction (engine/compaction.py): None = litellm's
+    # table (unknown model: no compaction before calls), 0 = compaction off.
+    root_window_tokens: int | None = None
+    compact_fraction: float = 0.85    # compact when the conversation passes this share of it
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,8 @@ class Result:
     def summary(self) -> str:
         u = self.usage
         cost = "n/a" if self.cost_usd is None else f"${self.cost_usd:.4f}"
+        compact = f", compact {u['compact_calls']}" if u.get("compact_calls") else ""
         return (f"status={self.status} iterations={self.iterations} calls={u.get('llm_calls', 0)} "
                 f"(root {u.get('root_calls', 0)}, sub {u.get('sub_calls', 0)}, "
-                f"rlm {u.get('rlm_calls', 0)}) tokens={u.get('input_tokens', 0)}+"
+                f"rlm {u.get('rlm_calls', 0)}{compact}) tokens={u.get('input_tokens', 0)}+"
                 f"{u.get('output_tokens', 0)} cost={cost} wall={self.wall_s:.1f}s")

@@ -140,6 +140,17 @@ class Workspace:
                            int(state.get("more_variables") or 0),
                            flagged_empty=ready and content is None)
 
+    def set_variable(self, name: str, value: Any) -> str | None:
+        """Bind a JSON-safe host value in the REPL (kept across worker restarts);
+        returns why it could not be, or None."""
+        from sandbox import SandboxError
+
+        try:
+            self._sandbox.set(name, value)
+        except SandboxError as exc:
+            return f"could not set `{name}` in the REPL: {exc}"
+        return None
+
     def has_variable(self, name: str) -> bool:
         return name in {v.split(" (", 1)[0] for v in self.answer().variables}
 

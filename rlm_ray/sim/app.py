@@ -138,7 +138,7 @@ async def _complete(request: web.Request, sim: Simulator, body: dict, model) -> 
                                "invalid_request_error", "invalid_value")
     boundaries = boundary_tokens(messages)
     n_prompt = boundaries[-1] + REPLY_PRIMING_TOKENS
-    window = sim.config.context_window
+    window = sim.config.window_for(str(model))
     if n_prompt + (max_tokens or 0) > window:
         return responses.error(
             400, f"This model's maximum context length is {window} tokens. However, you "

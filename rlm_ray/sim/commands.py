@@ -52,6 +52,9 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hang-s", type=float, default=30.0, help="how long a 'hang' lasts")
     parser.add_argument("--context-window", type=int, default=128_000,
                         help="tokens; longer requests get 400 context_length_exceeded")
+    parser.add_argument("--model-window", action="append", default=[], metavar="MODEL=TOKENS",
+                        help="the window of one served model (e.g. sim/explorer=32000), over "
+                             "--context-window; repeatable")
     parser.add_argument("--seed", type=int, default=0, help="seed for jitter and fault draws")
     parser.add_argument("--replay", default=None, metavar="FILE",
                         help="serve the recorded conversations of this replay file as the "
@@ -74,7 +77,19 @@ def knobs_from_args(args: argparse.Namespace) -> dict:
             "jitter": args.jitter, "rpm": args.rpm, "tpm": args.tpm, "window_s": args.window_s,
             "fail_rate": args.fail_rate, "faults": faults, "fail_first_n": args.fail_first_n,
             "hang_s": args.hang_s, "context_window": args.context_window, "seed": args.seed,
-            "bill_like": _bill_like(args.bill_like), "cache_replicas": args.cache_replicas}
+            "bill_like": _bill_like(args.bill_like), "cache_replicas": args.cache_replicas,
+            "model_windows": _model_windows(args.model_window)}
+
+
+def _model_windows(items: list[str]) -> dict[str, int]:
+    windows = {}
+    for item in items:
+        model, sep, tokens = item.partition("=")
+        if not (model and sep and tokens.strip().isdigit()):
+            raise UserError(f"--model-window takes MODEL=TOKENS (e.g. sim/explorer=32000), "
+                            f"got {item!r}")
+        windows[model] = int(tokens)
+    return windows
 
 
 def _bill_like(items: list[str]) -> dict[str, str]:
@@ -105,6 +120,9 @@ def serve_command(args: argparse.Namespace) -> int:
     if replay is not None:
         print(f"replaying {len(replay.recordings)} recorded conversation(s) from {args.replay} "
               "as sim/replay", flush=True)
+    windows = ", ".join(f"{m}={w}" for m, w in server.config.model_windows)
+    print(f"input windows: {windows + ', ' if windows else ''}others "
+          f"{server.config.context_window} tokens", flush=True)
     try:
         while not stopping.wait(0.5):  # wake periodically so signals are handled promptly
             pass

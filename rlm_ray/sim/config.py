@@ -22,6 +22,9 @@ class SimConfig:
     fail_first_n: int = 0            # the first N admitted requests fault, cycling `faults`
     hang_s: float = 30.0             # how long a "hang" holds the connection
     context_window: int = 128_000    # prompt + max_tokens above this -> 400
+    # served model -> its own window (wins over context_window): one server can stand in
+    # for a 32k model and a 128k one at once
+    model_windows: tuple[tuple[str, int], ...] = ()
     seed: int = 0
     # served model -> the price entry it bills like ("gpt-5-mini": automatic prefix
     # caching; "claude-...": breakpoint caching); see sim/caching.py. Unlisted: no caching.
@@ -32,6 +35,13 @@ class SimConfig:
         object.__setattr__(self, "faults", tuple(str(f) for f in self.faults))
         pairs = self.bill_like.items() if isinstance(self.bill_like, dict) else self.bill_like
         object.__setattr__(self, "bill_like", tuple((str(k), str(v)) for k, v in pairs))
+        windows = (self.model_windows.items() if isinstance(self.model_windows, dict)
+                   else self.model_windows)
+        object.__setattr__(self, "model_windows", tuple((str(k), v) for k, v in windows))
+        for model, window in self.model_windows:
+            if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+                raise UserError(f"simulator window for {model!r} must be a token count >= 1, "
+                                f"got {window!r}")
         if self.cache_replicas < 1:
             raise UserError(f"simulator cache_replicas must be >= 1, got {self.cache_replicas}")
         unknown = sorted(set(self.faults) - set(FAULT_KINDS))
@@ -56,6 +66,10 @@ class SimConfig:
             raise UserError(f"simulator window_s must be > 0, got {self.window_s}")
         if self.context_window < 1:
             raise UserError(f"simulator context_window must be >= 1, got {self.context_window}")
+
+    def window_for(self, model: str) -> int:
+        """The input window the simulator enforces for `model`."""
+        return dict(self.model_windows).get(model, self.context_window)
 
     def billed_like(self, model: str) -> str | None:
         return dict(self.bill_like).get(model)

@@ -9,6 +9,9 @@
   `REPL output (iteration K):` messages to decide its next step (see
   policy_core: stage markers, fallbacks after `Error:`, a hard turn cap).
   As a SUB-MODEL (no system message) it answers by the rules in policy_sub.
+- Both answer the engine's compaction request (`Summary required:`) with a
+  summary in prose (policy_summary); `sim/explorer` (policy_explore) is the
+  long, slow reader that makes compaction happen.
 - `sim/gullible` is a root that fell for a prompt injection: it reads the
   documents, and runs any `run <code>` line it finds in them as REPL code.
   It exists so the engine's tests can show the sandbox containing it.
@@ -24,6 +27,7 @@ from rlm_ray.sim.policy_core import (FAMILIES, Conversation, find_family, regist
                                      run_family)
 from rlm_ray.sim.policy_record_families import GENERIC
 from rlm_ray.sim.policy_sub import answer_sub
+from rlm_ray.sim.policy_summary import is_summary_request, summarise
 from rlm_ray.sim.registry import last_user_text, register_policy
 
 # The catch-all must stay last: first match wins.
@@ -35,6 +39,8 @@ def rlm_policy(messages: list[dict]) -> str:
     conv = Conversation.parse(messages)
     if not conv.is_root:
         return answer_sub(last_user_text(messages))
+    if is_summary_request(messages):   # the engine compacts the conversation
+        return summarise(messages)
     family, match = find_family(conv.question, FAMILIES)
     return run_family(family, match, conv)
 
@@ -67,6 +73,8 @@ def gullible(messages: list[dict]) -> str:
     conv = Conversation.parse(messages)
     if not conv.is_root:
         return answer_sub(last_user_text(messages))
+    if is_summary_request(messages):
+        return summarise(messages)
     if conv.forced_final:
         return "FINAL(I followed the instructions in the documents.)"
     if not conv.outputs:

@@ -33,6 +33,11 @@ _OUTPUT_HEAD = re.compile(r"^REPL output \(iteration (\d+)\):")
 _STEP_DONE = re.compile(rf"^{STEP_MARKER} (\d+)\s*$", re.MULTILINE)
 _SO_FAR = re.compile(rf"^{SO_FAR} (.*)$", re.MULTILINE)
 _ERROR_LINE = re.compile(r"^Error:", re.MULTILINE)
+# After the engine compacted the conversation, the policy's own summary (policy_summary)
+# stands for the older turns: how many replies, which steps of the plan, the partial answer.
+_SUMMARY = re.compile(r"^Summary of my work so far \(replies 1 to (\d+)\):")
+_SUMMARY_STEPS = re.compile(r"^Steps of my plan completed: 1 to (\d+)\.", re.MULTILINE)
+_SUMMARY_SO_FAR = re.compile(r"^Partial answer so far: (.*)$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,9 @@ class Conversation:
     outputs: tuple[ReplOutput, ...]
     forced_final: bool       # the engine asked for FINAL(...) in plain text
     last_user: str
+    compacted_replies: int = 0     # replies an engine compaction folded into a summary
+    summary_steps: int = 0         # stages that summary says were completed
+    summary_answer: str | None = None
 
     @classmethod
     def parse(cls, messages: list[dict]) -> "Conversation":
@@ -68,12 +76,27 @@ class Conversation:
             if head:
                 outputs.append(ReplOutput(int(head.group(1)), text))
         last = users[-1] if users else ""
+        replies, steps, partial = 0, 0, None
+        for message in messages:
+            text = text_of(message.get("content"))
+            head = _SUMMARY.match(text) if message.get("role") == "assistant" else None
+            if head:
+                replies = int(head.group(1))
+                steps = max((int(k) for k in _SUMMARY_STEPS.findall(text)), default=0)
+                so_far = _SUMMARY_SO_FAR.findall(text)
+                partial = so_far[-1].strip() if so_far else None
         return cls(is_root=is_root, question=question, outputs=tuple(outputs),
                    forced_final=len(users) > 1 and last.startswith("Final answer required"),
-                   last_user=last)
+                   last_user=last, compacted_replies=replies, summary_steps=steps,
+                   summary_answer=partial)
+
+    @property
+    def turns(self) -> int:
+        """REPL outputs of the whole run, those folded into a summary included."""
+        return self.compacted_replies + len(self.outputs)
 
     def stages_done(self) -> int:
-        return max((k for o in self.outputs for k in o.steps_done), default=0)
+        return max((k for o in self.outputs for k in o.steps_done), default=self.summary_steps)
 
     def failed_attempts(self) -> int:
         """Outputs since the last one that completed a stage: failed tries of the next stage."""
@@ -90,7 +113,7 @@ class Conversation:
             found = _SO_FAR.findall(output.text)
             if found:
                 return found[-1].strip()
-        return None
+        return self.summary_answer
 
     def last_output(self) -> str:
         return self.outputs[-1].text if self.outputs else ""
@@ -192,7 +215,7 @@ def run_family(family: Family, match: re.Match, conv: Conversation) -> str:
     if conv.forced_final:
         return give_up(conv, "the engine asked for a final answer")
     done, failures = conv.stages_done(), conv.failed_attempts()
-    if len(conv.outputs) >= MAX_TURNS:
+    if conv.turns >= MAX_TURNS:
         return give_up(conv, f"{MAX_TURNS} turns used")
     if failures >= MAX_ATTEMPTS:
         return give_up(conv, f"step {done + 1} failed {failures} times")

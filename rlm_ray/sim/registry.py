@@ -24,7 +24,8 @@ class PolicyRefusal(Exception):
 
 # Modules that register policies when imported. `policies` belongs to the RLM
 # engine owner and may not exist yet; the built-ins always do.
-_POLICY_MODULES = ("rlm_ray.sim.basic_policies", "rlm_ray.sim.policies")
+_POLICY_MODULES = ("rlm_ray.sim.basic_policies", "rlm_ray.sim.policies",
+                   "rlm_ray.sim.policy_explore")
 _OPTIONAL_POLICY_MODULES = frozenset({"rlm_ray.sim.policies"})
 
 

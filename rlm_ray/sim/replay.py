@@ -9,7 +9,10 @@ scaffold. The simulator answers the model name `sim/replay` from it:
   whole), equal to the recorded question up to surrounding whitespace.
   The reply is the recording's root reply number N, N = the assistant messages
   already in the conversation (stateless, so retries, resumes and parallel
-  questions replay correctly).
+  questions replay correctly); after a compaction, the replies the engine's note
+  says its summary stands for, plus the assistant messages after that note. The
+  engine's compaction request (`Summary required:`) is answered with a summary
+  of the conversation (policy_summary) and consumes no recorded reply.
 - a SUB call (no system message) is answered by rule, in this order: a
   recorded sub-call whose `prompt` equals the prompt; the first
   `prompt_contains` rule whose text occurs in it; the recording's `sub_default`
@@ -36,14 +39,18 @@ File format (`format: "rlm-ray-replay/1"`):
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlm_ray.errors import UserError
+from rlm_ray.sim.policy_summary import is_summary_request, summarise
 from rlm_ray.sim.registry import PolicyRefusal, last_user_text, question_in, text_of
 
 REPLAY_MODEL = "sim/replay"
 FORMAT = "rlm-ray-replay/1"
+# The engine's note after a compaction: its summary stands for replies 1..N.
+_COMPACTED = re.compile(r"^Context compacted: your replies 1 to (\d+)\b")
 
 
 @dataclass(frozen=True)
@@ -126,7 +133,11 @@ class Replay:
             raise PolicyRefusal("replay: a root call without a user message")
         first = text_of(messages[users[0]].get("content"))
         recording = self._match_question(first)
-        turn = sum(1 for m in messages[users[0]:] if m.get("role") == "assistant")
+        if is_summary_request(messages):
+            # A compaction is the engine's, not the recorded model's: answer it with a
+            # summary of what the conversation shows and leave the recording where it is.
+            return summarise(messages)
+        turn = replies_so_far(messages[users[0]:])
         if turn >= len(recording.root_replies):
             raise PolicyRefusal(
                 f"replay: the recording of {recording.question[:80]!r} has "
@@ -161,6 +172,18 @@ class Replay:
             return defaults[0].sub_default
         raise PolicyRefusal(f"replay: no recorded sub-call reply matches the prompt "
                             f"{prompt[:120]!r} in {self.source}")
+
+
+def replies_so_far(messages: list[dict]) -> int:
+    """Replies the model has written in this run: the assistant messages, where a
+    compaction's summary + note stand for the N replies the note names."""
+    for index, message in enumerate(messages):
+        if message.get("role") == "user":
+            found = _COMPACTED.match(text_of(message.get("content")))
+            if found:
+                return int(found.group(1)) + sum(1 for m in messages[index:]
+                                                 if m.get("role") == "assistant")
+    return sum(1 for m in messages if m.get("role") == "assistant")
 
 
 def load_replay(replay: str | Path | Replay | dict | None) -> Replay | None:

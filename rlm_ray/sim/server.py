@@ -146,21 +146,47 @@ def resolve_model(model: str, api_base: str | None, bill_like: str | None = None
     `sim` / `sim/<policy>` start an in-process simulator unless `api_base`
     already points at one; `sim/replay:FILE` starts one serving that replay file
     (with `api_base`, the server there must have been started with `--replay`);
-    any other model string passes through unchanged. `bill_like`: the litellm
+    any other model string passes through unchanged. `sim/<policy>@TOKENS` (or
+    `sim@TOKENS`): the in-process server enforces that input window for the policy.
+    `bill_like`: the litellm
     price entry an in-process simulator reports prompt caching like (the one
     `--price-like` names for this model), so its usage matches the prices.
     """
-    if model != "sim" and not model.startswith("sim/"):
+    if model != "sim" and not model.startswith("sim/") and not model.startswith("sim@"):
         return model, api_base, None
     if model == REPLAY_MODEL or model.startswith(REPLAY_MODEL + ":"):
         return _resolve_replay(model, api_base)
-    policy = DEFAULT_POLICY if model == "sim" else model
+    name, window = _split_window(model)
+    policy = DEFAULT_POLICY if name == "sim" else name
     if policy not in load_policies():
         raise UserError(f"unknown simulator policy {policy!r} (known: {', '.join(sorted(POLICIES))})")
     if api_base:
+        if window is not None:
+            raise UserError(f"{model}: @TOKENS sets the window of an in-process simulator; for "
+                            f"the one at {api_base} start it with --model-window {policy}=TOKENS")
         return f"openai/{policy}", api_base, None
-    server = SimServer(bill_like={policy: bill_like} if bill_like else ()).start()
+    server = SimServer(bill_like={policy: bill_like} if bill_like else (),
+                       model_windows={policy: window} if window else ()).start()
     return f"openai/{policy}", server.base_url, server
+
+
+def _split_window(model: str) -> tuple[str, int | None]:
+    """`sim/<policy>@TOKENS` -> (policy, TOKENS): the window the server enforces for it."""
+    name, sep, tokens = model.partition("@")
+    if not sep:
+        return model, None
+    if not tokens.isdigit() or int(tokens) < 1:
+        raise UserError(f"{model}: the window after @ must be a token count, e.g. "
+                        f"{name}@32000")
+    return name, int(tokens)
+
+
+def served_windows(server: SimServer | None, model: str) -> dict[str, int] | None:
+    """{litellm model: window} that an in-process simulator enforces for `model`: the
+    fact litellm's table gives for a real model, so compaction can work from it."""
+    if server is None or not model.startswith("openai/"):
+        return None
+    return {model: server.config.window_for(model[len("openai/"):])}
 
 
 def _resolve_replay(model: str, api_base: str | None) -> tuple[str, str | None, SimServer | None]:
