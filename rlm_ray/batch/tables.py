@@ -38,6 +38,9 @@ ANSWERS = pa.schema([
     # Prompt caching: input tokens billed as cache reads / writes, dollars it saved.
     ("cached_tokens", pa.int64()), ("cache_write_tokens", pa.int64()),
     ("cache_saved_usd", pa.float64()),
+    # Counted attempts (driver-side errors, timeouts) and host deaths the question
+    # was in flight at (retried without counting an attempt; see batch/runner.py).
+    ("attempts", pa.int64()), ("host_losses", pa.int64()),
 ])
 CALLS = pa.schema([
     ("query_id", pa.string()), ("call_id", pa.string()), ("parent_call_id", pa.string()),
