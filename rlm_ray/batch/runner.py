@@ -152,7 +152,8 @@ class _Batch:
         self.model = rlm.get("model")
         self.opts = opts
         self.tally = tally
-        self.writer = TableWriter(out_uri, opts.flush_every, opts.flush_s)
+        self.writer = TableWriter(out_uri, opts.flush_every, opts.flush_s,
+                                  generation=lease.generation)
         self.hosts = hosts
         self.lease = lease
         self.in_flight: dict[Any, _InFlight] = {}
@@ -352,7 +353,7 @@ def _run_leased(corpus_uri, corpus, query_file, out_uri, rlm, concurrency, retry
             "lease": {"holder": lease.record.holder, "run_id": lease.record.run_id,
                       "generation": lease.record.generation} if lease.record else None,
             "started_at": rows.utc_now().isoformat(), "status": "running", **opts.extra_info}
-    write_run_info(out_uri, info)
+    write_run_info(out_uri, info, lease)
     tally = Tally(total=total, skipped=total - len(todo))
     from rlm_ray.batch.plan import estimate
 
@@ -390,7 +391,7 @@ def _run_leased(corpus_uri, corpus, query_file, out_uri, rlm, concurrency, retry
                 statuses=dict(final_statuses), cost_usd_this_run=tally.cost_usd,
                 budget_stopped=summary.budget_stopped,
                 answered_by_node=summary.answered_by_node, cost=summary.cost)
-    write_run_info(out_uri, info)  # the manifest is written last
+    write_run_info(out_uri, info, lease)  # the manifest is written last
     if interrupted:
         raise KeyboardInterrupt
     return summary
@@ -415,10 +416,11 @@ def _cap_refused(rlm: dict) -> bool:
     return cap is not None and cap.snapshot().get("refusals", 0) > 0
 
 
-def record_empty_run(out_uri: str, corpus_uri: str, extra_info: dict) -> Summary:
+def record_empty_run(out_uri: str, corpus_uri: str, extra_info: dict,
+                     lease: Lease | None = None) -> Summary:
     """A run with nothing to do still leaves its manifest (a pipeline date is then complete)."""
     now = rows.utc_now().isoformat()
     write_run_info(out_uri, {"corpus_uri": corpus_uri, "out": out_uri, "questions_total": 0,
                              "answered": 0, "status": "finished", "started_at": now,
-                             "finished_at": now, "statuses": {}, **extra_info})
+                             "finished_at": now, "statuses": {}, **extra_info}, lease)
     return Summary(out_uri, 0, 0, 0, Counter(), 0, 0, 0.0, 0.0, None)
