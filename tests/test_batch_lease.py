@@ -190,10 +190,12 @@ def test_a_stalled_holders_late_writes_are_fenced_off(folder, tmp_path):
     from rlm_ray.batch.tables import FinishedQuestion, TableWriter, read_run
 
     go = tmp_path / "go"
-    stalled = subprocess.Popen([sys.executable, "-c", _STALLED, folder, "3", str(go)],
+    stalled = subprocess.Popen([sys.executable, "-c", _STALLED, folder, "8", str(go)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        old_generation = int(stalled.stdout.readline())
+        line = stalled.stdout.readline()
+        assert line.strip(), stalled.communicate(timeout=30)[1][-3000:]
+        old_generation = int(line)
         stalled.send_signal(signal.SIGSTOP)
         taker = Lease(folder, ttl_s=30).acquire(wait_s=60)   # alive but stopped: the ttl rule
         assert taker.record.generation == old_generation + 1
