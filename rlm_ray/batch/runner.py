@@ -6,10 +6,10 @@ for why a crash loses at most the in-flight ones), and survives what a long
 batch meets: a host or its node dying (see "Host loss" below), a question
 failing driver-side (retried on a fresh REPL up to `max_attempts`, then a
 dead-letter `error` row), a question hanging past its wall limit (its host is
-retired), SIGTERM/Ctrl-C (flush, then exit). A run holds a lease on its results folder (lease.py), so
-two drivers never answer the same folder's questions twice. A rerun of the
-same command skips finished query ids; the gateway's response cache (default
-`RESULTS/cache/`) makes replayed model calls free.
+retired), SIGTERM/Ctrl-C (flush, then exit). A run holds a lease on its results
+folder (lease.py), so two drivers never answer the same folder's questions
+twice. A rerun of the same command skips finished query ids; the gateway's
+response cache (default `RESULTS/cache/`) makes replayed model calls free.
 
 Host loss. A host carries up to HOST_QUESTIONS questions, so its death says
 little about any one of them: every question in flight on it is retried
@@ -177,7 +177,7 @@ class _Batch:
         return None
 
     def _launch(self) -> None:
-        while len(self.in_flight) < self.opts.concurrency:
+        while (self.queue or self.suspects) and len(self.in_flight) < self.opts.concurrency:
             if self.opts.budget_usd is not None and (self.tally.cost_usd >= self.opts.budget_usd
                                                      or _cap_refused(self.rlm)):
                 self.budget_stopped = True
