@@ -382,3 +382,33 @@ def test_a_second_pipeline_fire_of_a_running_date_refuses(tmp_path):
         assert not (tmp_path / "corpus").exists()         # refused before ingest
     finally:
         first_fire.release()
+
+
+def test_run_json_writers_racing_leave_the_highest_generations(folder):
+    """Compare-and-swap on the stored generation (S3 If-Match on the ETag read,
+    flock locally): however the writes interleave, a lower generation never
+    replaces a higher one's file, and each writer learns whether it won."""
+    import json
+
+    from rlm_ray.batch import conditional
+
+    uri = storage.join(folder, "run.json")
+    lock = storage.join(folder, "_lease", "write.lock")
+    outcomes: dict[int, list[bool]] = {}
+    barrier = threading.Barrier(6)
+
+    def write(generation: int) -> None:
+        barrier.wait()
+        body = json.dumps({"lease_generation": generation}).encode()
+        outcomes[generation] = [conditional.write_unless_newer(uri, body, generation, lock)
+                                for _ in range(4)]
+
+    threads = [threading.Thread(target=write, args=(g,)) for g in range(1, 7)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert json.loads(storage.read_bytes(uri))["lease_generation"] == 6
+    assert all(outcomes[6])                        # the newest never loses
+    for generation, results in outcomes.items():   # once refused, refused for good
+        assert results == sorted(results, reverse=True), (generation, results)
