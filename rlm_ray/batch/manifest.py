@@ -29,8 +29,13 @@ def redact(config: Any) -> Any:
     return str(config)
 
 
-def write_run_info(out_uri: str, info: dict) -> None:
+def write_run_info(out_uri: str, info: dict, lease: Any = None) -> None:
+    """With the folder's `lease` (batch/lease.py) the write is fenced: it carries
+    the lease generation and never replaces a newer generation's run.json."""
     info = redact(dict(info, rlm_ray_version=rlm_ray.__version__))
+    if lease is not None:
+        lease.write_fenced(storage.join(out_uri, RUN_FILE), info)
+        return
     data = json.dumps(info, indent=2, sort_keys=True, default=str).encode()
     storage.write_bytes_atomic(storage.join(out_uri, RUN_FILE), data)
 

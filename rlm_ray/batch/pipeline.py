@@ -265,7 +265,7 @@ def _run_date(spec: PipelineSpec, run_date: str, partition: str, progress: bool,
         else:
             from rlm_ray.batch.runner import record_empty_run
 
-            summary = record_empty_run(partition, spec.corpus, extra)
+            summary = record_empty_run(partition, spec.corpus, extra, lease)
     finally:
         if server is not None:
             server.stop()

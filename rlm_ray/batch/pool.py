@@ -10,6 +10,12 @@ always starts on a clean REPL. A host that dies (its process or its node)
 fails only its own in-flight questions (the runner retries them elsewhere) and
 is replaced; a host with a stuck question is retired: it takes no new work and
 is killed once its other questions are done.
+
+Dedicated hosts run one suspect question at a time (a question that was in
+flight at two host deaths, see runner.py) and nothing else, so a third death
+there is its own. At most DEDICATED_HOSTS exist at once; one that survives its
+question runs the next suspect (each question gets a fresh sandbox anyway),
+so many suspects cost a few actor start-ups, not one each.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from typing import Any
 from rlm_ray.batch.queries import Query
 
 HOST_QUESTIONS = 128   # questions per host before the pool adds another host
+DEDICATED_HOSTS = 2    # hosts running one suspect each, at most, at any time
 
 
 @dataclass(eq=False)
@@ -30,6 +37,7 @@ class Host:
     warmed: bool = False
     answered: int = 0
     node_id: str | None = None
+    dedicated: bool = False     # runs one suspect question at a time, nothing else
     trees: dict = field(default_factory=dict)   # ref -> TreeBudget of a question in flight
 
 
@@ -67,10 +75,15 @@ def default_host_count(concurrency: int) -> int:
 
 
 class HostPool:
-    def __init__(self, hosts: int | None = None, concurrency: int = 8) -> None:
+    def __init__(self, hosts: int | None = None, concurrency: int = 8,
+                 actor_env: dict[str, str] | None = None) -> None:
+        """`actor_env`: extra environment variables of every host process
+        (tests use it to arm the engine's fault injection, engine/actor.py)."""
         from rlm_ray._ray import ensure_ray
 
         ensure_ray()
+        self.actor_env = dict(actor_env or {})
+        self._dedicated: list[Host] = []
         self.size = hosts or default_host_count(concurrency)
         # Round-robin over the alive nodes, pinned (SPREAD alone, or a soft
         # affinity, was seen to put every host on one node); a host whose node
@@ -80,14 +93,16 @@ class HostPool:
                                    for i in range(self.size)]
         self.answered_by_node: dict[str, int] = {}
 
-    @staticmethod
-    def _new_host(node_id: str | None = None) -> Host:
+    def _new_host(self, node_id: str | None = None) -> Host:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         from rlm_ray.engine.actor import RLMActor
 
         strategy = (NodeAffinitySchedulingStrategy(node_id, soft=False) if node_id else "SPREAD")
-        return Host(RLMActor.options(num_cpus=0, scheduling_strategy=strategy).remote())
+        options: dict[str, Any] = {"num_cpus": 0, "scheduling_strategy": strategy}
+        if self.actor_env:
+            options["runtime_env"] = {"env_vars": self.actor_env}
+        return Host(RLMActor.options(**options).remote())
 
     def warm(self, corpus: Any = None, rlm: dict | None = None) -> None:
         """Every host pays its start-up (process, imports, DuckDB, a first
@@ -117,6 +132,16 @@ class HostPool:
     def pick(self) -> Host:
         """The least loaded host still taking work."""
         return min((h for h in self._hosts if not h.retired), key=lambda h: h.load)
+
+    def dedicated_host(self) -> Host | None:
+        """An idle dedicated host (started if fewer than DEDICATED_HOSTS exist), or
+        None while every one is busy."""
+        idle = next((h for h in self._dedicated if h.load == 0 and not h.retired), None)
+        if idle is None and len(self._dedicated) < DEDICATED_HOSTS:
+            idle = self._new_host()
+            idle.dedicated = True
+            self._dedicated.append(idle)
+        return idle
 
     def submit(self, host: Host, corpus: Any, query: Query, settings: dict) -> Any:
         """Start one question; its tree budget (and so its deadline) opens now,
@@ -152,7 +177,8 @@ class HostPool:
         self._close(host, ref)
         if (host_lost or stuck) and not host.retired:
             host.retired = True
-            self._hosts.append(self._new_host())
+            if not host.dedicated:   # dedicated hosts are started on demand
+                self._hosts.append(self._new_host())
         if host_lost:
             self._kill(host)
         else:
@@ -172,8 +198,9 @@ class HostPool:
     def _kill(self, host: Host) -> None:
         import ray
 
-        if host in self._hosts:
-            self._hosts.remove(host)
+        for hosts in (self._hosts, self._dedicated):
+            if host in hosts:
+                hosts.remove(host)
         for tree in host.trees.values():
             tree.close()
         host.trees.clear()
@@ -195,7 +222,7 @@ class HostPool:
         """Host process ids (for memory figures); dead hosts are skipped."""
         import ray
 
-        refs = [h.actor.pid.remote() for h in self._hosts]
+        refs = [h.actor.pid.remote() for h in self._hosts + self._dedicated]
         pids = []
         for ref in refs:
             try:
@@ -226,6 +253,6 @@ class HostPool:
         return first[:500]
 
     def shutdown(self) -> None:
-        for host in list(self._hosts):
+        for host in self._hosts + self._dedicated:
             self._kill(host)
-        self._hosts = []
+        self._hosts, self._dedicated = [], []

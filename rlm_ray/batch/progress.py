@@ -127,6 +127,9 @@ def summary_rows(summary) -> list[tuple[str, str]]:
                  ("exact match", f"{acc.exact}/{acc.scored} ({acc.exact_rate:.1%})"),
                  ("normalised match", f"{acc.normalized}/{acc.scored} "
                                       f"({acc.normalized_rate:.1%})")]
+    if getattr(summary, "host_loss_retries", 0):
+        rows.append(("retried after a host died (no attempt counted)",
+                     f"{summary.host_loss_retries} ({summary.isolated} run alone)"))
     rows.append(("results", summary.out_uri))
     return rows
 

@@ -37,7 +37,7 @@ def _scored(answer: dict, query: Query) -> dict:
 
 
 def from_result(query: Query, result: Any, started_at: dt.datetime,
-                model: str | None) -> FinishedQuestion:
+                model: str | None, *, attempts: int = 1, host_losses: int = 0) -> FinishedQuestion:
     """Rows for a question the engine finished (with any terminal status)."""
     usage = _get(result, "usage") or {}
     calls = [dict(c, query_id=query.query_id) for c in (_get(result, "calls") or [])]
@@ -66,6 +66,7 @@ def from_result(query: Query, result: Any, started_at: dt.datetime,
         "model": _get(result, "model") or model,
         "started_at": started_at,
         "finished_at": utc_now(),
+        "attempts": attempts, "host_losses": host_losses,
     }
     # Keep only schema columns so an engine adding fields never breaks a write.
     calls = [{f.name: c.get(f.name) for f in CALLS} for c in calls]
@@ -74,7 +75,8 @@ def from_result(query: Query, result: Any, started_at: dt.datetime,
 
 
 def dead_letter(query: Query, error: str, started_at: dt.datetime, model: str | None,
-                status: str = "error") -> FinishedQuestion:
+                status: str = "error", *, attempts: int = 1,
+                host_losses: int = 0) -> FinishedQuestion:
     """The row of a question that kept failing: recorded, never a dead job."""
     finished = utc_now()
     answer = {
@@ -83,5 +85,6 @@ def dead_letter(query: Query, error: str, started_at: dt.datetime, model: str | 
         "llm_calls": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0,
         "wall_s": (finished - started_at).total_seconds(), "model": model,
         "started_at": started_at, "finished_at": finished,
+        "attempts": attempts, "host_losses": host_losses,
     }
     return FinishedQuestion(_scored(answer, query))

@@ -4,13 +4,22 @@ context, see queries.py), through a few RLM host actors.
 The driver keeps `concurrency` questions in flight (many per host actor, see
 pool.py), writes each finished question into the result tables (see tables.py
 for why a crash loses at most the in-flight ones), and survives what a long
-batch meets: a host or its node dying (its questions are retried on a fresh
-REPL on another host, up to `max_attempts`, then a dead-letter `error` row), a
-question hanging past its wall limit (its host is retired), SIGTERM/Ctrl-C
-(flush, then exit). A run holds a lease on its results folder (lease.py), so
-two drivers never answer the same folder's questions twice. A rerun of the
-same command skips finished query ids; the gateway's response cache (default
-`RESULTS/cache/`) makes replayed model calls free.
+batch meets: a host or its node dying (see "Host loss" below), a question
+failing driver-side (retried on a fresh REPL up to `max_attempts`, then a
+dead-letter `error` row), a question hanging past its wall limit (its host is
+retired), SIGTERM/Ctrl-C (flush, then exit). A run holds a lease on its results
+folder (lease.py), so two drivers never answer the same folder's questions
+twice. A rerun of the same command skips finished query ids; the gateway's
+response cache (default `RESULTS/cache/`) makes replayed model calls free.
+
+Host loss. A host carries up to HOST_QUESTIONS questions, so its death says
+little about any one of them: every question in flight on it is retried
+without counting an attempt (its finished model calls were cached before they
+returned, so the retry replays them for free; only a call cut off by the death
+is sent again). A question in flight at SUSPECT_AFTER_LOSSES host deaths is a
+suspect: it runs alone on a dedicated host (pool.py), and if that host dies too
+it is dead-lettered alone. So a host-killing question costs its neighbours at
+most two retries and no attempt, and no question can loop forever.
 """
 from __future__ import annotations
 
@@ -37,6 +46,7 @@ from rlm_ray.text_context import DEFAULT_MAX_CONTEXT_BYTES
 log = logging.getLogger(__name__)
 
 TERMINAL_OK = "ok"
+SUSPECT_AFTER_LOSSES = 2   # host deaths a question was in flight at before it runs alone
 
 
 @dataclass
@@ -55,6 +65,8 @@ class Summary:
     budget_stopped: bool = False
     plan: dict | None = None     # dry runs only
     retried_after_failure: int = 0
+    host_loss_retries: int = 0   # retries of questions whose host died (no attempt counted)
+    isolated: int = 0            # suspects run alone on a dedicated host
     peak_in_flight: int = 0      # most questions running at once
     answered_by_node: dict = field(default_factory=dict)   # Ray node id -> questions answered
     cost: dict = field(default_factory=dict)   # cached share, $ saved, dry-run estimate (batch/plan.py)
@@ -65,12 +77,25 @@ class Summary:
 
 
 @dataclass
-class _InFlight:
+class _Job:
+    """A question waiting or running, with what its failures so far cost it."""
+
     query: Query
+    attempt: int = 1           # counted attempts: driver-side errors and timeouts
+    host_losses: int = 0       # host deaths it was in flight at (never counted as attempts)
+    isolated: bool = False     # a suspect: runs alone on a dedicated host
+
+
+@dataclass
+class _InFlight:
+    job: _Job
     host: Any
-    attempt: int
     started_at: dt.datetime
     deadline: float | None
+
+    @property
+    def query(self) -> Query:
+        return self.job.query
 
 
 @dataclass
@@ -124,33 +149,52 @@ class _Batch:
 
         self.corpus = ray.put(corpus)   # one copy in the object store, not one per question
         hosts.warm(self.corpus, rlm)    # start-up paid once, before the first wave
-        self.queue: deque[tuple[Query, int]] = deque((q, 1) for q in todo)
+        self.queue: deque[_Job] = deque(_Job(q) for q in todo)
+        self.suspects: deque[_Job] = deque()   # wait for a free dedicated host
         self.rlm = rlm
         self.model = rlm.get("model")
         self.opts = opts
         self.tally = tally
-        self.writer = TableWriter(out_uri, opts.flush_every, opts.flush_s)
+        self.writer = TableWriter(out_uri, opts.flush_every, opts.flush_s,
+                                  generation=lease.generation)
         self.hosts = hosts
         self.lease = lease
         self.in_flight: dict[Any, _InFlight] = {}
         self.budget_stopped = False
         self.retried = 0
+        self.host_loss_retries = 0
+        self.isolated = 0
         self.peak_in_flight = 0
 
+    def pending(self) -> bool:
+        return bool(self.queue or self.suspects or self.in_flight)
+
+    def _next(self) -> tuple[_Job, Any] | None:
+        """The next job and its host: a suspect when a dedicated host is free, else the queue."""
+        if self.suspects:
+            host = self.hosts.dedicated_host()
+            if host is not None:
+                return self.suspects.popleft(), host
+        if self.queue:
+            return self.queue.popleft(), self.hosts.pick()
+        return None
+
     def _launch(self) -> None:
-        while self.queue and len(self.in_flight) < self.opts.concurrency:
+        while (self.queue or self.suspects) and len(self.in_flight) < self.opts.concurrency:
             if self.opts.budget_usd is not None and (self.tally.cost_usd >= self.opts.budget_usd
                                                      or _cap_refused(self.rlm)):
                 self.budget_stopped = True
                 return
-            query, attempt = self.queue.popleft()
-            spec = {**self.rlm, **query.options}
-            host = self.hosts.pick()
+            picked = self._next()
+            if picked is None:
+                break
+            job, host = picked
+            spec = {**self.rlm, **job.query.options}
             # A row's own text goes as a small reference (or its inline text), read on the host.
+            query = job.query
             context = self.corpus if query.text_context is None else query.text_context
             ref = self.hosts.submit(host, context, query, spec)
-            self.in_flight[ref] = _InFlight(query, host, attempt, rows.utc_now(),
-                                            _hard_deadline(spec))
+            self.in_flight[ref] = _InFlight(job, host, rows.utc_now(), _hard_deadline(spec))
         self.peak_in_flight = max(self.peak_in_flight, len(self.in_flight))
 
     def _finish(self, finished: FinishedQuestion) -> None:
@@ -162,17 +206,41 @@ class _Batch:
         self.lease.ensure_held()   # never write after another driver may have taken over
         self.writer.maybe_flush()
 
-    def _failed(self, job: _InFlight, error: str, status: str = "error") -> None:
-        """The question's host died or the call broke: retry on a fresh REPL (another
-        host when this one is gone), or dead-letter."""
+    def _failed(self, running: _InFlight, error: str, status: str = "error") -> None:
+        """The call broke or hung: retry on a fresh REPL, or dead-letter."""
+        job = running.job
         if job.attempt < self.opts.max_attempts:
             self.retried += 1
             log.warning("query %s attempt %d failed (%s); retrying", job.query.query_id,
                         job.attempt, error)
-            self.queue.appendleft((job.query, job.attempt + 1))
+            job.attempt += 1
+            (self.suspects if job.isolated else self.queue).appendleft(job)
         else:
-            self._finish(rows.dead_letter(job.query, f"after {job.attempt} attempts: {error}",
-                                          job.started_at, self.model, status))
+            self._dead_letter(running, f"after {job.attempt} attempts: {error}", status)
+
+    def _host_lost(self, running: _InFlight, error: str) -> None:
+        """The question's host died under it: not its fault until shown otherwise
+        (see the module docstring), so no attempt is counted."""
+        job = running.job
+        job.host_losses += 1
+        if job.isolated:
+            self._dead_letter(running, f"killed its host {job.host_losses} times, the last time "
+                                       f"running alone on a dedicated host: {error}")
+            return
+        self.host_loss_retries += 1
+        if job.host_losses >= SUSPECT_AFTER_LOSSES:
+            log.warning("query %s was in flight at %d host deaths; running it alone",
+                        job.query.query_id, job.host_losses)
+            job.isolated = True
+            self.isolated += 1
+            self.suspects.append(job)
+        else:
+            self.queue.appendleft(job)
+
+    def _dead_letter(self, running: _InFlight, error: str, status: str = "error") -> None:
+        job = running.job
+        self._finish(rows.dead_letter(job.query, error, running.started_at, self.model, status,
+                                      attempts=job.attempt, host_losses=job.host_losses))
 
     def _collect(self, timeout_s: float) -> None:
         import ray
@@ -186,11 +254,17 @@ class _Batch:
             try:
                 result = ray.get(ref)
             except Exception as exc:  # noqa: BLE001  (host death, node loss, engine bug)
-                self.hosts.failed(job.host, ref, host_lost=self.hosts.is_host_loss(exc))
-                self._failed(job, self.hosts.describe_error(exc))
+                host_lost = self.hosts.is_host_loss(exc)
+                self.hosts.failed(job.host, ref, host_lost=host_lost)
+                if host_lost:
+                    self._host_lost(job, self.hosts.describe_error(exc))
+                else:
+                    self._failed(job, self.hosts.describe_error(exc))
                 continue
             self.hosts.finished(job.host, ref)
-            self._finish(rows.from_result(job.query, result, job.started_at, self.model))
+            self._finish(rows.from_result(job.query, result, job.started_at, self.model,
+                                          attempts=job.job.attempt,
+                                          host_losses=job.job.host_losses))
         now = time.monotonic()
         for ref, job in list(self.in_flight.items()):
             if job.deadline is not None and now > job.deadline:
@@ -202,7 +276,7 @@ class _Batch:
     def drive(self) -> None:
         progress = Progress(self.tally, enabled=self.opts.progress)
         try:
-            while self.queue or self.in_flight:
+            while self.pending():
                 self.lease.ensure_held()
                 self._launch()
                 if not self.in_flight:
@@ -302,7 +376,7 @@ def _run_leased(corpus_uri, corpus, query_file, out_uri, rlm, concurrency, retry
             "lease": {"holder": lease.record.holder, "run_id": lease.record.run_id,
                       "generation": lease.record.generation} if lease.record else None,
             "started_at": rows.utc_now().isoformat(), "status": "running", **opts.extra_info}
-    write_run_info(out_uri, info)
+    write_run_info(out_uri, info, lease)
     tally = Tally(total=total, skipped=total - len(todo))
     from rlm_ray.batch.plan import estimate
 
@@ -330,6 +404,8 @@ def _run_leased(corpus_uri, corpus, query_file, out_uri, rlm, concurrency, retry
         tally.tokens, tally.cost_usd, time.monotonic() - started, accuracy_of(final),
         interrupted=interrupted, budget_stopped=bool(batch and batch.budget_stopped),
         retried_after_failure=batch.retried if batch else 0,
+        host_loss_retries=batch.host_loss_retries if batch else 0,
+        isolated=batch.isolated if batch else 0,
         peak_in_flight=batch.peak_in_flight if batch else 0,
         answered_by_node=dict(hosts.answered_by_node) if batch else {},
         cost=tally.cost_figures(estimated))
@@ -338,7 +414,7 @@ def _run_leased(corpus_uri, corpus, query_file, out_uri, rlm, concurrency, retry
                 statuses=dict(final_statuses), cost_usd_this_run=tally.cost_usd,
                 budget_stopped=summary.budget_stopped,
                 answered_by_node=summary.answered_by_node, cost=summary.cost)
-    write_run_info(out_uri, info)  # the manifest is written last
+    write_run_info(out_uri, info, lease)  # the manifest is written last
     if interrupted:
         raise KeyboardInterrupt
     return summary
@@ -363,10 +439,11 @@ def _cap_refused(rlm: dict) -> bool:
     return cap is not None and cap.snapshot().get("refusals", 0) > 0
 
 
-def record_empty_run(out_uri: str, corpus_uri: str, extra_info: dict) -> Summary:
+def record_empty_run(out_uri: str, corpus_uri: str, extra_info: dict,
+                     lease: Lease | None = None) -> Summary:
     """A run with nothing to do still leaves its manifest (a pipeline date is then complete)."""
     now = rows.utc_now().isoformat()
     write_run_info(out_uri, {"corpus_uri": corpus_uri, "out": out_uri, "questions_total": 0,
                              "answered": 0, "status": "finished", "started_at": now,
-                             "finished_at": now, "statuses": {}, **extra_info})
+                             "finished_at": now, "statuses": {}, **extra_info}, lease)
     return Summary(out_uri, 0, 0, 0, Counter(), 0, 0, 0.0, 0.0, None)

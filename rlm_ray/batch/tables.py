@@ -8,13 +8,14 @@ flush writes `calls/` and `steps/` before `answers/`, all three with the same
 part name: a question counts as finished only once its answers part exists,
 and readers take a question's calls and steps from the part that holds its
 chosen answer row, so a crash between the writes leaves no visible trace and
-a rerun never doubles rows.
+a rerun never doubles rows. Part names carry the writer's lease generation,
+and readers skip a part the lease's fence does not admit (fence.py): a
+stalled driver's write that landed after a takeover never counts.
 """
 from __future__ import annotations
 
 import io
 import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -23,6 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rlm_ray import storage
+from rlm_ray.batch.fence import COMMIT_TABLE, part_name
+from rlm_ray.batch.lease import current_fence
 
 TS = pa.timestamp("us", tz="UTC")
 
@@ -40,6 +43,9 @@ ANSWERS = pa.schema([
     ("cache_saved_usd", pa.float64()),
     # A row's own text context: its size and hash, never the text (null over a corpus).
     ("context_chars", pa.int64()), ("context_sha256", pa.string()),
+    # Counted attempts (driver-side errors, timeouts) and host deaths the question
+    # was in flight at (retried without counting an attempt; see batch/runner.py).
+    ("attempts", pa.int64()), ("host_losses", pa.int64()),
 ])
 CALLS = pa.schema([
     ("query_id", pa.string()), ("call_id", pa.string()), ("parent_call_id", pa.string()),
@@ -59,8 +65,7 @@ STEPS = pa.schema([
     ("elapsed_s", pa.float64()),
 ])
 SCHEMAS: dict[str, pa.Schema] = {"answers": ANSWERS, "calls": CALLS, "steps": STEPS}
-# Written last in a flush: its presence is what makes the others count.
-COMMIT_TABLE = "answers"
+# COMMIT_TABLE (answers) is written last in a flush: its presence is what makes the others count.
 STATUSES = ("ok", "error", "budget_exceeded", "timeout", "max_iterations")
 PART_COLUMN = "_part"
 
@@ -91,8 +96,10 @@ class TableWriter:
     `flush_every` questions or `flush_s` seconds, whichever comes first, so
     a crash loses at most that many finished answers (and the in-flight ones)."""
 
-    def __init__(self, out_uri: str, flush_every: int = 8, flush_s: float = 5.0) -> None:
+    def __init__(self, out_uri: str, flush_every: int = 8, flush_s: float = 5.0,
+                 generation: int | None = None) -> None:
         self.out_uri = out_uri
+        self.generation = generation   # the writer's lease generation, stamped into part names
         self.flush_every = flush_every
         self.flush_s = flush_s
         self._pending: list[FinishedQuestion] = []
@@ -113,7 +120,7 @@ class TableWriter:
         if not self._pending:
             return False
         batch, self._pending = self._pending, []
-        name = f"part-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}.parquet"
+        name = part_name(self.generation)
         rows = {
             "calls": [c for f in batch for c in f.calls],
             "steps": [s for f in batch for s in f.steps],
@@ -194,7 +201,9 @@ def _rows_of_chosen_parts(table: pa.Table, chosen: pa.Table) -> pa.Table:
 def read_run(out_uri: str, with_details: bool = True) -> RunTables:
     """Load a result folder: committed parts only, one answer per query_id,
     and the calls/steps that belong to exactly those answers."""
-    answer_parts = _part_names(out_uri, COMMIT_TABLE)
+    fence = current_fence(out_uri)
+    answer_parts = [n for n in _part_names(out_uri, COMMIT_TABLE)
+                    if fence is None or fence.admits(n)]
     answers = _latest_per_query(_read_parts(out_uri, COMMIT_TABLE, answer_parts))
     empty = {t: SCHEMAS[t].empty_table() for t in ("calls", "steps")}
     details = dict(empty)

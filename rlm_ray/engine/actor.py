@@ -19,6 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import os
+import signal
 import threading
 import time
 import uuid
@@ -38,6 +39,20 @@ HOST_MAX_QUESTIONS = 512       # concurrent root loops (threads) one host actor 
 MAX_CHILDREN_IN_FLIGHT = 8     # children of one rlm_query_batched call running at once
 DEADLINE_GRACE_S = 60.0        # how long past the deadline we wait for a child to wrap up
 PING_TIMEOUT_S = 10.0
+# Fault injection for tests, off unless the host's environment sets the marker:
+# a question whose text contains it SIGKILLs its host process after the delay.
+# A labelled stand-in for what really kills a host under one question (a native
+# crash, or the kernel's OOM killer, in host-side code the question drove);
+# model code cannot do it from the sandbox.
+FAULT_KILL_HOST_MARKER = "RLM_RAY_FAULT_KILL_HOST_MARKER"
+FAULT_KILL_HOST_AFTER_S = "RLM_RAY_FAULT_KILL_HOST_AFTER_S"
+
+
+def _injected_host_kill(question: str) -> None:
+    marker = os.environ.get(FAULT_KILL_HOST_MARKER)
+    if marker and marker in question:
+        time.sleep(float(os.environ.get(FAULT_KILL_HOST_AFTER_S, "1")))
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class _Corpora:
@@ -73,6 +88,7 @@ class RLMActor:
         with self._lock:
             self._in_flight += 1
         try:
+            _injected_host_kill(question)
             return answer_question(self._corpora.shared(context), question, query_id, spec,
                                    functools.partial(launch_children, corpora=self._corpora))
         finally:
