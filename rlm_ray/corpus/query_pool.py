@@ -156,6 +156,14 @@ class QueryPool:
 
     # -- taking and returning workers --------------------------------------------
     def _acquire(self, deadline: float) -> QueryWorker:
+        dead: list[QueryWorker] = []
+        try:
+            return self._take(deadline, dead)
+        finally:
+            for worker in dead:
+                worker.stop(kill=True)
+
+    def _take(self, deadline: float, dead: list[QueryWorker]) -> QueryWorker:
         with self._cond:
             self._tickets += 1
             ticket = self._tickets
@@ -165,6 +173,8 @@ class QueryPool:
                     if self._closed:
                         raise CorpusQueryError("the corpus's query workers are closed")
                     if self._waiting[0] == ticket:
+                        while self._idle and self._idle[-1].proc.poll() is not None:
+                            dead.append(self._idle.pop())   # died while idle (OOM killer, ...)
                         if self._idle:
                             worker = self._idle.pop()
                             self._busy.add(worker)
