@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -151,8 +152,6 @@ def test_a_runaway_value_costs_its_worker_only(fresh):
 def test_workers_end_with_the_pool_and_with_a_killed_host(fresh, corpus_dir):
     corpus = fresh(RLM_RAY_QUERY_WORKERS="2")
     view_a, view_b = ContextView(corpus), ContextView(corpus)
-    import threading
-
     threads = [threading.Thread(target=lambda v=v: v.sql("SELECT count(*) FROM chunks"))
                for v in (view_a, view_b)]
     for t in threads:

@@ -4,6 +4,9 @@ Opening reads `manifest.json` only. The docs table and a DuckDB database are
 opened lazily, once per process (a pickled handle sent to a Ray actor opens
 its own); each call uses its own cursor, so threads may share a handle.
 `sql`, `grep` and `read` take `timeout_s`: DuckDB is interrupted there.
+These run in the calling process, for the caller's own (trusted) use; what
+model code asks for goes through `query_pool()`, worker processes with a
+kernel memory cap (corpus/query_pool.py), which run these same methods.
 """
 from __future__ import annotations
 

@@ -113,6 +113,15 @@ class QueryWorker:
         write_frame(self.proc.stdin.fileno(), request)
         return self._reader.read(deadline)
 
+    def alive(self) -> bool:
+        if self.proc.poll() is not None:
+            return False
+        try:    # killed but not reapable yet: its threads are still exiting
+            with open(f"/proc/{self.pid}/stat", "rb") as f:
+                return f.read().rsplit(b") ", 1)[1][:1] not in (b"Z", b"X")
+        except (OSError, IndexError):
+            return True     # no /proc: poll() alone
+
     def stop(self, kill: bool) -> int:
         """End the process (at once, or by closing its stdin), reap it, remove
         its spill folder; its exit status."""
@@ -173,7 +182,7 @@ class QueryPool:
                     if self._closed:
                         raise CorpusQueryError("the corpus's query workers are closed")
                     if self._waiting[0] == ticket:
-                        while self._idle and self._idle[-1].proc.poll() is not None:
+                        while self._idle and not self._idle[-1].alive():
                             dead.append(self._idle.pop())   # died while idle (OOM killer, ...)
                         if self._idle:
                             worker = self._idle.pop()
