@@ -149,6 +149,35 @@ def test_a_runaway_value_costs_its_worker_only(fresh):
     assert not Path(f"/proc/{second}").exists()      # reaped, not left a zombie
 
 
+def test_a_question_waits_its_turn_and_a_killed_worker_is_replaced_for_the_next(fresh):
+    """One worker, two questions: the second question's call waits while the
+    first's runs, and is served by a fresh worker once that one is killed at
+    its deadline; the first question's own second call waits behind its first."""
+    corpus = fresh(RLM_RAY_QUERY_WORKERS="1")
+    first, second = ContextView(corpus), ContextView(corpus)
+    first.sql("SELECT 1 AS one")
+    pool = corpus.query_pool()
+    errors: list[str] = []
+
+    def slow() -> None:
+        first.set_deadline(time.monotonic() + 4)
+        try:
+            first.sql(UNINTERRUPTIBLE)
+        except CorpusQueryError as exc:
+            errors.append(str(exc))
+
+    runner = threading.Thread(target=slow)
+    runner.start()
+    while pool.in_use() == 0 and runner.is_alive():
+        time.sleep(0.02)
+    with pytest.raises(CorpusQueryError, match="previous corpus call is still running"):
+        first._queries.grep("import", 1, True, False, 1.0)     # a 1 s call, spent waiting
+    assert second.sql("SELECT 2 AS two") == [{"two": 2}]   # waited, then a fresh worker
+    runner.join(timeout=60)
+    assert len(errors) == 1 and "time limit" in errors[0]
+    assert pool.replaced == 1 and len(pool.worker_pids()) == 1
+
+
 def test_workers_end_with_the_pool_and_with_a_killed_host(fresh, corpus_dir):
     corpus = fresh(RLM_RAY_QUERY_WORKERS="2")
     view_a, view_b = ContextView(corpus), ContextView(corpus)

@@ -267,6 +267,11 @@ class QueryPool:
         return f"the query worker exited unexpectedly (status {code}); it was replaced"
 
     # -- lifetime --------------------------------------------------------------------
+    def in_use(self) -> int:
+        """Workers running a call now."""
+        with self._cond:
+            return len(self._busy)
+
     def worker_pids(self) -> list[int]:
         with self._cond:
             return sorted(w.pid for w in [*self._idle, *self._busy])
