@@ -10,8 +10,8 @@ caps (RLIMIT_DATA); a runaway query fails or dies there, the model reads
 
 Pooling: one small pool per corpus per host (`QueryLimits.workers`, default 2),
 not a worker per question: a question waits on models most of the time and a
-host holds up to hundreds of them, so per-question workers would cost ~100 MB
-each for processes that sit idle. Fairness between the questions sharing a
+host holds up to hundreds of them, so per-question workers would cost ~145 MB
+each (measured warm on the stdlib) for processes that sit idle. Fairness between the questions sharing a
 pool: a question has at most one call in flight (`QuerySession`), and callers
 take workers in arrival order, so a question running a long legal query holds
 one worker while the others keep being served.
