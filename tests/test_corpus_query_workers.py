@@ -178,6 +178,22 @@ def test_a_question_waits_its_turn_and_a_killed_worker_is_replaced_for_the_next(
     assert pool.replaced == 1 and len(pool.worker_pids()) == 1
 
 
+def test_an_idle_worker_ends_and_the_next_call_starts_one(fresh):
+    from rlm_ray.corpus.query_pool import QueryLimits, QueryPool, QuerySession
+
+    corpus = fresh()
+    pool = QueryPool(corpus.uri, corpus.manifest, corpus.limits, QueryLimits(idle_s=1.0))
+    session = QuerySession(pool)
+    try:
+        for _ in range(2):
+            assert session.table("SELECT 7 AS n", [], 60).to_pylist() == [{"n": 7}]
+            [pid] = pool.worker_pids()
+            assert wait_gone(pid, timeout=30) and pool.worker_pids() == []
+        assert pool.replaced == 0          # retired, not lost
+    finally:
+        pool.close()
+
+
 def test_workers_end_with_the_pool_and_with_a_killed_host(fresh, corpus_dir):
     corpus = fresh(RLM_RAY_QUERY_WORKERS="2")
     view_a, view_b = ContextView(corpus), ContextView(corpus)

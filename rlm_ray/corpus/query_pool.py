@@ -278,7 +278,7 @@ class QueryPool:
 
     def _start_reaper(self) -> None:
         with self._cond:
-            if self._reaper is not None and self._reaper.is_alive():
+            if self._reaper is not None:
                 return
             self._reaper = threading.Thread(target=self._reap_idle, name="query-worker-reaper",
                                             daemon=True)
@@ -292,10 +292,12 @@ class QueryPool:
                 now = time.monotonic()
                 stale = [w for w in self._idle if now - w.idle_since >= self.limits.idle_s]
                 self._idle = [w for w in self._idle if w not in stale]
-                empty = not self._idle and not self._busy and not self._starting
+                done = self._closed or not (self._idle or self._busy or self._starting)
+                if done:    # decided under the lock: a worker started later starts a new reaper
+                    self._reaper = None
             for worker in stale:
                 worker.stop(kill=False)
-            if empty or self._closed:
+            if done:
                 return
 
     def close(self) -> None:
