@@ -260,8 +260,9 @@ MEMORY_CAP_MB = 256
 
 
 def test_memory_attacks_stay_under_the_duckdb_cap(corpus_dir):
-    """string_agg of 3 GB took the old host to 9.9 GB RSS: the child is killed
-    if its RSS grows past the configured cap + 200 MB."""
+    """string_agg of 3 GB took the old host to 9.9 GB RSS: the child (the host:
+    its queries run in its query workers) is killed if its RSS grows past the
+    configured cap + 200 MB."""
     out, peak, ready = run_child(f"""
         from rlm_ray.corpus import Corpus, CorpusQueryError
         from rlm_ray.engine.context_view import ContextView
