@@ -161,7 +161,7 @@ def sim_server():
         yield server
 
 
-# -- session end: the suite leaves no sandbox worker, bwrap or scratch folder --
+# -- session end: the suite leaves no sandbox worker, bwrap, scratch folder or query worker --
 
 def _sandbox_leftovers() -> list[str]:
     import re
@@ -179,6 +179,22 @@ def _sandbox_leftovers() -> list[str]:
 
     for root in (Path(tempfile.gettempdir()), Path(MEMORY_ROOT)):
         found += [f"folder {p}" for p in root.glob(f"sandbox-scratch-*-{SANDBOX_SESSION_TAG}-*")]
+    return found + _query_worker_leftovers()
+
+
+def _query_worker_leftovers() -> list[str]:
+    """Corpus query workers (corpus/query_pool.py) started by this session: they
+    inherit its environment, so its tag marks them too."""
+    tag = f"SANDBOX_SESSION_TAG={SANDBOX_SESSION_TAG}\0".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and b"rlm_ray.corpus.query_worker" in \
+                    Path(f"/proc/{entry}/cmdline").read_bytes() and \
+                    tag in Path(f"/proc/{entry}/environ").read_bytes() + b"\0":
+                found.append(f"query worker {entry}")
+        except OSError:
+            continue
     return found
 
 

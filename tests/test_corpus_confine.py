@@ -19,6 +19,7 @@ import pytest
 
 from fixtures.codebase import scan_lines
 from rlm_ray.corpus import Corpus, CorpusQueryError, ingest
+from rlm_ray.corpus.query_pool import QuerySession
 from rlm_ray.engine.context_view import ContextView
 
 # A line of word characters with no "!!": `(\w|\w)+!!` backtracks 2^n on it in Python `re`.
@@ -185,23 +186,24 @@ def test_allow_list_refuses_everything_else(corpus, corpus_dir, query):
     assert corpus.sql("SELECT count(*) AS n FROM docs").to_pylist() == [{"n": len(FILES)}]
 
 
-class RowsSeen:
-    """The real Corpus, recording how many rows DuckDB handed back to the host."""
+class RowsSeen(QuerySession):
+    """The real query session, recording how many rows a worker handed back to the host."""
 
-    def __init__(self, corpus: Corpus) -> None:
-        self.corpus, self.rows = corpus, []
+    def __init__(self, pool) -> None:
+        super().__init__(pool)
+        self.rows: list[int] = []
 
-    def sql(self, query, **kwargs):
-        table = self.corpus.sql(query, **kwargs)
+    def sql(self, query, limit, timeout_s):
+        table, cut = super().sql(query, limit, timeout_s)
         self.rows.append(table.num_rows)
-        return table
+        return table, cut
 
 
 @pytest.mark.parametrize("prefix", ["-- c\n", "/* c */ ", "\n\n-- a\n-- b\n"])
 def test_row_cap_is_applied_to_the_parsed_statement(corpus, prefix):
     """A leading comment skipped the old text wrapper: range(1e8) put 900 MB on the host."""
-    seen = RowsSeen(corpus)
-    view = ContextView(seen, max_rows=10)
+    view = ContextView(corpus, max_rows=10)
+    view._queries = seen = RowsSeen(corpus.query_pool())
     rows = view.sql(prefix + "SELECT i FROM range(100000) t(i)")
     assert rows == [{"i": i} for i in range(10)]
     assert any("only the first 10 rows" in note for note in view.drain_notes())
@@ -258,8 +260,9 @@ MEMORY_CAP_MB = 256
 
 
 def test_memory_attacks_stay_under_the_duckdb_cap(corpus_dir):
-    """string_agg of 3 GB took the old host to 9.9 GB RSS: the child is killed
-    if its RSS grows past the configured cap + 200 MB."""
+    """string_agg of 3 GB took the old host to 9.9 GB RSS: the child (the host:
+    its queries run in its query workers) is killed if its RSS grows past the
+    configured cap + 200 MB."""
     out, peak, ready = run_child(f"""
         from rlm_ray.corpus import Corpus, CorpusQueryError
         from rlm_ray.engine.context_view import ContextView
@@ -285,9 +288,10 @@ def test_memory_attacks_stay_under_the_duckdb_cap(corpus_dir):
     print(f"peak RSS {peak:.0f} MB, {peak - ready:.0f} MB above the child's start ({ready:.0f} MB)")
     results = [line for line in out.splitlines() if line.startswith(("ROWS", "REFUSED"))]
     assert len(results) == 6, out
-    assert all(r.startswith("REFUSED") and ("memory limit" in r or "would build a value" in r)
+    assert all(r.startswith("REFUSED") and ("used more than" in r or "would build a value" in r)
                for r in results), out
-    assert sum("memory limit" in r for r in results) == 2, out
+    assert sum(f"used more than {MEMORY_CAP_MB} MB of memory (DuckDB's limit)" in r
+               for r in results) == 2, out
     assert peak - ready < MEMORY_CAP_MB + 200
 
 

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-# Per-archive caps (zip bombs, runaway archives); defined here so --help needs no heavy import.
-MAX_ARCHIVE_BYTES = 512 << 20
-MAX_ARCHIVE_MEMBERS = 200_000
+from rlm_ray.corpus.caps import MAX_ARCHIVE_BYTES, MAX_ARCHIVE_MEMBERS
 
 
 def register(commands, bench) -> None:

@@ -28,6 +28,13 @@ from rlm_ray.corpus.sql_gate import CorpusQueryError
 from rlm_ray.errors import UserError
 
 
+class CorpusMemoryError(CorpusQueryError):
+    """A query ran out of the memory it may use: DuckDB's limit, or (`by_process`)
+    an allocation the process's own cap refused."""
+
+    by_process: bool = False
+
+
 @dataclass(frozen=True)
 class DuckLimits:
     """Per-database bounds: DuckDB's default memory limit is most of the machine."""
@@ -53,6 +60,11 @@ class DuckLimits:
         return cls(memory_mb=number("RLM_RAY_DUCKDB_MEMORY_MB", cls.memory_mb),
                    temp_mb=number("RLM_RAY_DUCKDB_TEMP_MB", cls.temp_mb),
                    threads=max(1, number("RLM_RAY_DUCKDB_THREADS", min(cls.threads, os.cpu_count() or 1))))
+
+
+def spill_dir(pid: int) -> str:
+    """Where the DuckDB of process `pid` spills (removed by whoever reaps a killed worker)."""
+    return os.path.join(tempfile.gettempdir(), f"rlm-ray-duckdb-{pid}")
 
 
 def _extension_dir() -> str:
@@ -104,8 +116,7 @@ def connect(root: str, shard_uris: Sequence[str], docs_uri: str,
         "threads": limits.threads,
         # Spill files go to a private directory (not a `.tmp` in whatever the
         # cwd is), capped; with no cap allowed, nothing spills at all.
-        "temp_directory": os.path.join(tempfile.gettempdir(), f"rlm-ray-duckdb-{os.getpid()}")
-        if limits.temp_mb else "",
+        "temp_directory": spill_dir(os.getpid()) if limits.temp_mb else "",
         "max_temp_directory_size": f"{limits.temp_mb}MB",
     })
     if storage.is_s3(root):
@@ -141,9 +152,12 @@ def bounded(cur: duckdb.DuckDBPyConnection, timeout_s: float | None) -> Iterator
     except duckdb.InterruptException:
         limit = f" ({timeout_s:.1f}s)" if timeout_s is not None else ""
         raise CorpusQueryError(f"query exceeded its time limit{limit}") from None
-    except duckdb.OutOfMemoryException:
-        raise CorpusQueryError("query exceeded its memory limit; aggregate in SQL or select "
-                               "fewer or shorter values") from None
+    except duckdb.OutOfMemoryException as exc:
+        error = CorpusMemoryError("query exceeded its memory limit; aggregate in SQL or select "
+                                  "fewer or shorter values")
+        # DuckDB says "Allocation failure" when malloc itself failed, not its buffer manager.
+        error.by_process = "Allocation failure" in str(exc)
+        raise error from None
     finally:
         if timer is not None:
             timer.cancel()

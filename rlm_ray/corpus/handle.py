@@ -4,6 +4,9 @@ Opening reads `manifest.json` only. The docs table and a DuckDB database are
 opened lazily, once per process (a pickled handle sent to a Ray actor opens
 its own); each call uses its own cursor, so threads may share a handle.
 `sql`, `grep` and `read` take `timeout_s`: DuckDB is interrupted there.
+These run in the calling process, for the caller's own (trusted) use; what
+model code asks for goes through `query_pool()`, worker processes with a
+kernel memory cap (corpus/query_pool.py), which run these same methods.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import pyarrow.parquet as pq
 
 from rlm_ray import storage
 from rlm_ray.corpus import sql_gate
-from rlm_ray.corpus.duck import CorpusQueryError, DuckLimits, bounded, connect
+from rlm_ray.corpus.duck import CorpusMemoryError, CorpusQueryError, DuckLimits, bounded, connect
 from rlm_ray.corpus.layout import read_manifest
 
 EXCERPT_CHARS = 200
@@ -61,6 +64,8 @@ class Corpus:
         self._con_pid: int | None = None
         self._docs: list[dict] | None = None
         self._by_key: dict[str, dict] | None = None
+        self._pool = None
+        self._pool_pid: int | None = None
 
     @classmethod
     def open(cls, uri: str, limits: DuckLimits | None = None) -> Corpus:
@@ -126,7 +131,20 @@ class Corpus:
         with self._lock:
             if self._con is not None:
                 self._con.close()
-            self._con = None
+            if self._pool is not None and self._pool_pid == os.getpid():
+                self._pool.close()
+            self._con, self._pool = None, None
+
+    def query_pool(self):
+        """This process's query workers for this corpus: where model-driven
+        calls run (engine.context_view), out of this process's memory."""
+        with self._lock:
+            if self._pool is None or self._pool_pid != os.getpid():
+                from rlm_ray.corpus.query_pool import QueryPool
+
+                self._pool = QueryPool(self.uri, self.manifest, self.limits)
+                self._pool_pid = os.getpid()
+            return self._pool
 
     def sql(self, query: str, *, limit: int | None = None, timeout_s: float | None = None) -> pa.Table:
         """Run one allow-listed SELECT over the views `chunks` and `docs`; at most
@@ -196,8 +214,10 @@ class Corpus:
             try:
                 rows = self._internal(GREP_SQL + ("" if fetch is None else f" LIMIT {int(fetch)}"),
                                       params, timeout_s)
+            except CorpusMemoryError:
+                raise
             except CorpusQueryError as exc:
-                if "time limit" in str(exc) or "memory limit" in str(exc):
+                if "time limit" in str(exc):
                     raise
                 raise CorpusQueryError(f"grep pattern {pattern!r} is not supported by RE2 "
                                        f"(no look-around or back-references): {exc}") from None

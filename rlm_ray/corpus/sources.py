@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import pathspec
 
 from rlm_ray import storage
-from rlm_ray.corpus.commands import MAX_ARCHIVE_BYTES, MAX_ARCHIVE_MEMBERS  # the caps' defaults
+from rlm_ray.corpus.caps import MAX_ARCHIVE_BYTES, MAX_ARCHIVE_MEMBERS
 from rlm_ray.errors import UserError
 from rlm_ray.jsonl import iter_objects
 

@@ -7,7 +7,8 @@ to HOST_MAX_QUESTIONS questions concurrently, each with its own sandbox,
 budget, recorder and stop signal (all per-call objects in `answer_question`).
 What the loops do share is process-wide and thread-safe: the sandbox spawner
 thread, the gateway's private litellm event loop, and one Corpus handle per
-corpus (a DuckDB database read through a cursor per call).
+corpus with its pool of query worker processes (corpus/query_pool.py), where
+the questions' DuckDB work runs under a kernel memory cap.
 
 num_cpus=0: an RLM mostly waits on models, and a 2-core node must host many.
 Children of `rlm_query` run as more loops in the same actor (threads) unless
@@ -57,8 +58,8 @@ def _injected_host_kill(question: str) -> None:
 
 class _Corpora:
     """One Corpus handle per corpus per process: every question unpickles its
-    own handle, and each would open its own DuckDB database (tens of MB once
-    warm); the loops of one host share one, through a cursor per call."""
+    own handle, and each would start its own query workers (tens of MB each
+    once warm); the loops of one host share one handle and its worker pool."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -98,7 +99,7 @@ class RLMActor:
     def warm(self, context: Any = None, gateway: Any = None, models: tuple = ()) -> float:
         """Pay this host's one-time start-up before its first question, so the
         first wave of a batch costs what the second does: imports (litellm,
-        tiktoken), the corpus's DuckDB database, one sandbox start (its modules
+        tiktoken), one query worker of the corpus, one sandbox start (its modules
         and bwrap in the page cache), this node's gateway actors and the
         models' limiter actors. Seconds spent, for figures."""
         started = time.monotonic()
@@ -109,7 +110,10 @@ class RLMActor:
         litellm()
         count_tokens("warm")
         if context is not None and not isinstance(context, str):
-            self._corpora.shared(context).sql("SELECT path FROM docs LIMIT 1")
+            from rlm_ray.corpus.query_pool import QuerySession
+
+            QuerySession(self._corpora.shared(context).query_pool()).sql(
+                "SELECT path FROM docs LIMIT 1", None, 60.0)
         with Sandbox(timeout_s=60) as sandbox:
             sandbox.run("pass")
         if gateway is not None:

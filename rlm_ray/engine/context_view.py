@@ -1,11 +1,14 @@
 """The REPL's view of a corpus: `ContextView`, a proxy over the Corpus whose
-methods run in the host and return JSON-friendly values with caps.
+methods return JSON-friendly values with caps.
 
-Caps keep one careless `context.sql("select * from chunks")` from dragging a
-100M-token corpus through the actor: the parsed query is wrapped in a LIMIT so
-DuckDB never materialises more than the cap, and the model is told when it was
-cut. Every call runs under the block's deadline (`set_deadline`): the corpus
-interrupts DuckDB when the block's time is up.
+Every call the model's code makes runs in the corpus's query workers
+(`corpus.query_pool`), processes with a kernel memory cap, never in the host:
+a runaway query costs its worker, not the host and its other questions. Caps
+keep one careless `context.sql("select * from chunks")` from dragging a
+100M-token corpus through the actor: the parsed query is wrapped in a LIMIT,
+the reply is cut at a byte cap, and the model is told when either cut it.
+Every call runs under the block's deadline (`set_deadline`): DuckDB is
+interrupted before it, and the worker killed at it.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import time
 from typing import Any
 
 from rlm_ray import storage
+from rlm_ray.corpus.query_pool import QuerySession
 
 MAX_GREP_LIMIT = 10_000
 # Without a block deadline (direct use of the view), a host call still ends.
@@ -60,6 +64,7 @@ class ContextView:
 
     def __init__(self, corpus, *, max_rows: int = 5000, max_read_chars: int = 2_000_000) -> None:
         self._corpus = corpus
+        self._queries = QuerySession(corpus.query_pool())   # this question's calls, one at a time
         self._max_rows = max_rows
         self._max_read_chars = max_read_chars
         self._notes: list[str] = []
@@ -101,8 +106,8 @@ class ContextView:
         if self._characters is None and self._corpus.manifest.get("characters") is not None:
             self._characters = int(self._corpus.manifest["characters"])  # if ingest records it
         if self._characters is None:
-            row = self._corpus.sql("SELECT coalesce(sum(length(text)), 0) AS n FROM chunks",
-                                   timeout_s=self._timeout_s())
+            row, _ = self._queries.sql("SELECT coalesce(sum(length(text)), 0) AS n FROM chunks",
+                                       None, self._timeout_s())
             self._characters = int(row.column("n")[0].as_py())
         return self._characters
 
@@ -114,35 +119,45 @@ class ContextView:
         if not query:
             raise ValueError("context.sql: empty query")
         cap = self._max_rows
-        table = self._corpus.sql(query, limit=cap + 1, timeout_s=self._timeout_s())
+        table, cut = self._queries.sql(query, cap + 1, self._timeout_s())
         rows = table.slice(0, cap).to_pylist()
-        if table.num_rows > cap:
+        if cut:
+            mb = self._queries.pool.limits.result_mb
+            self._note(f"context.sql returned only the first {len(rows)} rows: the rest would pass "
+                       f"the {mb} MB one result may hold; select fewer or shorter columns "
+                       "(e.g. substr(text, 1, 200)), aggregate in SQL or page with LIMIT/OFFSET")
+        elif table.num_rows > cap:
             self._note(f"context.sql returned only the first {cap} rows; aggregate in SQL "
                        "or page with LIMIT/OFFSET")
         return _json_safe(rows)
 
+    def example_paths(self, count: int) -> list[str]:
+        """The first `count` paths (for the prompt's metadata)."""
+        table, _ = self._queries.sql(f"SELECT path FROM docs ORDER BY path LIMIT {int(count)}",
+                                     None, self._timeout_s())
+        return table.column("path").to_pylist()
+
     def grep(self, pattern: str, limit: int | None = 100, regex: bool = True,
              case: bool = False) -> list[dict]:
         limit = MAX_GREP_LIMIT if limit is None else max(1, min(int(limit), MAX_GREP_LIMIT))
-        hits = self._corpus.grep(str(pattern), limit=limit, regex=bool(regex), case=bool(case),
-                                 timeout_s=self._timeout_s())
+        hits = self._queries.grep(str(pattern), limit, bool(regex), bool(case), self._timeout_s())
         if len(hits) >= limit:
             self._note(f"context.grep stopped at limit={limit} hits")
         return _json_safe(list(hits))
 
     def read(self, doc: str, start: int = 0, end: int | None = None) -> str:
-        text = self._corpus.read(doc, start=int(start), end=None if end is None else int(end),
-                                 timeout_s=self._timeout_s())
-        if len(text) > self._max_read_chars:
-            self._note(f"context.read returned the first {self._max_read_chars} characters of "
-                       f"{len(text)}; read fewer lines at a time")
-            text = text[: self._max_read_chars]
+        text, chars = self._queries.read(doc if isinstance(doc, str) else str(doc), int(start),
+                                         None if end is None else int(end),
+                                         self._max_read_chars, self._timeout_s())
+        if chars > len(text):
+            self._note(f"context.read returned the first {len(text)} characters of "
+                       f"{chars}; read fewer lines at a time")
         return text
 
     def docs(self, limit: int | None = None) -> list[dict]:
         wanted = None if limit is None else max(0, int(limit))
         cap = self._max_rows if wanted is None else min(wanted, self._max_rows)
-        rows = self._corpus.docs(limit=cap + 1)
+        rows = self._queries.docs(cap + 1, self._timeout_s())
         if len(rows) > cap and (wanted is None or wanted > cap):
             self._note(f"context.docs returned only the first {cap} documents; "
                        "use context.sql on the docs view to filter")
@@ -214,7 +229,7 @@ class ContextView:
                            f"LIMIT {int(count)} OFFSET {int(start)}", [docs_file])
 
     def _query(self, query: str, params: list):
-        # The corpus's parameterised internal path (the one Corpus.read uses):
-        # fixed queries of ours, not model SQL, over the corpus's own files,
-        # under the running block's deadline.
-        return self._corpus._internal_table(query, params, self._timeout_s())
+        # Fixed queries of ours, not model SQL, over the corpus's own files:
+        # still in a query worker (they read documents model code chose), under
+        # the running block's deadline.
+        return self._queries.table(query, params, self._timeout_s())

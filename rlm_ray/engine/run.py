@@ -28,15 +28,10 @@ def describe(context: Any, spec: RunSpec) -> tuple[str, str, ContextView | None]
         return "str", prompts.str_metadata(context, count_tokens(context)), None
     view = ContextView(context, max_rows=spec.settings.max_rows,
                        max_read_chars=spec.settings.max_read_chars)
-    paths = example_paths(context)
+    # Through a query worker, not corpus.docs() here: that would hold every
+    # document row in this host, memory that grows with the corpus.
+    paths = view.example_paths(prompts.MAX_EXAMPLE_PATHS)
     return "corpus", prompts.corpus_metadata(dict(context.stats), paths), view
-
-
-def example_paths(corpus) -> list[str]:
-    # Through DuckDB, not corpus.docs(): that materialises every document row in
-    # Python, memory that grows with the corpus (the root must stay flat).
-    query = f"SELECT path FROM docs ORDER BY path LIMIT {prompts.MAX_EXAMPLE_PATHS}"
-    return [row["path"] for row in corpus.sql(query).to_pylist()]
 
 
 def answer_question(context: Any, question: str, query_id: str, spec: RunSpec,
