@@ -83,17 +83,17 @@ def _corpus(args: argparse.Namespace) -> int:
 
 def _add_engine(bench) -> None:
     engine = bench.add_parser(
-        "engine", help="root-actor RSS at 10M vs 100M tokens; per-sub-call engine overhead")
+        "engine", help="root-actor PSS at 10M vs 100M tokens; per-sub-call engine overhead")
     engine.add_argument("--work", default=".bench/engine", metavar="DIR",
                         help="where the 10M / 100M-token corpora are cached")
     engine.add_argument("--copies", type=int, default=10,
                         help="stdlib copies in the large corpus (default 10)")
     engine.add_argument("--sub-calls", type=int, default=400,
                         help="sub-calls for the overhead figure (default 400)")
-    engine.add_argument("--skip-rss", action="store_true", help="only the overhead figure")
+    engine.add_argument("--skip-rss", action="store_true", help="only the overhead figure (skip the memory figure)")
     engine.add_argument("--iterate", action="store_true",
                         help="only: model code iterates every stdlib document from the REPL; "
-                             "total vs context.stats, root actor and sandbox peak RSS growth")
+                             "total vs context.stats, root actor and sandbox peak PSS growth")
     engine.set_defaults(func=_engine)
 
 
