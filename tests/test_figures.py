@@ -100,3 +100,21 @@ def test_ingest_scaling_compares_worker_processes_of_one_backend(tmp_path):
     manifest = ingest([str(tmp_path / "src")], str(tmp_path / "corpus"), parallelism=1,
                       backend="processes")
     assert manifest["ingest"]["parallelism"] == "processes:1" and manifest["documents"] == 1
+
+
+def test_keyless_prompts_cache_less_as_the_simulator_spreads_them_over_more_caches():
+    """Why `bench cost` sweeps the simulator's cache count: the same long prefix
+    sent without a routing key hits less often over 8 caches than over 1, while
+    a routing key reaches its one cache whatever the count."""
+    from rlm_ray.sim.caching import PromptCache
+
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    tokens = [2000, 2100]
+
+    def hits(replicas: int, key: str | None) -> int:
+        cache = PromptCache(replicas=replicas, seed=0)
+        return sum(cache.bill("m", "automatic", messages, tokens, key).cached_tokens > 0
+                   for _ in range(40))
+
+    assert hits(1, None) == 39 > hits(8, None)
+    assert hits(8, "conversation-1") == hits(1, "conversation-1") == 39
