@@ -91,7 +91,7 @@ def run_scale(console, stdlib: str, work: str, copies: int, workers: int) -> lis
     backend = scale_backend()
     plan = [(f"{copies}x", copies, 1), ("1x", 1, workers), (f"{copies}x", copies, workers)]
     for label, n, w in plan:
-        console.print(f"ingest scaling: {label} {stdlib} with {w} {backend} worker(s) ...")
+        console.print(f"ingest scaling: {label} {stdlib} with {w} worker(s) ({backend}) ...")
         run = _one(label, [stdlib] * n, os.path.join(work, "scale"), w, backend)
         runs.append(run)
         loads.append(os.getloadavg())
@@ -100,7 +100,7 @@ def run_scale(console, stdlib: str, work: str, copies: int, workers: int) -> lis
                       f"(driver {run.peak_driver_mb:,.0f} MB); load {'/'.join(f'{x:.1f}' for x in loads[-1])}")
     _table(console, runs)
     one, small, big = runs
-    console.print(f"{copies}x speed-up with {workers} {backend} workers vs 1 {backend} worker: "
+    console.print(f"{copies}x speed-up with {workers} workers vs 1 ({backend} both): "
                   f"{one.wall / big.wall:.2f}x; peak PSS {copies}x - 1x (both {workers} workers): "
                   f"{big.peak_tree_mb - small.peak_tree_mb:+,.0f} MB")
     console.print("load average (1/5/15 min) before the first run and after each: "
