@@ -202,7 +202,10 @@ def cost_command(args: argparse.Namespace) -> int:
                 log(f"{args.suite} {size:,} tokens, seeds {args.seeds}, SIMULATOR billing like "
                     f"{like}{caches}, --prompt-cache {mode}")
                 result = run_one(cases, like, mode, Path(args.out), args.concurrency, replicas)
-                log(f"  {result.questions} questions in {result.wall_s:.1f}s")
+                # Each run's figures as it ends: a long sweep keeps what it measured.
+                log(f"  {result.questions} questions in {result.wall_s:.1f}s; cached share "
+                    f"{result.cached_share:.1%}, root input $/q {_usd(result.root_input_usd)}, "
+                    f"saving vs no caching {_saving(result.root_input_usd, result.uncached_usd)}")
                 runs.append(result)
     print(f"## prompt caching: {args.suite} at {cases[0].meta['tokens']:,} tokens, seeds {args.seeds} "
           f"(provider SIMULATOR, litellm prices)\n")
