@@ -17,7 +17,6 @@ from rlm_ray.errors import exit_code
 COMMAND_MODULES = (
     "rlm_ray.corpus.commands",
     "rlm_ray.sim.commands",
-    "rlm_ray.llm.commands",
     "rlm_ray.engine.commands",
     "rlm_ray.batch.commands",
     "rlm_ray.bench.commands",

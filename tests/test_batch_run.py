@@ -271,7 +271,8 @@ def test_bench_batch_prints_its_figures(ray_session, tmp_path, stdlib_dir, capsy
                      "--concurrency", "2", "--source", str(src),
                      "--workdir", str(tmp_path / "bench")]) == 0
     out = capsys.readouterr().out
-    for figure in ("questions/min", "rate-limit utilisation", "driver peak RSS", "terminal rows"):
+    for figure in ("questions/min", "rate-limit utilisation", "driver peak PSS", "terminal rows",
+                   "PSS per question in flight (at the peak)"):
         assert figure in out
     assert "terminal rows" in out and " 3\n" in out
 

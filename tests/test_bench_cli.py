@@ -71,19 +71,21 @@ def test_sizes_parse_powers_and_filters():
 
 
 @pytest.mark.timeout(600)
-def test_cost_bench_prints_both_savings_with_identical_answers(ray_session, tmp_path, capsys):
-    """`bench cost` on a small oolong case (the SIMULATOR billing like gpt-5-mini):
-    the same answers with caching on and off, auto never dearer than off, and
-    both savings printed from the batch's own calls table."""
+def test_cost_bench_prints_both_savings_per_simulator_cache_count(ray_session, tmp_path, capsys):
+    """`bench cost` on a small oolong case (the SIMULATOR billing like gpt-5-mini
+    with 8 caches): auto never dearer than off, both savings printed from the
+    batch's own calls table, the cache count in its own column."""
     code = main(["bench", "cost", "--size", "2^14", "--seeds", "0", "--like", "gpt-5-mini",
+                 "--cache-replicas", "8",
                  "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
     assert code == 0
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()
             if line.startswith("| gpt-5-mini")]
-    off, auto = ({"mode": r[1].strip(), "turns": float(r[3]), "usd": float(r[6]),
-                  "vs_off": r[8].strip(), "vs_none": r[9].strip(), "same": r[10].strip()}
+    off, auto = ({"caches": r[1].strip(), "mode": r[2].strip(), "turns": float(r[4]),
+                  "usd": float(r[7]), "vs_off": r[9].strip(), "vs_none": r[10].strip()}
                  for r in rows)
-    assert (off["mode"], auto["mode"]) == ("off", "auto") and auto["same"] == "yes"
+    assert (off["mode"], auto["mode"]) == ("off", "auto") and off["caches"] == auto["caches"] == "8"
     assert auto["turns"] >= 4 and 0 < auto["usd"] <= off["usd"]
     assert auto["vs_off"].endswith("%") and float(auto["vs_none"].rstrip("%")) > 0
+    assert main(["bench", "cost", "--cache-replicas", "0", "--out", str(tmp_path / "o3")]) == 2
     assert main(["bench", "cost", "--seeds", "x", "--out", str(tmp_path / "o2")]) == 2

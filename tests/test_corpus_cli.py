@@ -68,6 +68,7 @@ def test_bench_corpus_runs_local_and_on_its_own_s3(stdlib_subset, tmp_path):
     result = run("bench", "corpus", "--stdlib", str(stdlib_subset), "--work", str(tmp_path / "b"),
                  "--repeats", "1")
     assert result.returncode == 0, result.stderr
-    for row in ("ingest", "regex scan", "grep (limit 100)", "read doc", "count(*)", "S3 warm"):
+    for row in ("ingest", "regex scan", "grep (limit 100)", "read doc", "count(*)", "S3 warm",
+                "peak PSS (tree)", "processes:1", "processes:2"):
         assert row in result.stdout
     assert "Traceback" not in result.stderr

@@ -1,5 +1,4 @@
-"""CLI: `rlm-ray run` (a batch), `rlm-ray show` (its results) and
-`rlm-ray bench batch` (throughput at a given provider RPM)."""
+"""CLI: `rlm-ray run` (a batch) and `rlm-ray show` (its results)."""
 from __future__ import annotations
 
 import argparse
@@ -74,18 +73,6 @@ def register(commands, bench) -> None:
     show.add_argument("--query-id", default=None, help="one question's call tree and steps")
     show.add_argument("--html", default=None, help="write a self-contained HTML page here")
     show.set_defaults(func=show_command)
-
-    bb = bench.add_parser("batch", help="batch throughput, rate-limit utilisation and memory "
-                                        "per question in flight (SIMULATOR)")
-    bb.add_argument("--questions", type=int, default=None,
-                    help="questions per concurrency level (default: 3 waves, 3 x concurrency)")
-    bb.add_argument("--rpm", type=float, default=30000.0, help="the simulated provider's RPM")
-    bb.add_argument("--latency-ms", type=float, default=3000.0, help="simulated latency per call")
-    bb.add_argument("--concurrency", default="8,128",
-                    help="comma-separated questions in flight, one batch per level")
-    bb.add_argument("--source", default=None, help="codebase to ingest (default: the stdlib)")
-    bb.add_argument("--workdir", default=".bench/batch", help="where corpus and results go")
-    bb.set_defaults(func=bench_command)
 
 
 def _check_positive(args: argparse.Namespace, *names: str) -> None:
@@ -174,19 +161,3 @@ def show_command(args: argparse.Namespace) -> int:
 
     return show(args.results, query_id=args.query_id, html_path=args.html)
 
-
-def bench_command(args: argparse.Namespace) -> int:
-    from rlm_ray.batch.benchmark import run_bench
-
-    from rlm_ray.errors import UserError
-
-    try:
-        levels = [int(x) for x in str(args.concurrency).split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"--concurrency must be integers separated by commas, "
-                        f"got {args.concurrency!r}") from None
-    if not levels or min(levels) < 1:
-        raise UserError(f"--concurrency levels must be >= 1, got {args.concurrency!r}")
-    _check_positive(args, "questions", "rpm")
-    return run_bench(questions=args.questions, rpm=args.rpm, latency_ms=args.latency_ms,
-                     concurrency=levels, source=args.source, workdir=args.workdir)

@@ -9,6 +9,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from rlm_ray.batch.billing_text import usd_total
+
 
 @dataclass
 class Tally:
@@ -18,7 +20,9 @@ class Tally:
     skipped: int = 0
     done: int = 0
     in_flight: int = 0
-    cost_usd: float = 0.0
+    cost_usd: float = 0.0        # over answers with a known price (budgets compare this)
+    priced: int = 0              # answers with a dollar figure
+    unpriced: int = 0            # answers whose model has no known price (cost None)
     tokens: int = 0
     llm_calls: int = 0
     input_tokens: int = 0
@@ -29,7 +33,11 @@ class Tally:
 
     def record(self, answer: dict) -> None:
         self.done += 1
-        self.cost_usd += answer.get("cost_usd") or 0.0
+        if answer.get("cost_usd") is None:
+            self.unpriced += 1
+        else:
+            self.priced += 1
+            self.cost_usd += answer["cost_usd"]
         self.tokens += (answer.get("input_tokens") or 0) + (answer.get("output_tokens") or 0)
         self.llm_calls += answer.get("llm_calls") or 0
         self.input_tokens += answer.get("input_tokens") or 0
@@ -41,7 +49,11 @@ class Tally:
         """This run's caching figures and the dry-run estimate, for the summary."""
         share = self.cached_tokens / self.input_tokens if self.input_tokens else 0.0
         return {"cached_share": share, "cache_saved_usd": self.cache_saved_usd,
-                "estimated_cost_usd": estimated_usd}
+                "estimated_cost_usd": estimated_usd, "priced_answers": self.priced,
+                "unpriced_answers": self.unpriced}
+
+    def cost_text(self) -> str:
+        return usd_total(self.cost_usd, self.priced, self.unpriced)
 
     @property
     def todo(self) -> int:
@@ -57,7 +69,7 @@ class Tally:
         eta = self.eta_s()
         eta_text = f"{eta:.0f}s" if eta is not None else "?"
         return (f"done {self.done + self.skipped}/{self.total} (skipped {self.skipped}) | "
-                f"${self.cost_usd:.4f} | {self.tokens:,} tokens | {self.llm_calls} calls | "
+                f"{self.cost_text()} | {self.tokens:,} tokens | {self.llm_calls} calls | "
                 f"in flight {self.in_flight} | ETA {eta_text}")
 
 
@@ -94,7 +106,7 @@ class Progress:
         t = self.tally
         if self._live is not None:
             self._live.update(self._task, completed=t.done + t.skipped,
-                              stats=f"${t.cost_usd:.4f} {t.tokens:,} tok "
+                              stats=f"{t.cost_text()} {t.tokens:,} tok "
                                     f"{t.in_flight} in flight")
             return
         now = time.monotonic()
@@ -118,7 +130,7 @@ def summary_rows(summary) -> list[tuple[str, str]]:
     rows += [(f"status {name}", str(n)) for name, n in sorted(summary.statuses.items())]
     rows += [("model calls", str(summary.llm_calls)),
              ("tokens", f"{summary.tokens:,}"),
-             ("cost (this run)", f"${summary.cost_usd:.4f}"),
+             ("cost (this run)", _run_cost(summary)),
              *cost_rows(getattr(summary, "cost", None) or {}),
              ("wall", f"{summary.wall_s:.1f}s")]
     acc = summary.accuracy
@@ -134,12 +146,21 @@ def summary_rows(summary) -> list[tuple[str, str]]:
     return rows
 
 
+def _run_cost(summary) -> str:
+    cost = getattr(summary, "cost", None) or {}
+    return usd_total(summary.cost_usd, cost.get("priced_answers", 1),
+                     cost.get("unpriced_answers", 0))
+
+
 def cost_rows(cost: dict) -> list[tuple[str, str]]:
     if not cost:
         return []
     estimated = cost.get("estimated_cost_usd")
+    # A saving needs a price: with none known, n/a rather than $0.
+    saved = usd_total(cost["cache_saved_usd"], cost.get("priced_answers", 1),
+                      cost.get("unpriced_answers", 0))
     return [("cached input share", f"{cost['cached_share']:.1%}"),
-            ("saved by prompt caching", f"${cost['cache_saved_usd']:.4f}"),
+            ("saved by prompt caching", saved),
             ("dry-run estimate", "unknown" if not isinstance(estimated, (int, float))
              else f"${estimated:.4f}")]
 

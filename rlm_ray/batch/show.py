@@ -7,6 +7,7 @@ from collections import Counter, defaultdict
 from typing import TextIO
 
 from rlm_ray import storage
+from rlm_ray.batch.billing_text import billing_note, dollars, usd_total
 from rlm_ray.batch.manifest import read_run_info
 from rlm_ray.batch.scoring import accuracy_of
 from rlm_ray.batch.tables import RunTables, read_run
@@ -37,7 +38,7 @@ def table_summary(tables: RunTables, info: dict | None) -> list[tuple[str, str]]
         share = f" ({cached / input_tokens:.1%} of input)" if input_tokens else ""
         rows += [("cached input tokens", f"{int(cached):,}{share}"),
                  ("cache writes", f"{int(total('cache_write_tokens')):,} tokens"),
-                 ("saved by prompt caching", f"${total('cache_saved_usd'):.4f}")]
+                 ("saved by prompt caching", _saved(answers.column("cache_saved_usd").to_pylist()))]
     acc = accuracy_of(answers)
     if acc.scored:
         rows += [("exact match", f"{acc.exact}/{acc.scored} ({acc.exact_rate:.1%})"),
@@ -45,27 +46,11 @@ def table_summary(tables: RunTables, info: dict | None) -> list[tuple[str, str]]
     return rows
 
 
-def dollars(values: list, places: int = 4) -> str:
-    """A dollar total that never shows an unknown price as $0."""
+def _saved(values: list) -> str:
+    """Rows without caching carry no saving (None) whatever their price: n/a
+    only when no row has a figure (no price known), never $0 for that."""
     known = [v for v in values if v is not None]
-    if not known:
-        return "n/a (no price known)" if values else f"${0:.{places}f}"
-    text = f"${sum(known):.{places}f}"
-    return text if len(known) == len(values) else f"{text} + {len(values) - len(known)} unpriced"
-
-
-def billing_note(row: dict) -> str:
-    """Prompt-cache and tier detail of a call or answer row; "" when there is none."""
-    parts = []
-    if row.get("cached_tokens"):
-        parts.append(f"cached {row['cached_tokens']:,}")
-    if row.get("cache_write_tokens"):
-        parts.append(f"cache write {row['cache_write_tokens']:,}")
-    if row.get("reasoning_tokens"):
-        parts.append(f"reasoning {row['reasoning_tokens']:,}")
-    if row.get("service_tier"):
-        parts.append(f"tier {row['service_tier']}")
-    return " ".join(parts)
+    return usd_total(sum(known), len(known), 0 if known else len(values))
 
 
 def _safe(text) -> str:
@@ -124,7 +109,7 @@ def _print_question(console, tables: RunTables, query_id: str) -> None:
 
     def grow(node, parent) -> None:
         for c in kids.get(parent, []):
-            cost = "n/a" if c["cost_usd"] is None else f"${c['cost_usd']:.5f}"
+            cost = dollars([c["cost_usd"]], places=5)
             label = (f"[bold]{_safe(c['kind'])}[/bold] depth {c['depth']} {_safe(str(c['model']))} "
                      f"{c['prompt_tokens']}+{c['completion_tokens']} tok {cost} "
                      f"{(c['latency_s'] or 0):.3f}s retries={c['retries']}"

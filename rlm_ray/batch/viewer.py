@@ -12,7 +12,7 @@ import html
 from collections import defaultdict
 from collections.abc import Iterable
 
-from rlm_ray.batch.show import billing_note
+from rlm_ray.batch.billing_text import billing_note, dollars
 from rlm_ray.batch.tables import RunTables
 
 CSS = """
@@ -46,7 +46,7 @@ def _e(value) -> str:
 
 
 def _fmt_cost(value) -> str:
-    return "n/a" if value is None else f"${value:.5f}"
+    return dollars([value], places=5)
 
 
 def _call_summary(call: dict) -> str:

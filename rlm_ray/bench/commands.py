@@ -1,5 +1,8 @@
-"""CLI: `rlm-ray bench quality` (the seeded suites) and `rlm-ray bench compare`
-(rlm-ray against the official `rlms` package on one simulator)."""
+"""CLI of every `rlm-ray bench` suite: `quality` (the seeded suites), `compare`
+(rlm-ray against the official `rlms` package on one simulator), and the
+figures of each area: `corpus`, `engine`, `gateway`, `sim`, `batch` (`cost`
+registers itself from rlm_ray.bench.cost). Handlers import their benchmark
+module lazily so `--help` stays instant."""
 from __future__ import annotations
 
 import argparse
@@ -42,6 +45,161 @@ def register(commands, bench) -> None:
     from rlm_ray.bench.compare_cli import add_compare_parser
 
     add_compare_parser(bench)
+    for add in (_add_corpus, _add_engine, _add_gateway, _add_sim, _add_batch):
+        add(bench)
+
+
+def _check_positive(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+def _add_corpus(bench) -> None:
+    corpus = bench.add_parser(
+        "corpus", help="ingest the CPython stdlib locally and to S3 (moto), time queries")
+    corpus.add_argument("--stdlib", default=None, metavar="PATH",
+                        help="the codebase to ingest (default: this interpreter's stdlib)")
+    corpus.add_argument("--s3", action=argparse.BooleanOptionalAction, default=True,
+                        help="also ingest to and query from a local moto S3 server (default on)")
+    corpus.add_argument("--work", default=".bench/corpus", metavar="DIR",
+                        help="scratch directory for the local corpus (rebuilt each run)")
+    corpus.add_argument("--repeats", type=int, default=5, help="warm runs per query (median)")
+    corpus.add_argument("--copies", type=int, default=10, metavar="N",
+                        help="ingest scaling: also ingest N copies of the codebase (under distinct "
+                             "prefixes) with 1 and --workers workers, and 1 copy; 0 skips (default 10)")
+    corpus.add_argument("--workers", type=int, default=2, metavar="N",
+                        help="Ray workers for the scaling runs (default 2)")
+    corpus.set_defaults(func=_corpus)
+
+
+def _corpus(args: argparse.Namespace) -> int:
+    from rlm_ray.bench.corpus import run_bench
+
+    return run_bench(stdlib=args.stdlib, use_s3=args.s3, work=args.work, repeats=args.repeats,
+                     copies=args.copies, workers=args.workers)
+
+
+def _add_engine(bench) -> None:
+    engine = bench.add_parser(
+        "engine", help="root-actor PSS at 10M vs 100M tokens; per-sub-call engine overhead")
+    engine.add_argument("--work", default=".bench/engine", metavar="DIR",
+                        help="where the 10M / 100M-token corpora are cached")
+    engine.add_argument("--copies", type=int, default=10,
+                        help="stdlib copies in the large corpus (default 10)")
+    engine.add_argument("--sub-calls", type=int, default=400,
+                        help="sub-calls for the overhead figure (default 400)")
+    engine.add_argument("--skip-rss", action="store_true", help="only the overhead figure (skip the memory figure)")
+    engine.add_argument("--iterate", action="store_true",
+                        help="only: model code iterates every stdlib document from the REPL; "
+                             "total vs context.stats, root actor and sandbox peak PSS growth")
+    engine.set_defaults(func=_engine)
+
+
+def _engine(args: argparse.Namespace) -> int:
+    from rlm_ray.bench.engine import run_bench
+
+    return run_bench(work=args.work, copies=args.copies, sub_calls=args.sub_calls,
+                     skip_rss=args.skip_rss, iterate=args.iterate)
+
+
+GATEWAY_PHASES = ("a", "a-ray", "b", "c", "d")
+
+
+def _add_gateway(bench) -> None:
+    parser = bench.add_parser(
+        "gateway", help="model gateway: limiter utilisation, overhead, vs plain litellm",
+        description="Run the gateway against the provider SIMULATOR (child processes) and "
+                    "print utilisation of RPM/TPM limits, per-call overhead and throughput, "
+                    "and plain litellm for comparison. (a) takes >= calls/rpm minutes.")
+    parser.add_argument("--calls", type=int, default=2000, help="calls per rate-limited run")
+    parser.add_argument("--rpm", type=float, default=1200, help="requests/min limit (a, d)")
+    parser.add_argument("--tpm", type=float, default=50_000, help="tokens/min limit (b)")
+    parser.add_argument("--latency-ms", type=float, default=200, help="simulated latency (a, b, d)")
+    parser.add_argument("--overhead-calls", type=int, default=2000, help="calls in the overhead run (c)")
+    parser.add_argument("--concurrency", type=int, default=64,
+                        help="in-flight calls for (c) and the Semaphore of (d)")
+    parser.add_argument("--phases", default=",".join(GATEWAY_PHASES),
+                        help=f"comma-separated subset of {','.join(GATEWAY_PHASES)}")
+    parser.add_argument("--no-ray", action="store_true",
+                        help="skip the Ray rows (no Ray instance is started or joined)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a short dev run: 300 calls, 500 overhead calls")
+    parser.set_defaults(func=_gateway)
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    args.phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    unknown = sorted(set(args.phases) - set(GATEWAY_PHASES))
+    if unknown:
+        raise UserError(f"unknown phase(s) {', '.join(unknown)} (known: {', '.join(GATEWAY_PHASES)})")
+    if args.quick:
+        args.calls, args.overhead_calls = min(args.calls, 300), min(args.overhead_calls, 500)
+    for name in ("calls", "rpm", "tpm", "overhead_calls", "concurrency"):
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive")
+    if args.latency_ms < 0:
+        raise UserError("--latency-ms must be >= 0")
+    from rlm_ray.bench.gateway import run_bench
+
+    return run_bench(args)
+
+
+def _add_sim(bench) -> None:
+    parser = bench.add_parser(
+        "sim", help="throughput and concurrency of one simulator process",
+        description="Start a simulator in a child process and measure requests/s at zero "
+                    "latency and the concurrency reached under slow responses.")
+    parser.add_argument("--requests", type=int, default=5000,
+                        help="requests in the zero-latency throughput run")
+    parser.add_argument("--concurrency", type=int, default=64,
+                        help="concurrent clients in the throughput run")
+    parser.add_argument("--slow-requests", type=int, default=500,
+                        help="concurrent requests in the slow run")
+    parser.add_argument("--slow-latency-ms", type=float, default=500.0,
+                        help="simulated latency of the slow run")
+    parser.set_defaults(func=_sim)
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from rlm_ray.bench.sim import run_bench
+
+    for name in ("requests", "concurrency", "slow_requests"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    return run_bench(requests=args.requests, concurrency=args.concurrency,
+                     slow_requests=args.slow_requests, slow_latency_ms=args.slow_latency_ms)
+
+
+def _add_batch(bench) -> None:
+    parser = bench.add_parser("batch", help="batch throughput, rate-limit utilisation and memory "
+                                            "per question in flight (SIMULATOR)")
+    parser.add_argument("--questions", type=int, default=None,
+                        help="questions per concurrency level (default: 3 waves, 3 x concurrency)")
+    parser.add_argument("--rpm", type=float, default=30000.0, help="the simulated provider's RPM")
+    parser.add_argument("--latency-ms", type=float, default=3000.0,
+                        help="simulated latency per call")
+    parser.add_argument("--concurrency", default="8,128",
+                        help="comma-separated questions in flight, one batch per level")
+    parser.add_argument("--source", default=None, help="codebase to ingest (default: the stdlib)")
+    parser.add_argument("--workdir", default=".bench/batch", help="where corpus and results go")
+    parser.set_defaults(func=_batch)
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from rlm_ray.bench.batch import run_bench
+
+    try:
+        levels = [int(x) for x in str(args.concurrency).split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--concurrency must be integers separated by commas, "
+                        f"got {args.concurrency!r}") from None
+    if not levels or min(levels) < 1:
+        raise UserError(f"--concurrency levels must be >= 1, got {args.concurrency!r}")
+    _check_positive(args, "questions", "rpm")
+    return run_bench(questions=args.questions, rpm=args.rpm, latency_ms=args.latency_ms,
+                     concurrency=levels, source=args.source, workdir=args.workdir)
 
     from rlm_ray.bench.paper.cli import add_paper_parser
 

@@ -9,7 +9,16 @@ provider serves a night's batches: the cold start is paid once, not per
 case. Figures come from the batch's own `calls` table, priced by the
 gateway's litellm cost calculation: root input dollars per question (the
 part caching acts on), all dollars per question, the cached share of root
-input tokens, and whether the answers are identical across the two modes.
+input tokens, and the saving against `off` and against no caching at all.
+
+For automatic-caching styles, how much `off` already caches depends on how
+the provider spreads requests without a routing key over its caches, which
+the simulator models as `--cache-replicas` caches chosen at random: a knob,
+not a measurement. So those styles are run once per replica count of
+`--cache-replicas` (default 1,2,4,8), and the saving against `off` is a
+sweep over it; the saving against no caching is the figure that does not
+rest on it. Breakpoint styles have one cache per account (no routing): they
+run once.
 """
 from __future__ import annotations
 
@@ -25,12 +34,14 @@ from rlm_ray.errors import UserError
 POLICY = "sim/rlm-policy"
 STYLES = ("gpt-5-mini", "claude-sonnet-4-5")
 MODES = ("off", "auto")
+REPLICAS = (1, 2, 4, 8)
 
 
 @dataclass
 class CostRun:
     billed_like: str
     prompt_cache: str
+    cache_replicas: int | None      # the simulator's keyless routing spread (automatic style)
     questions: int
     root_turns: float               # per question
     root_input_tokens: float        # per question
@@ -38,7 +49,6 @@ class CostRun:
     root_input_usd: float | None    # per question
     uncached_usd: float | None      # per question: the same root input with no token cached
     total_usd: float | None         # per question, root + sub-calls
-    answers: dict
     wall_s: float
 
 
@@ -48,13 +58,18 @@ def register(commands, bench) -> None:
         description="Answer one seeded suite case with --prompt-cache off and auto against "
                     "the provider SIMULATOR billing like gpt-5-mini (automatic prefix caching) "
                     "and like claude-sonnet-4-5 (cache_control breakpoints); print root input "
-                    "dollars per question and whether the answers are identical.")
+                    "dollars per question, saved against off and against no caching. "
+                    "Automatic styles run once per simulator cache count (--cache-replicas).")
     parser.add_argument("--suite", default="oolong")
     parser.add_argument("--size", default="2^20", help="corpus size in tokens (default 2^20)")
     parser.add_argument("--seeds", default="0,1,2",
                         help="comma-separated case seeds, answered in order against one simulator")
     parser.add_argument("--like", default=",".join(STYLES),
                         help="comma-separated litellm price entries to bill like")
+    parser.add_argument("--cache-replicas", default=",".join(map(str, REPLICAS)),
+                        help="comma-separated counts of simulator caches that keyless requests "
+                             "are spread over (automatic-caching styles only; a simulator "
+                             "assumption, so a sweep)")
     parser.add_argument("--concurrency", type=int, default=3, help="questions in flight")
     parser.add_argument("--workdir", default=".bench", help="cache of generated corpora")
     parser.add_argument("--out", default=".bench/results/cost", help="batch runs go here")
@@ -71,24 +86,26 @@ def _root_input_usd(call: dict, model: str, gateway) -> float | None:
     return billed_cost(model, usage, gateway)
 
 
-def run_one(cases: list, like: str, mode: str, out: Path, concurrency: int) -> CostRun:
+def run_one(cases: list, like: str, mode: str, out: Path, concurrency: int,
+            replicas: int | None = None) -> CostRun:
     from rlm_ray.batch.runner import run
     from rlm_ray.batch.tables import read_run
     from rlm_ray.llm.config import GatewayConfig
     from rlm_ray.sim.server import SimServer
 
     model = f"openai/{POLICY}"
-    answers: dict = {}
+    questions = 0
     roots: list[dict] = []
     costs: list = []
     wall = 0.0
-    with SimServer(bill_like={POLICY: like}) as sim:   # fresh server: a cold cache
+    knobs = {} if replicas is None else {"cache_replicas": replicas}
+    with SimServer(bill_like={POLICY: like}, **knobs) as sim:   # fresh server: a cold cache
         gateway = GatewayConfig(api_base=sim.base_url, cache_mode="off", prompt_cache=mode,
                                 price_like={model: like})
         rlm = {"model": model, "sub_model": model, "api_base": sim.base_url, "max_depth": 1,
                "max_iterations": 20, "timeout_s": None, "budget_usd": None, "gateway": gateway}
         for case in cases:
-            run_dir = out / f"{like}-{mode}" / case.folder.name
+            run_dir = out / f"{like}-{mode}-r{replicas or 1}" / case.folder.name
             if run_dir.exists():
                 shutil.rmtree(run_dir)   # a benchmark measures; it never resumes
             started = time.monotonic()
@@ -97,20 +114,20 @@ def run_one(cases: list, like: str, mode: str, out: Path, concurrency: int) -> C
             wall += time.monotonic() - started
             tables = read_run(str(run_dir))
             rows = tables.answers.to_pylist()
-            answers.update({(case.folder.name, a["query_id"]): a["answer"] for a in rows})
+            questions += len(rows)
             roots += [c for c in tables.calls.to_pylist() if c["kind"] == "root"]
             costs += [a["cost_usd"] for a in rows]
-    n = max(len(answers), 1)
+    n = max(questions, 1)
     root_in = sum(c["prompt_tokens"] or 0 for c in roots)
     cached = sum(c["cached_tokens"] or 0 for c in roots)
     input_usd = [_root_input_usd(c, model, gateway) for c in roots]
     uncached_usd = [_root_input_usd(dict(c, cached_tokens=0, cache_write_tokens=0), model, gateway)
                     for c in roots]
     return CostRun(
-        like, mode, len(answers), len(roots) / n, root_in / n, cached / root_in if root_in else 0.0,
+        like, mode, replicas, questions, len(roots) / n, root_in / n, cached / root_in if root_in else 0.0,
         None if any(x is None for x in input_usd) else sum(input_usd) / n,
         None if any(x is None for x in uncached_usd) else sum(uncached_usd) / n,
-        None if any(x is None for x in costs) else sum(costs) / n, answers, wall)
+        None if any(x is None for x in costs) else sum(costs) / n, wall)
 
 
 def _usd(value: float | None) -> str:
@@ -122,28 +139,39 @@ def _saving(usd: float | None, base: float | None) -> str:
 
 
 def format_table(runs: list[CostRun]) -> str:
-    lines = ["| billed like | --prompt-cache | questions | root turns/q | root input tokens/q | "
-             "cached share | root input $/q | all $/q | saving vs off | saving vs no caching | "
-             "answers identical |",
+    lines = ["| billed like | sim caches | --prompt-cache | questions | root turns/q | "
+             "root input tokens/q | cached share | root input $/q | all $/q | saving vs off | "
+             "saving vs no caching |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    off = {r.billed_like: r for r in runs if r.prompt_cache == "off"}
+    off = {(r.billed_like, r.cache_replicas): r for r in runs if r.prompt_cache == "off"}
     for r in runs:
-        base = off.get(r.billed_like)
-        saving = same = ""
+        base = off.get((r.billed_like, r.cache_replicas))
+        saving = ""
         if r.prompt_cache != "off" and base is not None:
             saving = _saving(r.root_input_usd, base.root_input_usd)
-            same = "yes" if r.answers == base.answers else "NO"
-        lines.append(f"| {r.billed_like} | {r.prompt_cache} | {r.questions} | {r.root_turns:.1f} | "
-                     f"{r.root_input_tokens:,.0f} | {r.cached_share:.1%} | {_usd(r.root_input_usd)} | "
-                     f"{_usd(r.total_usd)} | {saving} | {_saving(r.root_input_usd, r.uncached_usd)} | "
-                     f"{same} |")
+        caches = "1 (no routing)" if r.cache_replicas is None else str(r.cache_replicas)
+        lines.append(f"| {r.billed_like} | {caches} | {r.prompt_cache} | {r.questions} | "
+                     f"{r.root_turns:.1f} | {r.root_input_tokens:,.0f} | {r.cached_share:.1%} | "
+                     f"{_usd(r.root_input_usd)} | {_usd(r.total_usd)} | {saving} | "
+                     f"{_saving(r.root_input_usd, r.uncached_usd)} |")
     return "\n".join(lines)
+
+
+def _replica_counts(text: str) -> list[int]:
+    try:
+        counts = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--cache-replicas takes comma-separated integers, got {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise UserError(f"--cache-replicas needs counts >= 1, got {text!r}")
+    return counts
 
 
 def cost_command(args: argparse.Namespace) -> int:
     from rlm_ray.bench.commands import parse_size
     from rlm_ray.bench.quality import prepare
     from rlm_ray.bench.suites import SUITES
+    from rlm_ray.sim.caching import billing_style
 
     if args.suite not in SUITES:
         raise UserError(f"unknown suite {args.suite!r}; choose from {', '.join(SUITES)}")
@@ -153,6 +181,7 @@ def cost_command(args: argparse.Namespace) -> int:
     if not styles:
         raise UserError("--like needs at least one litellm price entry")
     size = parse_size(args.size)
+    replica_counts = _replica_counts(args.cache_replicas)
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -166,12 +195,18 @@ def cost_command(args: argparse.Namespace) -> int:
     cases = [prepare(args.suite, seed, size, Path(args.workdir), log) for seed in seeds]
     runs = []
     for like in styles:
-        for mode in MODES:
-            log(f"{args.suite} {size:,} tokens, seeds {args.seeds}, SIMULATOR billing like {like}, "
-                f"--prompt-cache {mode}")
-            result = run_one(cases, like, mode, Path(args.out), args.concurrency)
-            log(f"  {result.questions} questions in {result.wall_s:.1f}s")
-            runs.append(result)
+        routed = billing_style(like) == "automatic"
+        for replicas in (replica_counts if routed else [None]):
+            for mode in MODES:
+                caches = f", {replicas} simulator cache(s)" if routed else ""
+                log(f"{args.suite} {size:,} tokens, seeds {args.seeds}, SIMULATOR billing like "
+                    f"{like}{caches}, --prompt-cache {mode}")
+                result = run_one(cases, like, mode, Path(args.out), args.concurrency, replicas)
+                # Each run's figures as it ends: a long sweep keeps what it measured.
+                log(f"  {result.questions} questions in {result.wall_s:.1f}s; cached share "
+                    f"{result.cached_share:.1%}, root input $/q {_usd(result.root_input_usd)}, "
+                    f"saving vs no caching {_saving(result.root_input_usd, result.uncached_usd)}")
+                runs.append(result)
     print(f"## prompt caching: {args.suite} at {cases[0].meta['tokens']:,} tokens, seeds {args.seeds} "
           f"(provider SIMULATOR, litellm prices)\n")
     print(format_table(runs))

@@ -1,7 +1,5 @@
-"""CLI: `rlm-ray ingest` and `rlm-ray bench corpus` (heavy imports stay lazy)."""
+"""CLI: `rlm-ray ingest` (heavy imports stay lazy)."""
 from __future__ import annotations
-
-import argparse
 
 from rlm_ray.corpus.caps import MAX_ARCHIVE_BYTES, MAX_ARCHIVE_MEMBERS
 
@@ -33,22 +31,6 @@ def register(commands, bench) -> None:
                         help=f"refuse an archive with more members (default {MAX_ARCHIVE_MEMBERS})")
     ingest.set_defaults(func=_ingest)
 
-    corpus = bench.add_parser(
-        "corpus", help="ingest the CPython stdlib locally and to S3 (moto), time queries")
-    corpus.add_argument("--stdlib", default=None, metavar="PATH",
-                        help="the codebase to ingest (default: this interpreter's stdlib)")
-    corpus.add_argument("--s3", action=argparse.BooleanOptionalAction, default=True,
-                        help="also ingest to and query from a local moto S3 server (default on)")
-    corpus.add_argument("--work", default=".bench/corpus", metavar="DIR",
-                        help="scratch directory for the local corpus (rebuilt each run)")
-    corpus.add_argument("--repeats", type=int, default=5, help="warm runs per query (median)")
-    corpus.add_argument("--copies", type=int, default=10, metavar="N",
-                        help="ingest scaling: also ingest N copies of the codebase (under distinct "
-                             "prefixes) with 1 and --workers workers, and 1 copy; 0 skips (default 10)")
-    corpus.add_argument("--workers", type=int, default=2, metavar="N",
-                        help="Ray workers for the scaling runs (default 2)")
-    corpus.set_defaults(func=_bench)
-
 
 def summary_line(manifest: dict, out: str) -> str:
     run = manifest["ingest"]
@@ -69,9 +51,3 @@ def _ingest(args) -> int:
     print(summary_line(manifest, args.out))
     return 0
 
-
-def _bench(args) -> int:
-    from rlm_ray.corpus.bench import run_bench
-
-    return run_bench(stdlib=args.stdlib, use_s3=args.s3, work=args.work, repeats=args.repeats,
-                     copies=args.copies, workers=args.workers)

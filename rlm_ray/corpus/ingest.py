@@ -112,12 +112,13 @@ def ingest(sources: Sequence[str], out: str, *, chunk_tokens: int = 2000,
            max_file_bytes: int = 2_000_000, exclude: Sequence[str] = (),
            name: str | None = None, parallelism: int | None = None,
            max_archive_bytes: int = MAX_ARCHIVE_BYTES,
-           max_archive_members: int = MAX_ARCHIVE_MEMBERS) -> dict:
+           max_archive_members: int = MAX_ARCHIVE_MEMBERS, backend: str | None = None) -> dict:
     """Ingest `sources` into the corpus at `out`; returns the new manifest.
 
     `parallelism`: bucket builds at once; 1 runs in this process, more run as
     Ray tasks (a running cluster is used as is); None: the cluster's CPUs, or
-    in-process for a small corpus when no cluster is running."""
+    in-process for a small corpus when no cluster is running. `backend` forces
+    one of rlm_ray.corpus.parallel.BACKENDS (benchmarks compare like with like)."""
     started = time.perf_counter()
     sources = [str(s) for s in sources]
     if not sources:
@@ -135,7 +136,7 @@ def ingest(sources: Sequence[str], out: str, *, chunk_tokens: int = 2000,
                            max_archive_bytes=max_archive_bytes, max_archive_members=max_archive_members,
                            spool=Spool(spool_dir))
         files = unique_paths([(src, list_source(src, opts)) for src in sources])
-        plan = make_plan(parallelism, sum(f.size for f in files))
+        plan = make_plan(parallelism, sum(f.size for f in files), backend)
         previous = _previous_manifest(out)
         n_buckets = _choose_buckets(sum(f.size for f in files), previous, chunk_tokens)
         old_docs = _previous_docs(out, previous)

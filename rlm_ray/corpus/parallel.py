@@ -49,7 +49,20 @@ def cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def make_plan(parallelism: int | None, total_bytes: int) -> Plan:
+BACKENDS = ("inline", "threads", "processes", "ray")
+
+
+def make_plan(parallelism: int | None, total_bytes: int, backend: str | None = None) -> Plan:
+    """`backend` forces where builds run (e.g. 1 worker PROCESS, so a benchmark
+    compares 1 and N workers of one backend); None chooses as documented above."""
+    if backend is not None:
+        if backend not in BACKENDS:
+            raise UserError(f"unknown ingest backend {backend!r} (known: {', '.join(BACKENDS)})")
+        if parallelism is not None and parallelism < 1:
+            raise UserError(f"--parallelism must be at least 1, got {parallelism}")
+        if backend == "inline":
+            return Plan(1, "inline")
+        return Plan(parallelism or os.cpu_count() or 1, backend)
     cluster = _ray_running() or bool(os.environ.get("RAY_ADDRESS"))
     if parallelism is not None:
         if parallelism < 1:

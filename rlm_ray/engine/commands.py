@@ -1,4 +1,4 @@
-"""CLI: `rlm-ray query` (one question through the engine) and `rlm-ray bench engine`."""
+"""CLI: `rlm-ray query` (one question through the engine)."""
 from __future__ import annotations
 
 import argparse
@@ -120,20 +120,6 @@ def register(commands, bench) -> None:
                        help="run the root loop in this process instead of a Ray actor")
     query.set_defaults(func=_query)
 
-    engine = bench.add_parser(
-        "engine", help="root-actor RSS at 10M vs 100M tokens; per-sub-call engine overhead")
-    engine.add_argument("--work", default=".bench/engine", metavar="DIR",
-                        help="where the 10M / 100M-token corpora are cached")
-    engine.add_argument("--copies", type=int, default=10,
-                        help="stdlib copies in the large corpus (default 10)")
-    engine.add_argument("--sub-calls", type=int, default=400,
-                        help="sub-calls for the overhead figure (default 400)")
-    engine.add_argument("--skip-rss", action="store_true", help="only the overhead figure")
-    engine.add_argument("--iterate", action="store_true",
-                        help="only: model code iterates every stdlib document from the REPL; "
-                             "total vs context.stats, root actor and sandbox peak RSS growth")
-    engine.set_defaults(func=_bench)
-
 
 def resolve_models(args, stack: ExitStack) -> tuple[str, str, str | None, dict | None]:
     """(root model, sub model, api_base, windows); `sim` models start an in-process
@@ -227,9 +213,3 @@ def _query(args) -> int:
     print(terminal_safe(f"rlm-ray: {result.summary()}{error} trajectory={path}"), file=sys.stderr)
     return 1 if result.status == "error" else 0
 
-
-def _bench(args) -> int:
-    from rlm_ray.engine.bench import run_bench
-
-    return run_bench(work=args.work, copies=args.copies, sub_calls=args.sub_calls,
-                     skip_rss=args.skip_rss, iterate=args.iterate)

@@ -1,5 +1,4 @@
-"""CLI: `rlm-ray sim` (serve the SIMULATOR until SIGTERM/SIGINT) and
-`rlm-ray bench sim` (how much load one simulator process sustains)."""
+"""CLI: `rlm-ray sim` (serve the SIMULATOR until SIGTERM/SIGINT)."""
 from __future__ import annotations
 
 import argparse
@@ -15,20 +14,6 @@ def register(commands, bench) -> None:
                     "RPM/TPM limits and injected faults; GET /stats for counters.")
     add_sim_arguments(parser)
     parser.set_defaults(func=serve_command)
-
-    bench_parser = bench.add_parser(
-        "sim", help="throughput and concurrency of one simulator process",
-        description="Start a simulator in a child process and measure requests/s at zero "
-                    "latency and the concurrency reached under slow responses.")
-    bench_parser.add_argument("--requests", type=int, default=5000,
-                              help="requests in the zero-latency throughput run")
-    bench_parser.add_argument("--concurrency", type=int, default=64,
-                              help="concurrent clients in the throughput run")
-    bench_parser.add_argument("--slow-requests", type=int, default=500,
-                              help="concurrent requests in the slow run")
-    bench_parser.add_argument("--slow-latency-ms", type=float, default=500.0,
-                              help="simulated latency of the slow run")
-    bench_parser.set_defaults(func=bench_command)
 
 
 def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
@@ -131,12 +116,3 @@ def serve_command(args: argparse.Namespace) -> int:
     print("SIMULATOR stopped", flush=True)
     return 0
 
-
-def bench_command(args: argparse.Namespace) -> int:
-    from rlm_ray.sim.bench import run_bench
-
-    for name in ("requests", "concurrency", "slow_requests"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    return run_bench(requests=args.requests, concurrency=args.concurrency,
-                     slow_requests=args.slow_requests, slow_latency_ms=args.slow_latency_ms)

@@ -2,54 +2,40 @@
 CPython stdlib by default) against the provider SIMULATOR, once per
 concurrency level, and the figures that say whether the batch machinery is
 the bottleneck: questions/min, rate-limit utilisation, the simulator's peak
-concurrent requests, and memory per question in flight: the peak USS (memory
-only that process holds) summed over every process the batch started (RLM
-host actors, their sandbox workers, gateway/limiter/budget actors), divided
-by the questions in flight. Each level runs 3 waves of questions (3 x the
-concurrency unless --questions says otherwise) on hosts started once, so the
-first wave's wall per question against the second's (both at full
-concurrency; the third drains the queue) shows whether start-up is paid once
-or per question."""
+concurrent requests, and memory per question in flight: the peak of the PSS
+(rlm_ray.bench.memory) summed over every process the batch started (RLM host
+actors, their sandbox workers, gateway/limiter/budget actors), divided by the
+questions in flight at that same sample. Each level runs 3 waves of questions
+(3 x the concurrency unless --questions says otherwise) on hosts started
+once, so the first wave's wall per question against the second's (both at
+full concurrency; the third drains the queue) shows whether start-up is paid
+once or per question."""
 from __future__ import annotations
 
-import resource
+import os
 import statistics
 import sys
 import sysconfig
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from rlm_ray.batch.define_questions import (STDLIB_SKIP_DIRS, corpus_exclude, define_questions,
                                             write_jsonl)
+from rlm_ray.bench.memory import MemoryPeak, tree_pss
 
 SAMPLE_S = 1.0
 
 
-def _peak_rss_mb() -> float:
-    # ru_maxrss is KiB on Linux: the driver's high-water mark over the whole run.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-@dataclass
-class MemoryPeak:
-    uss_mb: float = 0.0          # highest sum of USS over the batch's processes
-    in_flight: int = 0           # most questions in flight at one sample
-    in_flight_at_peak: int = 0   # questions in flight when the USS peaked
-    processes_at_peak: int = 0
-    actors_mb_at_peak: float = 0.0      # the Ray actor processes themselves
-    sandboxes_mb_at_peak: float = 0.0   # their descendants (sandbox workers, bwrap)
-
-
 class MemorySampler:
-    """Samples, every SAMPLE_S, the USS of this job's Ray actors and all their
+    """Samples, every SAMPLE_S, the PSS of this job's Ray actors and all their
     descendants (sandbox workers, bwrap), and the questions the hosts report
     in flight."""
 
     def __init__(self, hosts) -> None:
         self.hosts = hosts
         self.peak = MemoryPeak()
+        self.driver_pss_mb = 0.0   # this process (the batch driver), its own peak
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bench-memory", daemon=True)
 
@@ -77,13 +63,8 @@ class MemorySampler:
                 in_flight += ray.get(ref, timeout=10)
             except Exception:  # noqa: BLE001 - a host being replaced
                 continue
-        actors_mb, children_mb, count = _uss_of(_job_actor_pids())
-        uss = actors_mb + children_mb
-        peak = self.peak
-        peak.in_flight = max(peak.in_flight, in_flight)
-        if uss > peak.uss_mb:
-            peak.uss_mb, peak.in_flight_at_peak, peak.processes_at_peak = uss, in_flight, count
-            peak.actors_mb_at_peak, peak.sandboxes_mb_at_peak = actors_mb, children_mb
+        self.peak.observe(tree_pss(_job_actor_pids()), in_flight)
+        self.driver_pss_mb = max(self.driver_pss_mb, tree_pss([os.getpid()]).roots_mb)
 
 
 def _job_actor_pids() -> list[int]:
@@ -93,29 +74,6 @@ def _job_actor_pids() -> list[int]:
     job = ray.get_runtime_context().get_job_id()
     return [a["Pid"] for a in actors(actor_state_name="ALIVE").values()
             if a.get("Pid") and a.get("JobID") == job]
-
-
-def _uss_of(pids: list[int]) -> tuple[float, float, int]:
-    """(MB of the actor processes, MB of their descendants, processes counted)."""
-    import psutil
-
-    seen: set[int] = set()
-    totals = [0, 0]
-    for pid in pids:
-        try:
-            root = psutil.Process(pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            continue
-        for proc in procs:
-            if proc.pid in seen:
-                continue
-            try:
-                totals[proc.pid != pid] += proc.memory_full_info().uss
-                seen.add(proc.pid)
-            except psutil.Error:
-                continue
-    return totals[0] / 2**20, totals[1] / 2**20, len(seen)
 
 
 def _waves(answers: list[dict], concurrency: int) -> tuple[float, float]:
@@ -157,7 +115,6 @@ def run_bench(*, questions: int | None, rpm: float, latency_ms: float,
             for label, value in rows:
                 print(f"    {label.ljust(width)}  {value}")
     print(f"\n  ingest (incremental)  {ingest_s:.1f} s")
-    print(f"  driver peak RSS       {_peak_rss_mb():.0f} MB")
     print(f"  load average          {Path('/proc/loadavg').read_text().split()[:3]}")
     return 0
 
@@ -197,23 +154,28 @@ def _one_level(root: Path, corpus: str, work: Path, server, rpm: float, level: i
     ok_requests = stats["by_status"].get(200, 0)
     achieved_rpm = ok_requests / (wall / 60)
     acc = summary.accuracy
-    per_question = peak.uss_mb / peak.in_flight if peak.in_flight else float("nan")
+    per_question = peak.per_question_mb
     return [
         ("terminal rows", f"{sum(summary.statuses.values())}"),
         ("statuses", ", ".join(f"{k}={v}" for k, v in sorted(summary.statuses.items()))),
         ("normalised accuracy", f"{acc.normalized}/{acc.scored}" if acc else "n/a"),
         ("RLM host actors", f"{hosts.size} (started in {host_start:.1f} s)"),
-        ("questions in flight (peak)", f"{peak.in_flight} (driver saw {summary.peak_in_flight})"),
+        ("questions in flight (most)", f"{peak.max_in_flight} "
+                                       f"(driver saw {summary.peak_in_flight})"),
         ("sim max concurrency", f"{stats.get('max_concurrency')}"),
-        ("peak USS, all batch processes", f"{peak.uss_mb:.0f} MB over {peak.processes_at_peak} "
-                                          f"processes ({peak.in_flight_at_peak} in flight)"),
-        ("  of which Ray actors / sandboxes", f"{peak.actors_mb_at_peak:.0f} MB / "
-                                             f"{peak.sandboxes_mb_at_peak:.0f} MB"),
-        ("memory per question in flight", f"{per_question:.1f} MB"),
+        ("peak PSS, all batch processes", f"{peak.pss_mb:.0f} MB over {peak.processes_at_peak} "
+                                          f"processes ({peak.in_flight_at_peak} in flight then; "
+                                          f"{peak.samples} samples)"),
+        ("  of which Ray actors / sandboxes", f"{peak.roots_mb_at_peak:.0f} MB / "
+                                             f"{peak.descendants_mb_at_peak:.0f} MB"),
+        ("PSS per question in flight (at the peak)",
+         "n/a (no question in flight at the peak)" if per_question is None
+         else f"{per_question:.1f} MB"),
         ("wall per question, wave 1", f"{first:.1f} s"),
         ("wall per question, wave 2", f"{second:.1f} s"),
         ("wave 1 / wave 2", f"{first / second:.2f}x"),
         ("wall (batch)", f"{wall:.1f} s"),
+        ("driver peak PSS", f"{sampler.driver_pss_mb:.0f} MB"),
         ("questions/min", f"{summary.total / (wall / 60):.1f}"),
         ("model calls (200 OK at the sim)", f"{ok_requests}"),
         ("429 answers from the sim", f"{stats['by_status'].get(429, 0)}"),

@@ -1,6 +1,6 @@
 """`rlm-ray bench engine`: two figures of the engine itself (not of a model).
 
-(a) Root-actor memory is flat in corpus size: RSS of an RLMActor (psutil on
+(a) Root-actor memory is flat in corpus size: PSS of an RLMActor (psutil on
     its pid, sampled while it answers a needle question) over the stdlib
     (~10M tokens) vs the stdlib ingested `copies` times under different
     prefixes (~100M tokens). The corpus stays in Parquet/DuckDB; the actor
@@ -11,9 +11,10 @@
     sequential `llm_query` calls vs N sequential gateway calls.
 (c) `--iterate`: model code walks every document of the stdlib corpus
     (`for doc in context: total += len(doc)`); the total must equal the
-    corpus's own `characters` stat, and the peak RSS of the root actor and of
+    corpus's own `characters` stat, and the peak PSS of the root actor and of
     its sandbox processes must grow by < 100 MB over an idle REPL on the
     same corpus (documents stream through in bounded batches).
+Memory is PSS, the metric of every benchmark (rlm_ray.bench.memory).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import threading
 import time
 from pathlib import Path
 
+from rlm_ray.bench.memory import pss_bytes
 from rlm_ray.sim import register_policy
 from rlm_ray.sim.registry import root_question
 
@@ -31,7 +33,8 @@ STDLIB_EXCLUDE = ["site-packages/", "__pycache__/", "*.pyc"]
 NEEDLE_KEY, NEEDLE_VALUE = "BENCH-KEY", "7781-ZZ"
 FANOUT_POLICY = "bench/fanout"
 ITERATE_POLICY = "bench/iterate"
-IDLE_SECONDS = 1.5            # the idle REPL lives this long, so its RSS is sampled
+IDLE_SECONDS = 1.5            # the idle REPL lives this long, so its PSS is sampled
+SAMPLE_S = 0.05               # PSS reads smaps_rollup: a few per second per process
 GROWTH_LIMIT_MB = 100
 REPEATS = 3
 
@@ -78,8 +81,8 @@ def _corpora(work: Path, copies: int) -> tuple[str, str]:
     return small, large
 
 
-def _actor_rss(rlm, corpus, question: str) -> dict:
-    """Baseline and peak RSS of a fresh RLMActor answering `question`."""
+def _actor_pss(rlm, corpus, question: str) -> dict:
+    """Baseline and peak PSS of a fresh RLMActor answering `question`."""
     import psutil
     import ray
 
@@ -88,7 +91,7 @@ def _actor_rss(rlm, corpus, question: str) -> dict:
     actor = RLMActor.remote()
     try:
         proc = psutil.Process(ray.get(actor.pid.remote()))
-        baseline = proc.memory_info().rss
+        baseline = pss_bytes(proc)
         spec = rlm.plan()
         ref = actor.answer.remote(corpus, question, "bench-rss", spec)
         peak, done = baseline, threading.Event()
@@ -96,8 +99,8 @@ def _actor_rss(rlm, corpus, question: str) -> dict:
         def sample() -> None:
             nonlocal peak
             while not done.is_set():
-                peak = max(peak, proc.memory_info().rss)
-                time.sleep(0.02)
+                peak = max(peak, pss_bytes(proc))
+                time.sleep(SAMPLE_S)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -111,7 +114,7 @@ def _actor_rss(rlm, corpus, question: str) -> dict:
         ray.kill(actor)
 
 
-def bench_rss(work: Path, copies: int, model: str, api_base: str) -> list[tuple]:
+def bench_pss(work: Path, copies: int, model: str, api_base: str) -> list[tuple]:
     from rlm_ray.corpus import Corpus
     from rlm_ray.engine import RLM
 
@@ -121,34 +124,34 @@ def bench_rss(work: Path, copies: int, model: str, api_base: str) -> list[tuple]
     rows = []
     for label, uri in (("1x stdlib", small_uri), (f"{copies}x stdlib", large_uri)):
         corpus = Corpus.open(uri)
-        m = _actor_rss(rlm, corpus, question)
+        m = _actor_pss(rlm, corpus, question)
         rows.append((label, len(corpus), m["baseline"] / 2**20, m["peak"] / 2**20,
                      m["status"], m["answer"], m["wall_s"]))
     return rows
 
 
 def _peaks_while(proc, ref) -> tuple[object, float, float]:
-    """(result, actor peak RSS MB, sandbox peak RSS MB) while `ref` runs; the
+    """(result, actor peak PSS MB, sandbox peak PSS MB) while `ref` runs; the
     sandbox is every process under the actor (its worker, bwrap if used)."""
     import psutil
     import ray
 
     peaks, done = [0, 0], threading.Event()
 
-    def children_rss() -> int:
+    def children_pss() -> int:
         total = 0
         for child in proc.children(recursive=True):
             try:
-                total += child.memory_info().rss
+                total += pss_bytes(child)
             except psutil.Error:      # exited between listing and reading
                 pass
         return total
 
     def sample() -> None:
         while not done.is_set():
-            peaks[0] = max(peaks[0], proc.memory_info().rss)
-            peaks[1] = max(peaks[1], children_rss())
-            time.sleep(0.02)
+            peaks[0] = max(peaks[0], pss_bytes(proc))
+            peaks[1] = max(peaks[1], children_pss())
+            time.sleep(SAMPLE_S)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -209,7 +212,7 @@ def print_iterate(f: dict) -> None:
     print(f"iterated {int(n):,} documents, {int(total):,} characters in {float(seconds):.1f} s; "
           f"context.stats: {int(documents):,} documents, {int(characters):,} characters "
           f"-> {'EQUAL' if equal else 'DIFFERENT'}")
-    print(f"{'peak RSS MB':<22} {'idle REPL':>10} {'iterating':>10} {'growth':>8}")
+    print(f"{'peak PSS MB':<22} {'idle REPL':>10} {'iterating':>10} {'growth':>8}")
     verdicts = []
     for label, key in (("root RLMActor", "actor_mb"), ("sandbox processes", "sandbox_mb")):
         growth = it[key] - idle[key]
@@ -281,16 +284,16 @@ def run_bench(work: str, copies: int, sub_calls: int, skip_rss: bool,
             print_iterate(bench_iterate(Path(work), server.base_url))
             return 0
         if not skip_rss:
-            rows = bench_rss(Path(work), copies, "openai/sim/rlm-policy", server.base_url)
-            print("\n(a) root RLMActor RSS answering a needle question")
-            print(f"{'corpus':<12} {'tokens':>13} {'RSS base MB':>12} {'RSS peak MB':>12} "
+            rows = bench_pss(Path(work), copies, "openai/sim/rlm-policy", server.base_url)
+            print("\n(a) root RLMActor PSS answering a needle question")
+            print(f"{'corpus':<12} {'tokens':>13} {'PSS base MB':>12} {'PSS peak MB':>12} "
                   f"{'status':>8} {'answer':>9} {'wall s':>7}")
             for label, tokens, base, peak, status, answer, wall in rows:
                 print(f"{label:<12} {tokens:>13,} {base:>12.1f} {peak:>12.1f} {status:>8} "
                       f"{str(answer):>9} {wall:>7.1f}")
             diff = rows[1][3] - rows[0][3]
             verdict = "PASS" if abs(diff) < 100 else "FAIL"
-            print(f"peak RSS difference {rows[1][0]} - {rows[0][0]}: {diff:+.1f} MB "
+            print(f"peak PSS difference {rows[1][0]} - {rows[0][0]}: {diff:+.1f} MB "
                   f"(target < 100 MB: {verdict})")
         o = bench_overhead(sub_calls, server.base_url)
     print(f"\n(b) engine overhead per sub-call (zero-latency simulator, median of {REPEATS}, "

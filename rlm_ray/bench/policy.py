@@ -2,7 +2,7 @@
 answer each code family exactly (against `ast`), and at what cost in turns,
 sub-calls and prompt sizes? The figures other benchmarks build on.
 
-    python -m rlm_ray.sim.policy_bench [--source DIR] [--corpus URI] [--local]
+    python -m rlm_ray.bench.policy [--source DIR] [--corpus URI] [--local]
 
 SOURCE defaults to the whole CPython stdlib of this interpreter (~10M tokens;
 the first ingest takes minutes, later ones rewrite nothing). Targets are

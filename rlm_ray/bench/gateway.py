@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from rlm_ray.llm.gateway import run_sync  # every litellm call in this process shares one loop
-from rlm_ray.sim.bench import sim_process
+from rlm_ray.bench.sim import sim_process
 from rlm_ray.sim.server import fetch_stats
 
 MODEL = "openai/sim/echo"

@@ -151,7 +151,7 @@ def run_bench(stdlib: str | None, use_s3: bool, work: str, repeats: int,
     console = Console(width=max(120, Console().width))
     load_before = os.getloadavg()[0]
     if copies > 0:
-        from rlm_ray.corpus.bench_scale import run_scale
+        from rlm_ray.bench.corpus_scale import run_scale
 
         run_scale(console, stdlib, work, copies, workers)
     local_out = os.path.join(work, "local")
