@@ -3,6 +3,7 @@ taken at one sample (never two moments mixed), and an unknown price reads n/a
 in every batch output, never $0."""
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -76,6 +77,8 @@ def test_batch_against_a_model_with_no_known_price_reads_na_in_summary_and_show(
     cost_line = next(line for line in summary.splitlines() if "cost (this run)" in line)
     assert "n/a" in cost_line and "$" not in cost_line
     assert not re.search(r"\$0\.0+\b", summary), summary
+    info = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert info["cost_usd_this_run"] is None and info["cost"]["unpriced_answers"] == 2
     assert main(["show", out]) == 0
     shown = capsys.readouterr().out
     cost_line = next(line for line in shown.splitlines() if re.search(r"\bcost\b", line))

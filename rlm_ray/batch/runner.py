@@ -411,7 +411,9 @@ def _run_leased(corpus_uri, corpus, query_file, out_uri, rlm, concurrency, retry
         cost=tally.cost_figures(estimated))
     info.update(status="interrupted" if interrupted else "finished",
                 finished_at=rows.utc_now().isoformat(), answered=final.num_rows,
-                statuses=dict(final_statuses), cost_usd_this_run=tally.cost_usd,
+                statuses=dict(final_statuses),
+                # None, not 0, when no answer had a known price (an unknown price is not free)
+                cost_usd_this_run=None if tally.unpriced and not tally.priced else tally.cost_usd,
                 budget_stopped=summary.budget_stopped,
                 answered_by_node=summary.answered_by_node, cost=summary.cost)
     write_run_info(out_uri, info, lease)  # the manifest is written last
