@@ -140,6 +140,17 @@ class Workspace:
                            int(state.get("more_variables") or 0),
                            flagged_empty=ready and content is None)
 
+    def reopen_answer(self) -> None:
+        """The answer is not final after all (a typed value that did not fit): clear
+        `ready`, keep the content, so the model's next reply must finish again."""
+        from sandbox import SandboxError
+
+        try:
+            self._sandbox.run('_rlm.answer["ready"] = False', timeout_s=10.0)
+        except SandboxError:
+            pass
+        self._after_block()
+
     def has_variable(self, name: str) -> bool:
         return name in {v.split(" (", 1)[0] for v in self.answer().variables}
 
