@@ -63,7 +63,8 @@ def _value_code(node: dict, counting: bool) -> str:
         return (f"next((m for m in {members!r} if str(m).lower() in found.lower()), "
                 f"{members[-1]!r})")
     if kind == "object":
-        fields = ", ".join(f"{name!r}: {_value_code(child, counting)}"
+        required = set(node.get("required") or ())
+        fields = ", ".join(f"{name!r}: {_field_code(name in required, child, counting)}"
                            for name, child in (node.get("properties") or {}).items())
         return "{" + fields + "}"
     if kind == "array":
@@ -71,6 +72,13 @@ def _value_code(node: dict, counting: bool) -> str:
     if kind == "integer":
         return "found" if counting else "count"     # the first draft's slip: the count as text
     return {"number": "float(count)", "boolean": "count > 0"}.get(kind, "found")
+
+
+def _field_code(required: bool, node: dict, counting: bool) -> str:
+    declared = node.get("type")
+    nullable = declared == "null" or (isinstance(declared, list) and "null" in declared)
+    # An optional field that may be null (a note, a detail) is left empty, not guessed.
+    return "None" if nullable and not required else _value_code(node, counting)
 
 
 def _found_code(final: str, final_value: str) -> str:
