@@ -6,6 +6,8 @@ from the test's own source files with `ast`, never copied from the engine."""
 from __future__ import annotations
 
 import ast
+import html
+import io
 import json
 from pathlib import Path
 
@@ -219,6 +221,17 @@ def test_batch_writes_a_typed_output_column_duckdb_reads_and_resume_keeps_the_sc
     assert grouped == [(n, typed_counts.count(n)) for n in sorted(set(typed_counts))] + \
         [(None, sum(c > 1 for c in expected.values()))]
 
+    # `show` and its page display the typed values.
+    from rlm_ray.batch.show import show
+
+    overview, one = io.StringIO(), io.StringIO()
+    show(str(out), html_path=str(tmp_path / "page.html"), stream=overview)
+    show(str(out), query_id="box", stream=one)
+    assert "output" in overview.getvalue() and "invalid_output" in overview.getvalue()
+    assert '"count": 1,' in one.getvalue() and '"any": true' in one.getvalue()
+    page = html.unescape((tmp_path / "page.html").read_text())
+    assert '"count": 1,' in page and "s-invalid_output" in page
+
     info = json.loads((out / "run.json").read_text())
     assert info["output_schema"] == at_most_one
     assert info["output_schema_sha256"] == parse(at_most_one).sha256
@@ -236,3 +249,22 @@ def test_batch_writes_a_typed_output_column_duckdb_reads_and_resume_keeps_the_sc
     # The same schema resumes: nothing left to do (failed rows stay without --retry-failed).
     again = run(corpus, str(queries), str(out), rlm=rlm, concurrency=3, progress=False)
     assert again.ran == 0 and again.skipped == len(questions)
+
+
+def test_pipeline_specs_take_an_output_schema(tmp_path):
+    from rlm_ray.batch.pipeline import load_spec, output_schema_of
+
+    base = ("name: p\nsources: [src]\ncorpus: c\noutput: o\nmodel: sim\n"
+            "questions: [{query_id: a, question: Count them.}]\n")
+    inline = tmp_path / "inline.yaml"
+    inline.write_text(base + "output_schema: {type: object, properties: {n: {type: integer}}}\n")
+    assert output_schema_of(load_spec(str(inline))).schema["properties"]["n"] == {
+        "type": "integer"}
+    (tmp_path / "s.json").write_text(json.dumps(COUNT_SCHEMA))
+    from_file = tmp_path / "file.yaml"
+    from_file.write_text(base + f"output_schema: {tmp_path / 's.json'}\n")
+    assert output_schema_of(load_spec(str(from_file))).schema == COUNT_SCHEMA
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(base + "output_schema: {anyOf: [{type: string}, {type: integer}]}\n")
+    with pytest.raises(UserError, match="anyOf"):
+        load_spec(str(bad))

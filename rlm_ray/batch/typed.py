@@ -94,3 +94,8 @@ def check_resume(out_uri: str, schema: OutputSchema | None, has_answers: bool) -
         asked = f"output schema {now[:12]}" if now else "no output schema"
         raise UserError(f"{out_uri} holds answers written with {said}; this run has {asked}: "
                         "rerun with the same --output-schema, or write to a new --out")
+
+
+def output_text(value: Any, indent: int | None = None) -> str:
+    """A typed output as `show` and the HTML page display it (JSON, keys in schema order)."""
+    return json.dumps(value, ensure_ascii=False, indent=indent, default=str)
