@@ -268,3 +268,58 @@ def test_pipeline_specs_take_an_output_schema(tmp_path):
     bad.write_text(base + "output_schema: {anyOf: [{type: string}, {type: integer}]}\n")
     with pytest.raises(UserError, match="anyOf"):
         load_spec(str(bad))
+
+
+# -- every way of finishing, with a schema -------------------------------------------------
+TEXT = "alpha beta gamma beta\n"
+PAIR = {"type": "object", "required": ["words", "first"],
+        "properties": {"words": {"type": "integer"}, "first": {"type": "string"}}}
+WORDS_PAIR = {"words": len(TEXT.split()), "first": TEXT.split()[0]}
+
+
+def _scripted(name: str, *replies: str) -> str:
+    @register_policy(f"test/typed-{name}")
+    def policy(messages):
+        turn = sum(m["role"] == "assistant" for m in messages)
+        return replies[min(turn, len(replies) - 1)]
+    return f"openai/test/typed-{name}"
+
+
+@pytest.mark.parametrize("schema, replies, expected", [
+    (PAIR, ["```repl\nd = {'words': len(context.split()), 'first': context.split()[0]}\n```\n"
+            "FINAL_VAR(d)"], WORDS_PAIR),
+    (PAIR, ["```repl\nanswer['content'] = {'words': len(context.split()), "
+            "'first': context.split()[0]}\nanswer['ready'] = True\n```"], WORDS_PAIR),
+    (PAIR, ['FINAL({"words": %d, "first": "%s"})' % (WORDS_PAIR["words"], WORDS_PAIR["first"])],
+     WORDS_PAIR),
+    ({"type": "string"}, ["FINAL(42)"], "42"),              # a JSON-looking string stays a string
+    ({"type": "integer"}, ["FINAL(42)"], 42),
+    ({"type": ["integer", "null"]}, ["```repl\nFINAL(None)\n```"], None),
+    ({"type": "boolean"}, ["```repl\nFINAL(len(context) > 3)\n```"], True),
+    ({"type": "string"}, ["```repl\ns = '[1, 2]'\n```\nFINAL_VAR(s)"], "[1, 2]"),
+])
+def test_every_finishing_form_gives_the_typed_value(sim_server, schema, replies, expected):
+    model = _scripted(f"form-{abs(hash((json.dumps(schema), *replies)))}", *replies)
+    result = RLM(model, SIM, api_base=sim_server.base_url, local=True, max_iterations=3,
+                 output_schema=schema).answer(TEXT, "Count the words; give the first.")
+    assert result.status == "ok", result.error
+    assert result.output == expected and result.iterations == 1
+
+
+def test_query_cli_prints_the_typed_value_and_refuses_a_bad_schema(sim_server, tmp_path,
+                                                                   capsys):
+    from rlm_ray.cli import main
+
+    model = _scripted("cli", "```repl\nd = {'words': len(context.split()), "
+                             "'first': context.split()[0]}\n```\nFINAL_VAR(d)")
+    (tmp_path / "in.txt").write_text(TEXT)
+    (tmp_path / "s.json").write_text(json.dumps(PAIR))
+    (tmp_path / "bad.json").write_text(json.dumps({"oneOf": [{"type": "string"}]}))
+    argv = ["query", "q?", "--text", str(tmp_path / "in.txt"), "--model", model,
+            "--api-base", sim_server.base_url, "--local", "--trajectory",
+            str(tmp_path / "t.json")]
+    assert main(argv + ["--output-schema", str(tmp_path / "s.json")]) == 0
+    assert json.loads(capsys.readouterr().out) == WORDS_PAIR
+    assert main(argv + ["--output-schema", str(tmp_path / "bad.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "oneOf" in err[0], err

@@ -208,7 +208,8 @@ class RootLoop:
         schema = self.spec.output_schema
         if schema is None:
             return None
-        value, errors = schema.accept(answer)
+        state = self.workspace.answer()   # the REPL value's own JSON, when it is this answer
+        value, errors = schema.accept(answer, state.json if state.content == answer else None)
         if not errors:
             self.output = value
             return None

@@ -50,16 +50,20 @@ class OutputSchema:
         found = sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
         return [f"{e.json_path}: {e.message}" for e in found]
 
-    def accept(self, answer: str) -> tuple[Any, list[str]]:
-        """(value, []) when the answer text fits, else (None, the validator's messages).
+    def accept(self, answer: str, exact_json: str | None = None) -> tuple[Any, list[str]]:
+        """(value, []) when the answer fits, else (None, the validator's messages).
 
-        The text is the REPL value's JSON when the model finished with a dict or
-        list (lossless), or the text it wrote: parsed as JSON first, taken as a
-        plain string when that is what fits."""
+        `exact_json`: the REPL value's own JSON when the model finished with a non-str
+        value (a dict, a list, a number, None): that value is what is checked. Else the
+        text it wrote: parsed as JSON first, taken as a plain string when that fits."""
+        if exact_json is not None:
+            value = json.loads(exact_json)
+            errors = self.errors(value)
+            return (None, errors) if errors else (value, [])
         candidates: list[Any] = []
         try:
             candidates.append(json.loads(answer))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):   # not JSON (or nested past parsing)
             pass
         candidates.append(answer)
         first_errors: list[str] | None = None
