@@ -101,6 +101,9 @@ def rlm_settings(args: argparse.Namespace, out_uri: str) -> tuple[dict, object |
     from rlm_ray.sim import resolve_model
 
     _check_positive(args, "max_iterations", "timeout_s", "question_budget_usd", "rpm", "tpm")
+    from rlm_ray.engine.commands import read_output_schema
+
+    output_schema = read_output_schema(args.output_schema)   # before any simulator starts
     if args.max_depth < 0:
         raise UserError("--max-depth must be >= 0")
     from rlm_ray.llm.options import entry_for
@@ -117,14 +120,14 @@ def rlm_settings(args: argparse.Namespace, out_uri: str) -> tuple[dict, object |
     gateway = GatewayConfig(rpm=args.rpm, tpm=args.tpm, cache_uri=cache, api_base=api_base,
                             cache_mode="off" if cache is None else "auto",
                             **cost_fields(args, model))
-    from rlm_ray.engine.commands import allowed_models, read_output_schema, read_system_prompt
+    from rlm_ray.engine.commands import allowed_models, read_system_prompt
 
     rlm = {"model": model, "sub_model": sub_model, "api_base": api_base,
            "max_depth": args.max_depth, "max_iterations": args.max_iterations,
            "timeout_s": args.timeout_s, "budget_usd": args.question_budget_usd,
            "gateway": gateway, "system_prompt": read_system_prompt(args.system_prompt),
            "allowed_models": allowed_models(args.allow_model, api_base),
-           "output_schema": read_output_schema(args.output_schema)}
+           "output_schema": output_schema}
     return rlm, server
 
 
