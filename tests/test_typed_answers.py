@@ -323,3 +323,36 @@ def test_query_cli_prints_the_typed_value_and_refuses_a_bad_schema(sim_server, t
     assert main(argv + ["--output-schema", str(tmp_path / "bad.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "oneOf" in err[0], err
+
+
+def test_nested_typed_values_round_trip_through_parquet_and_duckdb(tmp_path):
+    """The writer and reader alone (no model): nested structs, lists, nulls, free-form parts."""
+    import datetime as dt
+
+    import duckdb
+
+    from rlm_ray.batch.tables import FinishedQuestion, TableWriter, read_run
+
+    schema = parse({"type": "object", "required": ["licence", "meta"], "properties": {
+        "licence": {"enum": ["MIT", "BSD", "other"]},
+        "versions": {"type": "array", "items": {"type": "number"}},
+        "meta": {"type": "object", "required": ["files"],
+                 "properties": {"files": {"type": "integer"}, "extra": {"type": "object"}}}}})
+    values = [{"licence": "MIT", "versions": [3.11, 3.12], "unlisted": 1,
+               "meta": {"files": 4.0, "extra": {"k": [1]}}},
+              {"licence": "BSD", "meta": {"files": 9}}, None]
+    now = dt.datetime.now(dt.timezone.utc)
+    writer = TableWriter(str(tmp_path), output_schema=schema)
+    for index, value in enumerate(values):
+        writer.add(FinishedQuestion({"query_id": f"q{index}", "question": "?", "status": "ok",
+                                     "output": value, "started_at": now, "finished_at": now}))
+    writer.flush()
+    rows = {r["query_id"]: r["output"] for r in read_run(str(tmp_path)).answers.to_pylist()}
+    assert rows["q0"] == {"licence": "MIT", "versions": [3.11, 3.12],
+                          "meta": {"files": 4, "extra": '{"k": [1]}'}}   # unlisted key dropped
+    assert rows["q1"] == {"licence": "BSD", "versions": None, "meta": {"files": 9, "extra": None}}
+    assert rows["q2"] is None
+    got = duckdb.sql(f"SELECT output.licence, output.meta.files, len(output.versions) "
+                     f"FROM read_parquet('{tmp_path}/answers/*.parquet') ORDER BY query_id"
+                     ).fetchall()
+    assert got == [("MIT", 4, 2), ("BSD", 9, None), (None, None, None)]
