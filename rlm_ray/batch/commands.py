@@ -90,6 +90,9 @@ def rlm_settings(args: argparse.Namespace, out_uri: str) -> tuple[dict, object |
     from rlm_ray.sim.server import served_windows
 
     _check_positive(args, "max_iterations", "timeout_s", "question_budget_usd", "rpm", "tpm")
+    from rlm_ray.engine.commands import read_output_schema
+
+    output_schema = read_output_schema(args.output_schema)   # before any simulator starts
     if args.max_depth < 0:
         raise UserError("--max-depth must be >= 0")
     from rlm_ray.engine.commands import check_root_window
@@ -121,6 +124,7 @@ def rlm_settings(args: argparse.Namespace, out_uri: str) -> tuple[dict, object |
            "timeout_s": args.timeout_s, "budget_usd": args.question_budget_usd,
            "gateway": gateway, "system_prompt": read_system_prompt(args.system_prompt),
            "allowed_models": allowed_models(args.allow_model, api_base),
+           "output_schema": output_schema,
            **({"root_window": root_window} if root_window is not None else {})}
     return rlm, server
 

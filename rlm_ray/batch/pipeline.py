@@ -51,6 +51,7 @@ class PipelineSpec:
     prompt_cache: str = "auto"          # cost levers (llm/options.py): auto | off
     service_tier: str | None = None     # e.g. flex: a scheduled batch can wait
     price_like: Any = None              # ENTRY or {model: ENTRY}
+    output_schema: str | dict | None = None   # typed answers: a JSON Schema file or mapping
 
     LIMIT_KEYS = ("max_depth", "max_iterations", "timeout_s", "question_budget_usd",
                   "rpm", "tpm", "concurrency", "root_window")
@@ -82,7 +83,20 @@ def load_spec(path: str) -> PipelineSpec:
     bad_limits = sorted(set(raw.get("limits") or {}) - set(PipelineSpec.LIMIT_KEYS))
     if bad_limits:
         raise UserError(f"pipeline spec {path}: unknown limit(s) {', '.join(bad_limits)}")
-    return PipelineSpec(**{k: v for k, v in raw.items() if v is not None})
+    spec = PipelineSpec(**{k: v for k, v in raw.items() if v is not None})
+    output_schema_of(spec)   # an unusable schema fails at load, not at the first date
+    return spec
+
+
+def output_schema_of(spec: PipelineSpec):
+    """The spec's output schema (engine OutputSchema) or None."""
+    from rlm_ray.engine.output_schema import load, parse
+
+    if spec.output_schema is None:
+        return None
+    if isinstance(spec.output_schema, dict):
+        return parse(spec.output_schema, "pipeline spec output_schema")
+    return load(str(spec.output_schema))
 
 
 def parse_date(text: str | None) -> str:
@@ -145,14 +159,19 @@ def input_hash(query: Query, corpus_hash: str) -> str:
 def _earlier_ok_answers(spec: PipelineSpec, run_date: str) -> set[tuple[str, str, str]]:
     """(query_id, question hash, input hash) of every ok answer of earlier dates: the
     input is the row's own text when it had one (its recorded context_sha256), else
-    the corpus content."""
+    the corpus content. Dates answered under another output schema do not count."""
+    schema = output_schema_of(spec)
+    schema_sha = schema.sha256 if schema is not None else None
     seen: set[tuple[str, str, str]] = set()
     for entry in storage.list_prefix(spec.output):
         match = PARTITION.match(entry.relpath)
         if not match or match.group(1) >= run_date:
             continue
         uri = partition_uri(spec, match.group(1))
-        corpus_hash = (read_run_info(uri) or {}).get("corpus_content_hash")
+        info = read_run_info(uri) or {}
+        if info.get("output_schema_sha256") != schema_sha:
+            continue
+        corpus_hash = info.get("corpus_content_hash")
         answers = read_run(uri, with_details=False).answers.to_pylist()
         for a in answers:
             if a["status"] == "ok":
@@ -199,7 +218,7 @@ def rlm_from_spec(spec: PipelineSpec, partition: str) -> tuple[dict, Any, int]:
            "max_depth": int(limits.get("max_depth", 1)),
            "max_iterations": int(limits.get("max_iterations", 20)),
            "timeout_s": limits.get("timeout_s"), "budget_usd": limits.get("question_budget_usd"),
-           "gateway": gateway,
+           "gateway": gateway, "output_schema": output_schema_of(spec),
            # the root model's input window (compaction); 0 turns compaction off
            **({"root_window": limits["root_window"]}
               if limits.get("root_window") is not None else {})}

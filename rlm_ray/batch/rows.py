@@ -67,6 +67,7 @@ def from_result(query: Query, result: Any, started_at: dt.datetime,
         "started_at": started_at,
         "finished_at": utc_now(),
         "attempts": attempts, "host_losses": host_losses,
+        "output": _get(result, "output"),   # typed answers only (the writer drops it otherwise)
     }
     # Keep only schema columns so an engine adding fields never breaks a write.
     calls = [{f.name: c.get(f.name) for f in CALLS} for c in calls]

@@ -32,7 +32,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlm_ray.batch import rows
+from rlm_ray.batch import rows, typed
 from rlm_ray.batch.lease import DEFAULT_TTL_S, Lease
 from rlm_ray.batch.manifest import write_run_info
 from rlm_ray.batch.pool import HostPool
@@ -156,7 +156,8 @@ class _Batch:
         self.opts = opts
         self.tally = tally
         self.writer = TableWriter(out_uri, opts.flush_every, opts.flush_s,
-                                  generation=lease.generation)
+                                  generation=lease.generation,
+                                  output_schema=rlm.get("output_schema"))
         self.hosts = hosts
         self.lease = lease
         self.in_flight: dict[Any, _InFlight] = {}
@@ -336,6 +337,7 @@ def run(corpus_uri: str | None, queries_path: str, out_uri: str, *, rlm: dict,
         from rlm_ray.batch.plan import estimate
 
         statuses = finished_statuses(out_uri)
+        typed.check_resume(out_uri, rlm.get("output_schema"), has_answers=bool(statuses))
         todo = _select(query_file.queries, statuses, retry_failed)
         total = len(query_file.queries)
         plan = estimate(todo, rlm, calls_per_question=calls_per_question,
@@ -362,6 +364,7 @@ def _run_leased(corpus_uri, corpus, query_file, out_uri, rlm, concurrency, retry
     # Read what is finished only under the lease: a driver that held the folder
     # a moment ago has flushed everything it will ever write.
     statuses = finished_statuses(out_uri)
+    typed.check_resume(out_uri, rlm.get("output_schema"), has_answers=bool(statuses))
     todo = _select(query_file.queries, statuses, retry_failed)
     total = len(query_file.queries)
     opts = BatchOptions(concurrency=max(1, concurrency), retry_failed=retry_failed,
@@ -375,7 +378,8 @@ def _run_leased(corpus_uri, corpus, query_file, out_uri, rlm, concurrency, retry
             "rlm": rlm, "concurrency": concurrency, "budget_usd": budget_usd,
             "lease": {"holder": lease.record.holder, "run_id": lease.record.run_id,
                       "generation": lease.record.generation} if lease.record else None,
-            "started_at": rows.utc_now().isoformat(), "status": "running", **opts.extra_info}
+            "started_at": rows.utc_now().isoformat(), "status": "running",
+            **typed.record(rlm.get("output_schema")), **opts.extra_info}
     write_run_info(out_uri, info, lease)
     tally = Tally(total=total, skipped=total - len(todo))
     from rlm_ray.batch.plan import estimate

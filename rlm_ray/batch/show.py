@@ -10,7 +10,8 @@ from rlm_ray import storage
 from rlm_ray.batch.billing_text import billing_note, dollars, usd_total
 from rlm_ray.batch.manifest import read_run_info
 from rlm_ray.batch.scoring import accuracy_of
-from rlm_ray.batch.tables import RunTables, read_run
+from rlm_ray.batch.tables import OUTPUT_COLUMN, RunTables, read_run
+from rlm_ray.batch.typed import output_text
 from rlm_ray.errors import UserError
 from rlm_ray.textsafe import terminal_safe
 
@@ -24,6 +25,9 @@ def table_summary(tables: RunTables, info: dict | None) -> list[tuple[str, str]]
     if info:
         rows += [("corpus", str(info.get("corpus_uri") or "none (per-row text contexts)")),
                  ("queries", str(info.get("queries"))), ("run status", str(info.get("status")))]
+        if info.get("output_schema_sha256"):
+            rows.append(("output schema", f"sha256 {info['output_schema_sha256'][:12]}, typed "
+                                          f"`output` {info.get('output_arrow_type', '')}".strip()))
     rows.append(("questions answered", str(answers.num_rows)))
     for status, n in sorted(Counter(answers.column("status").to_pylist()).items()):
         rows.append((f"status {status}", str(n)))
@@ -73,10 +77,17 @@ def _print_overview(console, tables: RunTables, summary: list[tuple[str, str]]) 
     for label, value in summary:
         head.add_row(_safe(label), _safe(value))
     console.print(head)
-    listing = Table("query_id", "status", "answer", "expected", "match", "calls", "cost")
+    typed = OUTPUT_COLUMN in tables.answers.column_names
+    listing = Table("query_id", "status", "output" if typed else "answer", "expected", "match",
+                    "calls", "cost")
     for a in tables.answers.to_pylist():
         match = "" if a["normalized_match"] is None else ("yes" if a["normalized_match"] else "no")
-        listing.add_row(_safe(a["query_id"]), _safe(a["status"]), _safe(_clip(a["answer"] or a["error"])),
+        shown = a["answer"] or a["error"]
+        if typed and a[OUTPUT_COLUMN] is not None:   # the typed value, else why there is none
+            shown = output_text(a[OUTPUT_COLUMN])
+        elif typed:
+            shown = a["error"] or a["answer"]
+        listing.add_row(_safe(a["query_id"]), _safe(a["status"]), _safe(_clip(shown, 80)),
                         _safe(_clip(a["expected"])), match, str(a["llm_calls"] or 0),
                         dollars([a["cost_usd"]]))
     console.print(listing)
@@ -91,6 +102,8 @@ def _print_question(console, tables: RunTables, query_id: str) -> None:
     a = answers[0]
     console.print(f"[bold]{_safe(a['question'])}[/bold]  (#{_safe(query_id)}, {_safe(a['status'])})")
     console.print(f"answer:   {_safe(str(a['answer']))}")
+    if a.get(OUTPUT_COLUMN) is not None:
+        console.print(f"output:   {_safe(output_text(a[OUTPUT_COLUMN], indent=2))}")
     if a["expected"] is not None:
         console.print(f"expected: {_safe(str(a['expected']))}  (normalised match: "
                       f"{a['normalized_match']})")

@@ -66,7 +66,9 @@ STEPS = pa.schema([
 ])
 SCHEMAS: dict[str, pa.Schema] = {"answers": ANSWERS, "calls": CALLS, "steps": STEPS}
 # COMMIT_TABLE (answers) is written last in a flush: its presence is what makes the others count.
-STATUSES = ("ok", "error", "budget_exceeded", "timeout", "max_iterations")
+STATUSES = ("ok", "error", "budget_exceeded", "timeout", "max_iterations", "invalid_output")
+# Typed answers add this column to `answers` (its type from the run's schema, batch/typed.py).
+OUTPUT_COLUMN = "output"
 PART_COLUMN = "_part"
 
 
@@ -97,9 +99,15 @@ class TableWriter:
     a crash loses at most that many finished answers (and the in-flight ones)."""
 
     def __init__(self, out_uri: str, flush_every: int = 8, flush_s: float = 5.0,
-                 generation: int | None = None) -> None:
+                 generation: int | None = None, output_schema=None) -> None:
         self.out_uri = out_uri
         self.generation = generation   # the writer's lease generation, stamped into part names
+        self.schemas = dict(SCHEMAS)
+        self._output_schema = output_schema      # engine OutputSchema: answers get `output`
+        if output_schema is not None:
+            from rlm_ray.batch.typed import output_field
+
+            self.schemas[COMMIT_TABLE] = ANSWERS.append(output_field(output_schema))
         self.flush_every = flush_every
         self.flush_s = flush_s
         self._pending: list[FinishedQuestion] = []
@@ -124,14 +132,22 @@ class TableWriter:
         rows = {
             "calls": [c for f in batch for c in f.calls],
             "steps": [s for f in batch for s in f.steps],
-            "answers": [f.answer for f in batch],
+            "answers": [self._typed(f.answer) for f in batch],
         }
         for table in ("calls", "steps", COMMIT_TABLE):  # answers last: the commit point
-            data = _parquet_bytes(conform(rows[table], SCHEMAS[table]))
+            data = _parquet_bytes(conform(rows[table], self.schemas[table]))
             storage.write_bytes_atomic(storage.join(self.out_uri, table, name), data)
         self.parts_written += 1
         self.rows_written += len(batch)
         return True
+
+    def _typed(self, answer: dict) -> dict:
+        if self._output_schema is None:
+            return answer
+        from rlm_ray.batch.typed import to_arrow_value
+
+        value = to_arrow_value(answer.get(OUTPUT_COLUMN), self._output_schema.schema)
+        return {**answer, OUTPUT_COLUMN: value}
 
 
 def _part_names(out_uri: str, table: str) -> list[str]:
@@ -149,14 +165,23 @@ def _to_schema(part: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 def _read_parts(out_uri: str, table: str, names: Iterable[str]) -> pa.Table:
-    tables = []
+    raw = []
     for name in names:
         data = storage.read_bytes(storage.join(out_uri, table, name))
-        part = _to_schema(pq.read_table(io.BytesIO(data)), SCHEMAS[table])
+        raw.append((name, pq.read_table(io.BytesIO(data))))
+    schema = SCHEMAS[table]
+    # A typed run's `output` column is kept (one schema per folder: batch/typed.py).
+    typed = next((p.schema.field(OUTPUT_COLUMN) for _, p in raw
+                  if OUTPUT_COLUMN in p.column_names), None)
+    if typed is not None:
+        schema = schema.append(typed)
+    tables = []
+    for name, part in raw:
+        part = _to_schema(part, schema)
         tables.append(part.append_column(PART_COLUMN, pa.array([name] * part.num_rows,
                                                               type=pa.string())))
     if not tables:
-        return SCHEMAS[table].empty_table().append_column(
+        return schema.empty_table().append_column(
             PART_COLUMN, pa.array([], type=pa.string()))
     return pa.concat_tables(tables)
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 from rlm_ray.batch.billing_text import billing_note, dollars
 from rlm_ray.batch.tables import RunTables
+from rlm_ray.batch.typed import output_text
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2330;background:#f6f7f9}
@@ -23,7 +24,7 @@ table.summary td,table.summary th{border:1px solid #dde1e8;padding:4px 10px;text
 section.question{background:#fff;border:1px solid #dde1e8;border-radius:8px;margin:12px 0;padding:12px 16px}
 section.question>h2{font-size:15px;margin:0 0 6px} .qid{color:#5b6475;font-weight:normal}
 .badge{display:inline-block;border-radius:10px;padding:0 8px;font-size:12px;color:#fff;margin-right:6px}
-.s-ok{background:#2f9e44}.s-error{background:#e03131}.s-timeout,.s-budget_exceeded,.s-max_iterations{background:#f08c00}
+.s-ok{background:#2f9e44}.s-error{background:#e03131}.s-timeout,.s-budget_exceeded,.s-max_iterations,.s-invalid_output{background:#f08c00}
 .match-yes{color:#2f9e44}.match-no{color:#e03131}
 dl.answer{display:grid;grid-template-columns:110px 1fr;gap:2px 10px;margin:6px 0}
 dl.answer dt{color:#5b6475} dl.answer dd{margin:0;font-family:ui-monospace,monospace;white-space:pre-wrap;word-break:break-word}
@@ -113,6 +114,8 @@ def _question_html(answer: dict, calls: list[dict], steps: list[dict]) -> str:
         steps_by_call[step["call_id"]].append(step)
     status = answer.get("status") or "error"
     rows = [("answer", f"<dd>{_e(answer.get('answer'))}</dd>")]
+    if answer.get("output") is not None:   # typed answers: the value that fit the schema
+        rows.append(("output", f"<dd>{_e(output_text(answer['output'], indent=2))}</dd>"))
     if answer.get("expected") is not None:
         rows += [("expected", f"<dd>{_e(answer.get('expected'))}</dd>"),
                  ("match", f"<dd>exact {_match_html(answer.get('exact_match'))} · normalised "

@@ -30,6 +30,9 @@ def add_dialect_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-model", action="append", default=[], metavar="M",
                         help="a model that llm_query(..., model=M) and rlm_query may pick "
                              "(repeatable; the sub-model is always allowed)")
+    parser.add_argument("--output-schema", default=None, metavar="FILE",
+                        help="a JSON Schema the answer must fit (typed answers): the model is "
+                             "shown it, its answer is checked, a misfit costs it a reply")
 
 
 def add_window_args(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +82,13 @@ def read_system_prompt(path: str | None) -> str | None:
     if not text.strip():
         raise UserError(f"--system-prompt {path} is empty")
     return text
+
+
+def read_output_schema(path: str | None):
+    """--output-schema FILE, checked (None without the flag); a UserError if unusable."""
+    from rlm_ray.engine.output_schema import load
+
+    return None if path is None else load(path)
 
 
 def add_limit_args(parser: argparse.ArgumentParser) -> None:
@@ -190,6 +200,7 @@ def _query(args) -> int:
            budget_tokens=args.budget_tokens, timeout_s=args.timeout)
     check_root_window(args.root_window)
     system_prompt = read_system_prompt(args.system_prompt)
+    schema = read_output_schema(args.output_schema)
     context, question = open_input(args)
     with ExitStack() as stack:
         model, sub_model, api_base, windows = resolve_models(args, stack)
@@ -200,13 +211,16 @@ def _query(args) -> int:
                   budget_usd=args.budget_usd, budget_tokens=args.budget_tokens,
                   timeout_s=args.timeout, local=args.local, system_prompt=system_prompt,
                   allowed_models=allowed_models(args.allow_model, api_base),
-                  gateway=gateway, root_window=args.root_window)
+                  gateway=gateway, root_window=args.root_window, output_schema=schema)
         query_id = uuid.uuid4().hex[:12]
         result = rlm.answer(context, question, query_id=query_id)
     path = args.trajectory or f"{DEFAULT_TRAJECTORY_DIR}/{query_id}.json"
     write_trajectory(path, question, query_id, result)
     # The terminal gets inert text; the trajectory file keeps the exact answer.
-    print(terminal_safe(result.answer if result.answer is not None else ""))
+    shown = result.answer if result.answer is not None else ""
+    if result.output is not None:   # a typed answer: the value that fit, as JSON
+        shown = json.dumps(result.output, ensure_ascii=False)
+    print(terminal_safe(shown))
     if note:   # after the run: bad input stays a one-line error
         print(note, file=sys.stderr)
     error = f" error={result.error!r}" if result.error else ""

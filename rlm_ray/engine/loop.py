@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from rlm_ray.engine import compaction, parsing, prompts
+from rlm_ray.engine import compaction, output_schema, parsing, prompts
 from rlm_ray.engine.feedback import BlockOutput, TurnFeedback, render
 from rlm_ray.engine.limits import StopSignal
 from rlm_ray.engine.records import CallRow, Recorder, new_call_id, redact
@@ -25,6 +26,7 @@ class Outcome:
     status: str
     error: str | None
     iterations: int
+    output: Any = None     # typed answers: the value that fit the output schema
 
 
 class _Stop(Exception):
@@ -71,13 +73,18 @@ class RootLoop:
         self.compaction_on = settings.root_window_tokens != 0
         self.window = compaction.root_window(settings, spec.model, spec.gateway)
         self.archive: list[dict] = []    # real turns compacted so far (for `history`)
+        self.output: Any = None               # the accepted typed value
+        self.rejections = 0                   # typed answers refused so far
+        self.rejected_answer: str | None = None
 
     # ---- the loop ---------------------------------------------------------------
     def run(self) -> Outcome:
         try:
-            return self._iterate()
+            outcome = self._iterate()
         except _Stop as stop:
-            return self._partial(stop.status, stop.error)
+            outcome = self._partial(stop.status, stop.error)
+        outcome.output = self.output
+        return outcome
 
     def _iterate(self) -> Outcome:
         budget = self.spec.budget
@@ -204,16 +211,23 @@ class RootLoop:
                               "were run; write code in ```repl``` blocks")
         failed = self._run_blocks(call_id, code.blocks, turn) if code.blocks else False
         state = self.workspace.answer()
+        final = None
         if state.ready:
-            return state.content
-        final = parsing.find_final(code.rest, has_code=bool(code.blocks))
+            misfit = self._typed_misfit(state.content, forced)
+            if misfit is None:
+                return state.content
+            turn.notes.append(misfit)   # no FINAL line after it: one check per reply
+            state = self.workspace.answer()
+        else:
+            final = parsing.find_final(code.rest, has_code=bool(code.blocks))
         if final is not None:
             printed = "\n".join(b.output for b in turn.blocks)
             answer, refusal = self._text_final(call_id, final, code.blocks, printed, failed,
                                                forced)
-            if answer is not None:
+            misfit = None if answer is None else self._typed_misfit(answer, forced)
+            if answer is not None and misfit is None:
                 return answer
-            turn.notes.append(refusal)
+            turn.notes.append(refusal or misfit)
             state = self.workspace.answer()
         elif not code.blocks:
             turn.notes.append("your reply had no ```repl``` block: write code in ```repl``` "
@@ -286,17 +300,45 @@ class RootLoop:
         problem = (run.error or "it produced no answer").strip().splitlines()[-1]
         return None, f"{shown} was not accepted: {problem}"
 
+    def _typed_misfit(self, answer: str, forced: bool) -> str | None:
+        """With an output schema: None when `answer` fits (its value kept), else the
+        validator's messages for the model, the reply counting as a try. Past the
+        allowed tries the run ends `invalid_output` with the raw answer kept."""
+        schema = self.spec.output_schema
+        if schema is None:
+            return None
+        state = self.workspace.answer()   # the REPL value's own JSON, when it is this answer
+        value, errors = schema.accept(answer, state.json if state.content == answer else None)
+        if not errors:
+            self.output = value
+            return None
+        if forced:          # the last reply: its answer stands as text, untyped
+            return None
+        self.rejected_answer = answer
+        self.rejections += 1
+        self.workspace.reopen_answer()   # else the same value would finish the next reply
+        left = self.spec.settings.output_retries - self.rejections + 1
+        if left <= 0:
+            raise _Stop("invalid_output", f"the answer did not match the output schema after "
+                        f"{self.rejections} tries: " + "; ".join(errors[:5]))
+        return output_schema.rejection_note(errors, left)
+
     def _is_variable(self, final: parsing.Final) -> bool:
         """FINAL(name) of a variable the REPL holds finishes with its value."""
         return parsing.is_name(final.arg) and self.workspace.has_variable(final.arg.strip())
 
     # ---- partial answers ----------------------------------------------------------
     def _partial(self, status: str, error: str | None) -> Outcome:
+        if status == "invalid_output":    # the raw answer that never fit is kept
+            return Outcome(self.rejected_answer, status, error, self.iterations)
         partial = self.workspace.answer().content
         # One forced turn when nothing was set and there is still room for a model call.
         if partial is None and status in ("max_iterations", "budget_exceeded") \
                 and not self.spec.budget.expired():
             partial = self._forced_answer(error or status)
+        if partial is not None and self.spec.output_schema is not None and self.output is None:
+            value, errors = self.spec.output_schema.accept(partial)
+            self.output = None if errors else value   # a partial answer that fits is typed
         return Outcome(partial, status, error, self.iterations)
 
     def _forced_answer(self, reason: str) -> str | None:

@@ -41,6 +41,7 @@ class _RLMScaffold:
         self.answer = {"content": "", "ready": False}
         self.saved = {}
         self.answer_owned = False     # the model bound `answer` to a value of its own
+        self.final_json = None        # (text, JSON) of the last FINAL value that was not a str
 
     def reserved(self, name):
         return name in self.RESERVED and not (name == "answer" and self.answer_owned)
@@ -57,6 +58,23 @@ class _RLMScaffold:
             except (TypeError, ValueError):
                 return str(value)
         return str(value)
+
+    @staticmethod
+    def as_json(value):
+        """The value's exact JSON when it has one (typed answers read it, not the text)."""
+        if isinstance(value, str):
+            return None
+        import json
+        try:
+            return json.dumps(value, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError, RecursionError):
+            return None
+
+    def json_of(self, content):
+        if not isinstance(content, str):
+            return self.as_json(content)
+        held = self.final_json
+        return held[1] if held is not None and held[0] == content else None
 
     def snapshot(self, ns):
         ns["answer"] = self.answer
@@ -112,6 +130,7 @@ class _RLMScaffold:
         ns[%(state)r] = {
             "ready": ready and content is not None,
             "content": None if content is None else self.text(content),
+            "json": None if content is None else self.json_of(content),
             "restored": restored,
             "variables": [f"{n} ({self.describe(ns[n])})" for n in names[:self.MAX_LISTED]],
             "more_variables": max(0, len(names) - self.MAX_LISTED),
@@ -123,6 +142,7 @@ answer = _rlm.answer
 def FINAL(value):
     """Finish: `value` is the answer (any value; lists and dicts become JSON)."""
     _rlm.answer["content"] = _rlm.text(value)
+    _rlm.final_json = (_rlm.answer["content"], _rlm.as_json(value))
     _rlm.answer["ready"] = True
     return _rlm.answer["content"]
 

@@ -11,6 +11,8 @@ from dataclasses import replace
 from typing import Any
 
 from rlm_ray.engine.limits import Limits, TreeBudget
+from rlm_ray.engine.output_schema import OutputSchema
+from rlm_ray.engine.output_schema import parse as parse_schema
 from rlm_ray.engine.records import usage_of
 from rlm_ray.engine.spec import EngineSettings, Result, RunSpec
 from rlm_ray.engine.subcalls import ChildJob, ChildOutcome
@@ -25,7 +27,8 @@ class RLM:
                  timeout_s: float | None = None, gateway: GatewayConfig | None = None,
                  sandbox_opts: dict | None = None, settings: EngineSettings | None = None,
                  local: bool = False, allowed_models: list[str] | tuple[str, ...] | None = None,
-                 system_prompt: str | None = None, root_window: int | None = None) -> None:
+                 system_prompt: str | None = None, root_window: int | None = None,
+                 output_schema: "dict | str | OutputSchema | None" = None) -> None:
         if not model:
             raise UserError("a model is required (e.g. --model sim)")
         self.model = model
@@ -50,6 +53,11 @@ class RLM:
         if system_prompt is not None and not system_prompt.strip():
             raise UserError("the system prompt is empty")
         self.system_prompt = system_prompt   # a template: see prompts.PLACEHOLDERS
+        # Typed answers: a JSON Schema (dict or JSON text), checked now, not mid-batch.
+        if output_schema is None or isinstance(output_schema, OutputSchema):
+            self.output_schema = output_schema
+        else:
+            self.output_schema = parse_schema(output_schema)
 
     def answer(self, corpus_or_text: Any, question: str, query_id: str | None = None) -> Result:
         if not isinstance(question, str) or not question.strip():
@@ -76,7 +84,7 @@ class RLM:
         return RunSpec(model=self.model, sub_model=self.sub_model, gateway=self.gateway,
                        budget=TreeBudget.open(self.limits), settings=self.settings,
                        sandbox_opts=self.sandbox_opts, allowed_models=self.allowed_models,
-                       system_prompt=self.system_prompt)
+                       system_prompt=self.system_prompt, output_schema=self.output_schema)
 
     def _on_actor(self, context: Any, question: str, query_id: str, spec: RunSpec,
                   started: float) -> Result:

@@ -8,7 +8,7 @@ import time
 import traceback
 from typing import Any
 
-from rlm_ray.engine import prompts
+from rlm_ray.engine import output_schema, prompts
 from rlm_ray.engine.limits import DEFAULT_SUB_CONTEXT_TOKENS, StopSignal
 from rlm_ray.engine.loop import Outcome, RootLoop
 from rlm_ray.engine.records import Recorder, redact, secret_values, usage_of
@@ -55,6 +55,9 @@ def answer_question(context: Any, question: str, query_id: str, spec: RunSpec,
         workspace = Workspace(context=context if kind == "str" else None, view=view,
                               host_functions=subcalls.host_functions(), sandbox_opts=opts)
         system = prompts.system_prompt(kind, settings, spec.system_prompt)
+        if spec.output_schema is not None:   # text answers keep the prompt unchanged
+            system += output_schema.prompt_section(spec.output_schema,
+                                                   spec.settings.output_retries)
         loop = RootLoop(spec=spec, query_id=query_id, system=system,
                         first_user=prompts.first_user_message(question, metadata),
                         workspace=workspace, recorder=recorder, stop=stop,
@@ -85,7 +88,7 @@ def package(outcome: Outcome, recorder: Recorder, spec: RunSpec, wall_s: float) 
         error=redact(outcome.error, recorder.secrets), iterations=outcome.iterations,
         max_depth_reached=max(depths) if depths else spec.depth, usage=usage,
         cost_usd=usage["cost_usd"], wall_s=round(wall_s, 4), calls=calls, steps=steps,
-        model=spec.model)
+        model=spec.model, output=outcome.output)
 
 
 def _root_caller(spec: RunSpec):

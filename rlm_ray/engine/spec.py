@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from rlm_ray.engine.limits import TreeBudget
+from rlm_ray.engine.output_schema import OutputSchema
 from rlm_ray.llm.config import GatewayConfig
 
-STATUSES = ("ok", "error", "budget_exceeded", "timeout", "max_iterations")
+STATUSES = ("ok", "error", "budget_exceeded", "timeout", "max_iterations", "invalid_output")
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ class EngineSettings:
     # table (unknown model: no compaction before calls), 0 = compaction off.
     root_window_tokens: int | None = None
     compact_fraction: float = 0.85    # compact when the conversation passes this share of it
+    output_retries: int = 2           # typed answers: replies that may fix a value that did not fit
 
 
 @dataclass(frozen=True)
@@ -42,10 +45,12 @@ class RunSpec:
     parent_call_id: str | None = None   # the `rlm` row of a child; None for the top root
     allowed_models: tuple[str, ...] = ()   # what `model=` may pick; () = only sub_model
     system_prompt: str | None = None    # a user's template (prompts.render_system_prompt)
+    output_schema: OutputSchema | None = None   # typed answers (the top root only)
 
     def child(self, parent_call_id: str, model: str | None = None) -> "RunSpec":
+        # A child answers its parent's sub-question in text: the schema is the root's.
         return replace(self, depth=self.depth + 1, parent_call_id=parent_call_id,
-                       model=model or self.model)
+                       model=model or self.model, output_schema=None)
 
 
 @dataclass
@@ -65,6 +70,9 @@ class Result:
     # these instead of the text, so a changed context is visible in the tables.
     context_chars: int | None = None
     context_sha256: str | None = None
+    # Typed answers: the answer as a JSON value that fits the run's output schema
+    # (None without a schema, or when the answer never fit).
+    output: Any = None
 
     @property
     def ok(self) -> bool:

@@ -32,6 +32,7 @@ class AnswerState:
     variables: list[str] = field(default_factory=list)   # "name (type, size)" of model variables
     more_variables: int = 0
     flagged_empty: bool = False   # answer["ready"] is True but the content is empty
+    json: str | None = None       # the content's exact JSON when the model gave a non-str value
 
 
 class Workspace:
@@ -138,7 +139,19 @@ class Workspace:
         return AnswerState(content, ready and content is not None,
                            [str(v) for v in state.get("variables") or []],
                            int(state.get("more_variables") or 0),
-                           flagged_empty=ready and content is None)
+                           flagged_empty=ready and content is None,
+                           json=state.get("json") if isinstance(state.get("json"), str) else None)
+
+    def reopen_answer(self) -> None:
+        """The answer is not final after all (a typed value that did not fit): clear
+        `ready`, keep the content, so the model's next reply must finish again."""
+        from sandbox import SandboxError
+
+        try:
+            self._sandbox.run('_rlm.answer["ready"] = False', timeout_s=10.0)
+        except SandboxError:
+            pass
+        self._after_block()
 
     def set_variable(self, name: str, value: Any) -> str | None:
         """Bind a JSON-safe host value in the REPL (kept across worker restarts);

@@ -23,12 +23,13 @@ from __future__ import annotations
 import re
 
 from rlm_ray.sim import policy_code_families, policy_record_families  # noqa: F401 (register)
-from rlm_ray.sim.policy_core import (FAMILIES, Conversation, find_family, register_family,
-                                     run_family)
+from rlm_ray.sim import policy_typed
+from rlm_ray.sim.policy_core import (FAMILIES, MAX_TURNS, Conversation, find_family,
+                                     register_family, run_family)
 from rlm_ray.sim.policy_record_families import GENERIC
 from rlm_ray.sim.policy_sub import answer_sub
 from rlm_ray.sim.policy_summary import is_summary_request, summarise
-from rlm_ray.sim.registry import last_user_text, register_policy
+from rlm_ray.sim.registry import last_user_text, register_policy, text_of
 
 # The catch-all must stay last: first match wins.
 register_family("unknown", r"(?s).*", *GENERIC)
@@ -42,7 +43,14 @@ def rlm_policy(messages: list[dict]) -> str:
     if is_summary_request(messages):   # the engine compacts the conversation
         return summarise(messages)
     family, match = find_family(conv.question, FAMILIES)
-    return run_family(family, match, conv)
+    system = next((text_of(m.get("content")) for m in messages if m.get("role") == "system"), "")
+    schema = policy_typed.schema_in(system)
+    if schema is None:
+        return run_family(family, match, conv)
+    if policy_typed.misfit_shown(conv) and not conv.forced_final and len(conv.outputs) < MAX_TURNS:
+        return policy_typed.fix_reply(conv, schema)
+    return run_family(family, match, conv,
+                      finish=lambda code: policy_typed.shape(code, conv, schema))
 
 
 def family_of(question: str) -> str:

@@ -211,7 +211,9 @@ def give_up(conv: Conversation, reason: str) -> str:
         "That is my best answer.", "FINAL_VAR(final_answer)"])
 
 
-def run_family(family: Family, match: re.Match, conv: Conversation) -> str:
+def run_family(family: Family, match: re.Match, conv: Conversation,
+               finish: Callable[[Code], Code] | None = None) -> str:
+    """The next reply of `family`; `finish` reshapes a finishing stage (typed answers)."""
     if conv.forced_final:
         return give_up(conv, "the engine asked for a final answer")
     done, failures = conv.stages_done(), conv.failed_attempts()
@@ -222,4 +224,5 @@ def run_family(family: Family, match: re.Match, conv: Conversation) -> str:
     if done >= len(family.stages):
         return give_up(conv, "all steps ran without a FINAL")
     stage = family.stages[done]
-    return render(stage(Step(match, conv, failures)), done + 1)
+    code = stage(Step(match, conv, failures))
+    return render(finish(code) if finish else code, done + 1)
