@@ -81,7 +81,8 @@ def test_parquet_in_processor_parquet_out_equals_rlm_ray_run_through_one_limiter
     assert run_calls > 0 and after_run >= run_calls
 
     processor = build_processor(ProcessorConfig(corpus=subset_corpus, rlm=rlm, actors=1,
-                                                questions_per_actor=4))
+                                                questions_per_actor=4,
+                                                lineage_uri=str(tmp_path / "lineage")))
     processor(ray.data.read_parquet(str(questions_parquet))).write_parquet(
         str(tmp_path / "answers"))
     got = pq.read_table(tmp_path / "answers")
@@ -96,6 +97,13 @@ def test_parquet_in_processor_parquet_out_equals_rlm_ray_run_through_one_limiter
     assert processor_calls == run_calls
     assert _reservations(limiter) - after_run >= processor_calls
     assert server.stats()["completions"] >= run_calls + processor_calls
+    # The optional lineage folder is a results folder `rlm-ray show` reads: the same
+    # answers, and the calls behind them.
+    lineage = read_run(str(tmp_path / "lineage"))
+    assert _comparable(lineage.answers) == _comparable(got.cast(ANSWERS))
+    assert lineage.calls.num_rows == processor_calls
+    assert {c["query_id"] for c in lineage.calls.to_pylist() if c["kind"] == "root"} == \
+        set(got.column("query_id").to_pylist())
 
 
 @pytest.mark.timeout(600)
