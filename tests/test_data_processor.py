@@ -13,6 +13,8 @@ from rlm_ray.batch.runner import run
 from rlm_ray.batch.tables import ANSWERS, read_run
 from rlm_ray.data import ProcessorConfig, build_processor
 from rlm_ray.errors import UserError
+from rlm_ray.sim import register_policy
+from rlm_ray.sim.registry import last_user_text
 
 SIM_MODEL = "openai/sim/rlm-policy"
 # Differ between two runs of the same question by nature (clocks), nothing else may.
@@ -149,3 +151,39 @@ def test_a_dataset_without_a_question_column_is_refused(ray_session, sim):
     processor = build_processor(ProcessorConfig(rlm=_rlm(sim())))
     with pytest.raises(UserError, match="lacks column"):
         processor(ray.data.from_items([{"query_id": "a", "text": "no question"}]))
+
+
+@register_policy("test/data-grow")
+def _grow(messages):
+    """Root turns that never finish, each printing ~800 tokens: spends until stopped."""
+    if last_user_text(messages).startswith("Final answer required"):
+        return "FINAL(forced)"
+    turn = sum(1 for m in messages if m["role"] == "assistant") + 1
+    return f"Turn {turn}.\n```repl\nanswer['content'] = 'partial-{turn}'\nprint('row ' * 800)\n```"
+
+
+@pytest.mark.timeout(600)
+def test_one_spend_cap_shared_by_every_data_actor(ray_session, sim):
+    """Two Ray Data actors (two host pools) spend from the one cap the processor
+    was built with: together they stay under it, where two caps would spend twice."""
+    import ray
+
+    from rlm_ray.llm.config import GatewayConfig
+
+    like = "gpt-5-mini"
+    server = sim(bill_like={"test/data-grow": like})
+    model = "openai/test/data-grow"
+    rlm = {"model": model, "api_base": server.base_url, "max_iterations": 200,
+           "gateway": GatewayConfig(api_base=server.base_url, price_like={model: like},
+                                    cache_mode="off")}
+    limit = 0.004
+    processor = build_processor(ProcessorConfig(rlm=rlm, actors=2, questions_per_actor=1,
+                                                batch_size=2, budget_usd=limit))
+    rows = [{"query_id": f"q{i}", "question": f"spend {i}", "context": "some text"}
+            for i in range(4)]
+    got = processor(ray.data.from_items(rows).repartition(2)).take_all()
+    assert sorted(r["query_id"] for r in got) == ["q0", "q1", "q2", "q3"]
+    spent = sum(r["cost_usd"] or 0.0 for r in got)
+    assert 0 < spent <= limit
+    assert {r["status"] for r in got} <= {"budget_exceeded", "ok", "max_iterations"}
+    assert "budget_exceeded" in {r["status"] for r in got}
