@@ -41,7 +41,7 @@ when the processor is built or applied, before anything runs.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
@@ -129,7 +129,7 @@ def build_processor(config: ProcessorConfig) -> Processor:
     rlm = _with_spend_cap(config.rlm, config.budget_usd)
     # Workers run elsewhere: a relative context_file is relative to where the pipeline is built.
     base = os.path.abspath(config.context_base or os.getcwd())
-    config = ProcessorConfig(**{**config.__dict__, "context_base": base})
+    config = replace(config, context_base=base)
     return Processor(config, rlm, SCHEMAS["answers"])
 
 
