@@ -11,8 +11,9 @@ The input rows are those of a queries file (batch/queries.py): `query_id`,
 `question`, an optional expected `answer`, per-row options (`max_iterations`,
 `timeout_s`, ... `system_prompt`) and an optional per-row text `context` or
 `context_file`. The output rows have exactly the columns of the `answers`
-table (batch/tables.py, read when the processor is built, so a column added
-there appears here too), one per input row, in the order of each block.
+table, one per input row, in the order of each block: the block is made by the
+same TableWriter that writes `rlm-ray run`'s answers parts
+(`TableWriter.answers_table`), so a column added there appears here too.
 
 Each Ray Data actor of the `map_batches` pool owns a HostPool (batch/pool.py)
 and drives its batch of questions through the same loop `rlm-ray run` uses
@@ -82,18 +83,16 @@ class ProcessorConfig:
 class Processor:
     """`processor(ds) -> ds`: question rows in, answer rows out (lazy, as Ray Data is)."""
 
-    def __init__(self, config: ProcessorConfig, rlm: dict, output_schema: pa.Schema) -> None:
+    def __init__(self, config: ProcessorConfig, rlm: dict) -> None:
         self.config = config
         self.rlm = rlm
-        self.output_schema = output_schema
 
     def __call__(self, dataset: Any) -> Any:
         _check_columns(dataset)
         config = self.config
         return dataset.map_batches(
             _AnswerBatches,
-            fn_constructor_kwargs={"config": config, "rlm": self.rlm,
-                                   "schema": self.output_schema},
+            fn_constructor_kwargs={"config": config, "rlm": self.rlm},
             batch_size=config.batch_size or config.questions_per_actor,
             batch_format="pyarrow",
             concurrency=config.actors,
@@ -105,7 +104,6 @@ def build_processor(config: ProcessorConfig) -> Processor:
     """Validate `config` (one UserError line if wrong) and return the processor."""
     from rlm_ray._ray import ensure_ray
     from rlm_ray.batch.runner import _with_spend_cap
-    from rlm_ray.batch.tables import SCHEMAS
     from rlm_ray.engine import RLM
 
     for name in ("actors", "questions_per_actor", "max_attempts", "max_context_bytes"):
@@ -130,7 +128,7 @@ def build_processor(config: ProcessorConfig) -> Processor:
     # Workers run elsewhere: a relative context_file is relative to where the pipeline is built.
     base = os.path.abspath(config.context_base or os.getcwd())
     config = replace(config, context_base=base)
-    return Processor(config, rlm, SCHEMAS["answers"])
+    return Processor(config, rlm)
 
 
 def _check_columns(dataset: Any) -> None:
@@ -148,26 +146,25 @@ def _check_columns(dataset: Any) -> None:
 
 
 class _Collected:
-    """Stands in for the batch's TableWriter: keeps the rows for the output
-    block and, with a lineage folder, writes them there too."""
+    """Stands in for the batch loop's TableWriter: keeps the finished rows for
+    the output block and, with a lineage folder, lets the writer (pointed at
+    that folder) write them there too."""
 
-    def __init__(self, lineage_uri: str | None) -> None:
-        from rlm_ray.batch.tables import TableWriter
-
+    def __init__(self, writer: Any, lineage: bool) -> None:
+        self.writer = writer
+        self.lineage = lineage
         self.finished: dict[str, Any] = {}
-        self.lineage = (TableWriter(lineage_uri, flush_every=1 << 30, flush_s=1e9)
-                        if lineage_uri else None)
 
     def add(self, finished: Any) -> None:
         self.finished[finished.answer["query_id"]] = finished
-        if self.lineage is not None:
-            self.lineage.add(finished)
+        if self.lineage:
+            self.writer.add(finished)
 
     def maybe_flush(self) -> bool:
-        return False
+        return False   # lineage parts are written once per Ray Data batch
 
     def flush(self) -> bool:
-        return self.lineage.flush() if self.lineage is not None else False
+        return self.writer.flush() if self.lineage else False
 
 
 class _NoLease:
@@ -186,12 +183,11 @@ class _NoLease:
 class _AnswerBatches:
     """One Ray Data actor: a host pool kept for its life, a batch at a time."""
 
-    def __init__(self, config: ProcessorConfig, rlm: dict, schema: pa.Schema) -> None:
+    def __init__(self, config: ProcessorConfig, rlm: dict) -> None:
         from rlm_ray.batch.pool import HostPool
 
         self.config = config
         self.rlm = rlm
-        self.schema = schema
         self.corpus = None
         if config.corpus is not None:
             from rlm_ray.corpus import Corpus
@@ -201,19 +197,14 @@ class _AnswerBatches:
                               actor_env=config.host_env)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from rlm_ray.batch.tables import conform
-
         rows = batch.to_pylist()
         queries, refused = self._parse(batch, rows)
-        finished = dict(refused)
-        if queries:
-            finished.update(self._answer(queries))
-        out = []
-        for index, row in enumerate(rows):
-            # Keyed by position: a row refused before it had an id still gets its row.
-            item = finished.get(index)
-            out.append(item.answer if item is not None else None)
-        return conform(out, self.schema)
+        loop = self._loop(list(queries.values()))
+        finished = {**refused, **self._answer(loop, queries)}
+        # In input order, keyed by position: a row refused before it had an id gets its row too.
+        answers = [finished[index].answer for index in range(len(rows))]
+        # Shaped by the writer `rlm-ray run` writes its answers parts with.
+        return loop.writer.writer.answers_table(answers)
 
     def _parse(self, batch: pa.Table, rows: list[dict]) -> tuple[dict, dict]:
         """index -> Query for rows that can run; index -> dead-letter rows for the rest."""
@@ -241,19 +232,25 @@ class _AnswerBatches:
                                                          self.rlm.get("model"))
         return queries, refused
 
-    def _answer(self, queries: dict[int, Any]) -> dict[int, Any]:
-        """The batch's questions through the loop `rlm-ray run` drives."""
-        from rlm_ray.batch import rows as row_builder
+    def _loop(self, todo: list) -> Any:
+        """The loop `rlm-ray run` drives, over this batch's runnable questions."""
         from rlm_ray.batch.progress import Tally
         from rlm_ray.batch.runner import BatchOptions, _Batch
 
         opts = BatchOptions(concurrency=self.config.questions_per_actor,
                             max_attempts=self.config.max_attempts,
-                            budget_usd=self.config.budget_usd, progress=False)
-        todo = list(queries.values())
-        batch = _Batch(self.corpus, todo, "", self.rlm, opts, Tally(total=len(todo)),
+                            budget_usd=self.config.budget_usd, progress=False,
+                            flush_every=1 << 30, flush_s=float("inf"))
+        lineage = self.config.lineage_uri
+        batch = _Batch(self.corpus, todo, lineage or "", self.rlm, opts, Tally(total=len(todo)),
                        self.hosts, _NoLease())
-        collected = batch.writer = _Collected(self.config.lineage_uri)
+        batch.writer = _Collected(batch.writer, lineage=bool(lineage))
+        return batch
+
+    def _answer(self, batch: Any, queries: dict[int, Any]) -> dict[int, Any]:
+        from rlm_ray.batch import rows as row_builder
+
+        collected = batch.writer
         error = None
         try:
             batch.drive()
