@@ -117,7 +117,10 @@ def build_processor(config: ProcessorConfig) -> Processor:
         raise UserError("processor rlm must be a dict of RLM settings (model=..., ...)")
     if not config.rlm.get("model"):
         raise UserError("processor rlm needs a model (e.g. rlm={'model': 'openai/gpt-4.1-mini'})")
-    RLM(**config.rlm)   # the settings check `rlm-ray query` and `run` make
+    try:
+        RLM(**config.rlm)   # the settings check `rlm-ray query` and `run` make
+    except TypeError as exc:   # an unknown or misspelt setting
+        raise UserError(f"processor rlm: {exc}") from None
     if config.corpus is not None:
         from rlm_ray.corpus import Corpus
 

@@ -139,6 +139,8 @@ def test_bad_rows_become_error_rows_and_the_pipeline_finishes(ray_session, sim, 
 def test_bad_configuration_is_one_line_before_anything_runs(tmp_path):
     with pytest.raises(UserError, match="needs a model"):
         build_processor(ProcessorConfig(rlm={}))
+    with pytest.raises(UserError, match="max_iteration"):
+        build_processor(ProcessorConfig(rlm={"model": SIM_MODEL, "max_iteration": 3}))
     with pytest.raises(UserError, match="actors must be >= 1"):
         build_processor(ProcessorConfig(rlm={"model": SIM_MODEL}, actors=0))
     with pytest.raises(UserError):
