@@ -123,6 +123,11 @@ class TableWriter:
                or (self._pending and time.monotonic() - self._last_flush >= self.flush_s))
         return self.flush() if due else False
 
+    def answers_table(self, answers: list[dict]) -> pa.Table:
+        """Answer rows as this writer's answers parts hold them (rlm_ray.data
+        returns them as a Ray Data block, so both paths share one row shape)."""
+        return conform([self._typed(a) for a in answers], self.schemas[COMMIT_TABLE])
+
     def flush(self) -> bool:
         self._last_flush = time.monotonic()
         if not self._pending:
