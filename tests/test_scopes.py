@@ -220,3 +220,55 @@ def test_globs_match_whole_paths_with_double_star_crossing_folders():
     assert matches("repos/**/setup.py", "repos/flask/sub/setup.py")
     assert not matches("repos/django", "repos/django/db/models.py")
     assert not matches("repos/django/", "repos/django-extra/x.py")
+
+
+def test_the_first_user_message_shows_the_scope_and_its_size(corpus, inside):
+    from types import SimpleNamespace
+
+    from rlm_ray.engine.run import describe
+    from rlm_ray.engine.spec import EngineSettings
+
+    kind, metadata, view = describe(corpus, SimpleNamespace(scope=SCOPE, settings=EngineSettings()))
+    lines = metadata.splitlines()
+    assert kind == "corpus" and lines[1].startswith("scope: email/ ")
+    tokens = sum(d["n_tokens"] for d in view.docs())
+    assert f"documents: {len(inside)}" in lines and f"tokens: {tokens}" in lines
+    shown = [line.strip() for line in lines if line.startswith("  ")]
+    assert shown and all(p in inside for p in shown)
+
+
+def test_a_workers_scope_cache_is_bounded_and_reuses_databases(corpus):
+    from rlm_ray.corpus.scoped import ScopeCache, ScopedCorpus
+
+    cache = ScopeCache(corpus, entries=2)
+    first = cache.get(["email/"], 60)
+    assert cache.get(["email/"], 60) is first          # resolved once, then reused
+    assert isinstance(first, ScopedCorpus) and cache.get(["**"], 60) is corpus
+    cache.get(["json/"], 60)                           # a third scope evicts the oldest
+    assert list(cache._scopes) == [("**",), ("json/",)]
+    with pytest.raises(CorpusQueryError, match="closed"):
+        first.sql("SELECT 1")
+
+
+@pytest.mark.timeout(300)
+def test_a_scope_over_a_corpus_on_s3(s3_bucket, tmp_path):
+    """The scope's copy is read through httpfs like any S3 corpus; afterwards the
+    scope's database has no file access and no credentials (its secret dropped)."""
+    for folder, word in (("inside", "kept"), ("outside", "hidden")):
+        (tmp_path / "src" / folder).mkdir(parents=True)
+        for i in range(3):
+            (tmp_path / "src" / folder / f"f{i}.txt").write_text(f"{word} line {i}\n" * (i + 1))
+    out = f"s3://{s3_bucket}/scoped"
+    ingest([str(tmp_path / "src")], out)
+    corpus = Corpus.open(out)
+    try:
+        view = ContextView(corpus, scope=("inside/",))
+        assert view.sequence_info()["documents"] == 3
+        assert view.grep("hidden", limit=None) == []
+        assert len(view.grep("kept", limit=None)) == 1 + 2 + 3
+        assert view.sql("SELECT count(*) AS n FROM chunks WHERE path LIKE 'outside/%'") == [{"n": 0}]
+        assert view.read("inside/f1.txt") == "kept line 1\n" * 2
+        with pytest.raises(CorpusQueryError):
+            view.sql("SELECT * FROM duckdb_secrets()")
+    finally:
+        corpus.close()

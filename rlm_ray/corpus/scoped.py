@@ -175,11 +175,18 @@ class ScopeCache:
             scoped.close()
             corpus = self.base
         self._scopes[key] = corpus
-        while len(self._scopes) > self.entries:
+        # Copies cost memory: at most `entries` of them, and (the newest aside) no more
+        # text in all than one database's memory limit.
+        budget = self.base.limits.memory_mb << 20
+        while len(self._scopes) > 1 and (len(self._scopes) > self.entries
+                                         or self._copied_bytes() > budget):
             _, old = self._scopes.popitem(last=False)
             if old is not self.base:
                 old.close()
         return corpus
+
+    def _copied_bytes(self) -> int:
+        return sum(c.counts["bytes"] for c in self._scopes.values() if isinstance(c, ScopedCorpus))
 
 
 def scope_counts(corpus: Corpus) -> dict:
