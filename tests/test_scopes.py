@@ -272,3 +272,27 @@ def test_a_scope_over_a_corpus_on_s3(s3_bucket, tmp_path):
             view.sql("SELECT * FROM duckdb_secrets()")
     finally:
         corpus.close()
+
+
+def test_a_childs_context_slice_is_built_from_the_scope(view, inside):
+    """`rlm_query(..., context=context[a:b])` hands the child a str of the scope's
+    documents (the REPL side converts it); `context=context` stays the scoped corpus."""
+    seen = []
+
+    def rlm_query(prompt, model=None, context=None):     # the host side of the call
+        seen.append(context)
+        return "ok"
+
+    workspace = Workspace(context=None, view=view, host_functions={"rlm_query": rlm_query},
+                          sandbox_opts={"timeout_s": 120})
+    try:
+        result = workspace.run("rlm_query('q', context=context[-2:])\n"
+                               "rlm_query('q', context=context)\n", 120)
+        assert result.error is None, result.error
+    finally:
+        workspace.close()
+    last_two = sorted(inside)[-2:]
+    n = len(inside)
+    assert seen[0] == "\n".join(f"=== document {n - 2 + i}: {p} ===\n{inside[p]}\n"
+                                for i, p in enumerate(last_two))
+    assert seen[1] is None
