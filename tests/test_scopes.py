@@ -296,3 +296,12 @@ def test_a_childs_context_slice_is_built_from_the_scope(view, inside):
     assert seen[0] == "\n".join(f"=== document {n - 2 + i}: {p} ===\n{inside[p]}\n"
                                 for i, p in enumerate(last_two))
     assert seen[1] is None
+
+
+def test_a_scope_too_large_to_copy_is_a_clear_error(corpus):
+    from rlm_ray.corpus.duck import DuckLimits
+    from rlm_ray.corpus.scoped import ScopedCorpus
+
+    tight = Corpus(corpus.uri, corpus.manifest, DuckLimits(memory_mb=1, temp_mb=0, threads=1))
+    with pytest.raises(CorpusQueryError, match=r"scope \*\* is too large to copy"):
+        ScopedCorpus(tight, ("**",), 60)

@@ -29,7 +29,8 @@ from collections.abc import Sequence
 import duckdb
 
 from rlm_ray import storage
-from rlm_ray.corpus.duck import _create_s3_secret, _extension_dir, _sql_str, bounded, spill_dir
+from rlm_ray.corpus.duck import (CorpusMemoryError, _create_s3_secret, _extension_dir, _sql_str,
+                                 bounded, spill_dir)
 from rlm_ray.corpus.handle import Corpus
 from rlm_ray.corpus.scopes import glob_regex
 from rlm_ray.corpus.sql_gate import CorpusQueryError
@@ -105,7 +106,15 @@ def _build(base: Corpus, globs: tuple[str, ...], timeout_s: float | None):
         "max_temp_directory_size": f"{limits.temp_mb}MB",
     })
     try:
-        counts = _copy_scope(con, base, globs, timeout_s)
+        try:
+            counts = _copy_scope(con, base, globs, timeout_s)
+        except CorpusMemoryError as exc:
+            error = CorpusMemoryError(
+                f"scope {describe_globs(globs)} is too large to copy into its own database "
+                f"({limits.memory_mb} MB of memory, {limits.temp_mb} MB of spill); "
+                "narrow it, or leave it out to see the whole corpus")
+            error.by_process = exc.by_process
+            raise error from None
         # From here on nothing outside these tables is reachable, whatever runs.
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
