@@ -49,10 +49,11 @@ class ScopedCorpus(Corpus):
     """The documents of `globs` only, in a database of their own (see the module
     docstring). Used by query workers; it never leaves the process that built it."""
 
-    def __init__(self, base: Corpus, globs: Sequence[str], timeout_s: float | None) -> None:
+    def __init__(self, base: Corpus, globs: Sequence[str], timeout_s: float | None,
+                 built: tuple | None = None) -> None:
         super().__init__(base.uri, base.manifest, base.limits)
         self.globs = tuple(globs)
-        self._con, self.counts = _build(base, self.globs, timeout_s)
+        self._con, self.counts = built or _build(base, self.globs, timeout_s, copy_whole=True)
         self._con_pid = os.getpid()
 
     def __getstate__(self) -> dict:
@@ -95,8 +96,16 @@ class ScopedCorpus(Corpus):
                               [row["path"], first, last], timeout_s)
 
 
-def _build(base: Corpus, globs: tuple[str, ...], timeout_s: float | None):
-    """(locked connection, counts) of a database holding the scope's rows only."""
+def open_scope(base: Corpus, globs: Sequence[str], timeout_s: float | None) -> Corpus:
+    """The corpus a scope's calls run on: a ScopedCorpus, or `base` itself when the
+    globs match every document (decided before anything is copied)."""
+    built = _build(base, tuple(globs), timeout_s, copy_whole=False)
+    return base if built is None else ScopedCorpus(base, globs, timeout_s, built)
+
+
+def _build(base: Corpus, globs: tuple[str, ...], timeout_s: float | None, copy_whole: bool):
+    """(locked connection, counts) of a database holding the scope's rows only; None
+    when the scope is every document and `copy_whole` is off."""
     limits = base.limits
     con = duckdb.connect(":memory:", config={
         "autoinstall_known_extensions": False, "autoload_known_extensions": False,
@@ -107,7 +116,7 @@ def _build(base: Corpus, globs: tuple[str, ...], timeout_s: float | None):
     })
     try:
         try:
-            counts = _copy_scope(con, base, globs, timeout_s)
+            counts = _copy_scope(con, base, globs, timeout_s, copy_whole)
         except CorpusMemoryError as exc:
             error = CorpusMemoryError(
                 f"scope {describe_globs(globs)} is too large to copy into its own database "
@@ -115,6 +124,9 @@ def _build(base: Corpus, globs: tuple[str, ...], timeout_s: float | None):
                 "narrow it, or leave it out to see the whole corpus")
             error.by_process = exc.by_process
             raise error from None
+        if counts is None:
+            con.close()
+            return None
         # From here on nothing outside these tables is reachable, whatever runs.
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
@@ -125,7 +137,7 @@ def _build(base: Corpus, globs: tuple[str, ...], timeout_s: float | None):
 
 
 def _copy_scope(con: duckdb.DuckDBPyConnection, base: Corpus, globs: tuple[str, ...],
-                timeout_s: float | None) -> dict:
+                timeout_s: float | None, copy_whole: bool) -> dict | None:
     s3 = storage.is_s3(base.uri)
     if s3:
         con.execute("LOAD httpfs")
@@ -143,6 +155,8 @@ def _copy_scope(con: duckdb.DuckDBPyConnection, base: Corpus, globs: tuple[str, 
                 raise CorpusQueryError(f"scope {describe_globs(globs)} matches no document of "
                                        f"the corpus ({base.manifest['documents']} documents; "
                                        "globs match whole paths, `dir/` or `dir/**` for a folder)")
+            if not copy_whole and documents == int(base.manifest["documents"]):
+                return None
             files = ", ".join(_sql_str(base._file(s)) for s in sorted(shards))
             cur.execute(f"CREATE TABLE chunks AS SELECT * FROM read_parquet([{files}]) "
                         "WHERE path IN (SELECT path FROM scope_docs) ORDER BY path, chunk_id")
@@ -178,11 +192,7 @@ class ScopeCache:
         if key in self._scopes:
             self._scopes.move_to_end(key)
             return self._scopes[key]
-        scoped = ScopedCorpus(self.base, key, timeout_s)
-        corpus: Corpus = scoped
-        if scoped.counts["documents"] == int(self.base.manifest["documents"]):
-            scoped.close()
-            corpus = self.base
+        corpus = open_scope(self.base, key, timeout_s)
         self._scopes[key] = corpus
         # Copies cost memory: at most `entries` of them, and (the newest aside) no more
         # text in all than one database's memory limit.
