@@ -228,7 +228,9 @@ def test_the_first_user_message_shows_the_scope_and_its_size(corpus, inside):
     from rlm_ray.engine.run import describe
     from rlm_ray.engine.spec import EngineSettings
 
-    kind, metadata, view = describe(corpus, SimpleNamespace(scope=SCOPE, settings=EngineSettings()))
+    spec = SimpleNamespace(scope=SCOPE, settings=EngineSettings(),
+                           budget=SimpleNamespace(remaining_s=lambda: 120.0))
+    kind, metadata, view = describe(corpus, spec)
     lines = metadata.splitlines()
     assert kind == "corpus" and lines[1].startswith("scope: email/ ")
     tokens = sum(d["n_tokens"] for d in view.docs())

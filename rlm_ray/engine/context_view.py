@@ -64,21 +64,21 @@ class ContextView:
                           "sequence_info", "doc_paths", "doc_texts")
 
     def __init__(self, corpus, *, max_rows: int = 5000, max_read_chars: int = 2_000_000,
-                 scope: tuple[str, ...] = ()) -> None:
+                 scope: tuple[str, ...] = (), deadline: float | None = None) -> None:
         self._corpus = corpus
         self._max_rows = max_rows
         self._max_read_chars = max_read_chars
         self._notes: list[str] = []
         self._lock = threading.Lock()
         self._characters: int | None = None
-        self._deadline: float | None = None
+        self._deadline = deadline    # until the loop sets each block's: the question's end
         self.scope = tuple(scope or ())
         # The scope's counts, resolved once for the question (an empty scope raises
         # here); None: the whole corpus (no scope, or one that covers every document).
         self._scope_counts: dict | None = None
         self._queries = QuerySession(corpus.query_pool(), self.scope)   # one call at a time
         if self.scope:
-            counts = self._queries.scope_counts(DEFAULT_CALL_TIMEOUT_S)
+            counts = self._queries.scope_counts(self._timeout_s())
             if counts.get("whole"):
                 self._queries = QuerySession(corpus.query_pool())
             else:

@@ -28,8 +28,10 @@ def describe(context: Any, spec: RunSpec) -> tuple[str, str, ContextView | None]
         return "str", prompts.str_metadata(context, count_tokens(context)), None
     # A scope is resolved here, once per question (an empty one is this row's error);
     # every call of the view then runs on the scope's own database.
+    remaining = spec.budget.remaining_s()
     view = ContextView(context, max_rows=spec.settings.max_rows,
-                       max_read_chars=spec.settings.max_read_chars, scope=spec.scope)
+                       max_read_chars=spec.settings.max_read_chars, scope=spec.scope,
+                       deadline=None if remaining is None else time.monotonic() + remaining)
     # Through a query worker, not corpus.docs() here: that would hold every
     # document row in this host, memory that grows with the corpus.
     paths = view.example_paths(prompts.MAX_EXAMPLE_PATHS)
