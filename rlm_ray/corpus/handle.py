@@ -243,11 +243,7 @@ class Corpus:
         end = n_lines if end is None else max(0, end + n_lines if end < 0 else min(end, n_lines))
         if start >= end:
             return ""
-        # One shard file, pruned to the document's row group(s) by path statistics.
-        rows = self._internal(
-            "SELECT start_line, text FROM read_parquet(?) WHERE path = ? "
-            "AND end_line >= ? AND start_line <= ? ORDER BY chunk_id",
-            [self._file(row["shard"]), row["path"], start + 1, end], timeout_s)
+        rows = self._chunk_lines(row, start + 1, end, timeout_s)
         if not rows:
             return ""
         first_line = rows[0][0]
@@ -257,6 +253,15 @@ class Corpus:
         selected = lines[start + 1 - first_line:end + 1 - first_line]
         text = "\n".join(selected)
         return text + "\n" if end + 1 - first_line < len(lines) else text
+
+    def _chunk_lines(self, row: dict, first: int, last: int, timeout_s: float | None) -> list[tuple]:
+        """(start_line, text) of the chunks of document `row` that hold 1-based lines
+        first..last, in order."""
+        # One shard file, pruned to the document's row group(s) by path statistics.
+        return self._internal(
+            "SELECT start_line, text FROM read_parquet(?) WHERE path = ? "
+            "AND end_line >= ? AND start_line <= ? ORDER BY chunk_id",
+            [self._file(row["shard"]), row["path"], first, last], timeout_s)
 
 
 def _excerpt(line: str, at: int) -> str:

@@ -314,8 +314,10 @@ class QuerySession:
     """One question's use of a pool: its calls run one at a time (the fairness
     rule), each under the caller's deadline."""
 
-    def __init__(self, pool: QueryPool) -> None:
+    def __init__(self, pool: QueryPool, scope: tuple[str, ...] = ()) -> None:
         self.pool = pool
+        # Path globs every call of this question is confined to (corpus/scoped.py); (): all.
+        self.scope = tuple(scope)
         self._lock = threading.Lock()
 
     def _call(self, method: str, args: dict[str, Any], timeout_s: float) -> tuple[dict[str, Any], bytes]:
@@ -323,6 +325,8 @@ class QuerySession:
         if timeout_s <= 0 or not self._lock.acquire(timeout=timeout_s):
             raise CorpusQueryError("query exceeded its time limit (this question's previous "
                                    "corpus call is still running)")
+        if self.scope:
+            args = {**args, "scope": list(self.scope)}
         try:
             return self.pool.call(method, args, timeout_s - (time.monotonic() - started))
         finally:
@@ -349,6 +353,11 @@ class QuerySession:
 
     def docs(self, limit: int | None, timeout_s: float) -> list[dict]:
         return self._call("docs", {"limit": limit}, timeout_s)[0]["value"]
+
+    def scope_counts(self, timeout_s: float) -> dict:
+        """documents, tokens, chunks, bytes, characters of this session's scope, and
+        `whole` when it covers the corpus; an empty scope raises."""
+        return self._call("scope", {}, timeout_s)[0]["value"]
 
 
 def _table(payload: bytes):

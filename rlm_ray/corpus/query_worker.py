@@ -71,12 +71,20 @@ def table_payload(table, max_bytes: int, truncate: bool) -> tuple[bytes, int, bo
     return sink.getvalue().to_pybytes(), rows, truncated
 
 
-def handle(corpus, request: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-    """One request -> (reply, payload). Raises what the call raised."""
+def handle(corpus, request: dict[str, Any], scopes=None) -> tuple[dict[str, Any], bytes]:
+    """One request -> (reply, payload). Raises what the call raised. A request
+    with a `scope` runs on that scope's own database (corpus/scoped.py)."""
     import json
 
     method, args = request["method"], request.get("args") or {}
     timeout_s, max_bytes = float(request["timeout_s"]), int(request["max_bytes"])
+    if args.get("scope"):
+        from rlm_ray.corpus.scoped import ScopeCache, scope_counts
+
+        scopes = scopes if scopes is not None else ScopeCache(corpus)
+        corpus = scopes.get([str(g) for g in args["scope"]], timeout_s)
+        if method == "scope":
+            return {"value": scope_counts(corpus)}, b""
     if method in ("sql", "table"):
         if method == "sql":
             table = corpus.sql(args["query"], limit=args.get("limit"), timeout_s=timeout_s)
@@ -108,10 +116,12 @@ def handle(corpus, request: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
 def serve(in_fd: int, out_fd: int) -> int:
     from rlm_ray.corpus.duck import CorpusMemoryError, DuckLimits
     from rlm_ray.corpus.handle import Corpus
+    from rlm_ray.corpus.scoped import ScopeCache
     from rlm_ray.errors import UserError
 
     opening, _ = read_frame_blocking(in_fd)
     corpus = Corpus(opening["uri"], opening["manifest"], DuckLimits(**opening["limits"]))
+    scopes = ScopeCache(corpus)
     write_frame(out_fd, {"ready": True, "pid": os.getpid()})
     while True:
         try:
@@ -119,7 +129,7 @@ def serve(in_fd: int, out_fd: int) -> int:
         except WorkerGone:
             return 0
         try:
-            reply, payload = handle(corpus, request)
+            reply, payload = handle(corpus, request, scopes)
         except (CorpusMemoryError, MemoryError) as exc:   # pyarrow's ArrowMemoryError included
             if isinstance(exc, CorpusMemoryError) and not exc.by_process:
                 # DuckDB's buffer manager refused: it accounted for that memory, nothing leaked.

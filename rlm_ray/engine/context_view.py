@@ -20,6 +20,7 @@ from typing import Any
 
 from rlm_ray import storage
 from rlm_ray.corpus.query_pool import QuerySession
+from rlm_ray.corpus.scoped import KEPT_STATS
 
 MAX_GREP_LIMIT = 10_000
 # Without a block deadline (direct use of the view), a host call still ends.
@@ -62,15 +63,27 @@ class ContextView:
     __sandbox_expose__ = ("sql", "grep", "read", "docs", "stats",
                           "sequence_info", "doc_paths", "doc_texts")
 
-    def __init__(self, corpus, *, max_rows: int = 5000, max_read_chars: int = 2_000_000) -> None:
+    def __init__(self, corpus, *, max_rows: int = 5000, max_read_chars: int = 2_000_000,
+                 scope: tuple[str, ...] = (), deadline: float | None = None) -> None:
         self._corpus = corpus
-        self._queries = QuerySession(corpus.query_pool())   # this question's calls, one at a time
         self._max_rows = max_rows
         self._max_read_chars = max_read_chars
         self._notes: list[str] = []
         self._lock = threading.Lock()
         self._characters: int | None = None
-        self._deadline: float | None = None
+        self._deadline = deadline    # until the loop sets each block's: the question's end
+        self.scope = tuple(scope or ())
+        # The scope's counts, resolved once for the question (an empty scope raises
+        # here); None: the whole corpus (no scope, or one that covers every document).
+        self._scope_counts: dict | None = None
+        self._queries = QuerySession(corpus.query_pool(), self.scope)   # one call at a time
+        if self.scope:
+            counts = self._queries.scope_counts(self._timeout_s())
+            if counts.get("whole"):
+                self._queries = QuerySession(corpus.query_pool())
+            else:
+                self._scope_counts = counts
+                self._characters = int(counts["characters"])
 
     def set_deadline(self, deadline: float | None) -> None:
         """The running block's end (time.monotonic()); None: the default per call."""
@@ -96,8 +109,17 @@ class ContextView:
     def stats(self) -> dict:
         # `source` names host paths / bucket URIs the corpus was built from:
         # provenance for operators, not something model code needs to see.
+        return _json_safe(self.metadata_stats() | {"characters": self.characters()})
+
+    def metadata_stats(self) -> dict:
+        """The counts the model is shown: the scope's when the question has one."""
         stats = {k: v for k, v in self._corpus.stats.items() if k not in HOST_ONLY_STATS}
-        return _json_safe(stats | {"characters": self.characters()})
+        if self._scope_counts is None:
+            return stats | ({"scope": list(self.scope)} if self.scope else {})
+        # Corpus-wide facts (skips, shard count) are not the scope's: only its own counts.
+        return ({k: stats[k] for k in KEPT_STATS if k in stats}
+                | {k: self._scope_counts[k] for k in ("documents", "chunks", "tokens", "bytes")}
+                | {"scope": list(self.scope)})
 
     def characters(self) -> int:
         """Total characters of all documents (what `sum(len(doc) for doc in context)`
@@ -112,7 +134,10 @@ class ContextView:
         return self._characters
 
     def __len__(self) -> int:
-        return int(len(self._corpus))
+        return int(self._counts()["tokens"])
+
+    def _counts(self) -> dict:
+        return self._scope_counts if self._scope_counts is not None else self._corpus.stats
 
     def sql(self, query: str) -> list[dict]:
         query = str(query).strip().rstrip(";").strip()
@@ -169,12 +194,12 @@ class ContextView:
     # list of all documents is ever built in Python.
     def sequence_info(self) -> dict:
         """What the REPL's `context` needs up front: counts from the manifest."""
-        stats = self._corpus.stats
+        stats = self._counts()
         return {"documents": int(stats["documents"]), "tokens": int(stats["tokens"]),
                 "batch_bytes": DOC_BATCH_BYTES, "child_context_bytes": CHILD_CONTEXT_BYTES}
 
     def _doc_range(self, start: int, stop: int) -> tuple[int, int]:
-        count = int(self._corpus.stats["documents"])
+        count = int(self._counts()["documents"])
         start, stop = int(start), int(stop)
         if not 0 <= start <= stop <= count:
             raise IndexError(f"document range [{start}, {stop}) is outside 0..{count}")
@@ -210,20 +235,27 @@ class ContextView:
                 f"document {start} ({path}) has {total} bytes, more than one REPL value may "
                 f"hold ({MAX_DOC_BYTES}); read it in parts with "
                 f"context.read({path!r}, start_line, end_line)")
-        # Only the shards holding the batch; the batch is a contiguous run of
-        # paths, so a range filter selects exactly its chunks (and lets DuckDB
-        # skip row groups by their path statistics).
-        shards = sorted({storage.join(self._corpus.uri, row["shard"]) for row in batch})
+        # The batch is a contiguous run of paths, so a range filter selects exactly
+        # its chunks (and lets DuckDB skip row groups by their path statistics);
+        # over the whole corpus, only the shards holding the batch are read.
         paths = [row["path"] for row in batch]
-        table = self._query("SELECT path, text FROM read_parquet(?) WHERE path BETWEEN ? AND ? "
-                            "ORDER BY path, chunk_id", [shards, paths[0], paths[-1]])
+        if self._scope_counts is not None:     # the scope's own database: its tables only
+            table = self._query("SELECT path, text FROM chunks WHERE path BETWEEN ? AND ? "
+                                "ORDER BY path, chunk_id", [paths[0], paths[-1]])
+        else:
+            shards = sorted({storage.join(self._corpus.uri, row["shard"]) for row in batch})
+            table = self._query("SELECT path, text FROM read_parquet(?) WHERE path BETWEEN ? "
+                                "AND ? ORDER BY path, chunk_id", [shards, paths[0], paths[-1]])
         parts: dict[str, list[str]] = {path: [] for path in paths}
         for path, text in zip(table.column("path").to_pylist(), table.column("text").to_pylist()):
             parts[path].append(text)
         return ["".join(parts[path]) for path in paths]
 
     def _doc_rows(self, start: int, count: int):
-        """path, bytes, shard of `count` documents from index `start` (path order)."""
+        """path, bytes (and shard) of `count` documents from index `start` (path order)."""
+        if self._scope_counts is not None:
+            return self._query(f"SELECT path, bytes FROM docs ORDER BY path "
+                               f"LIMIT {int(count)} OFFSET {int(start)}", [])
         docs_file = storage.join(self._corpus.uri, self._corpus.manifest["docs_file"])
         return self._query(f"SELECT path, bytes, shard FROM read_parquet(?) ORDER BY path "
                            f"LIMIT {int(count)} OFFSET {int(start)}", [docs_file])

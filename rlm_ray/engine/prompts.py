@@ -143,6 +143,9 @@ def system_prompt(context_kind: str, settings: PromptSettings, template: str | N
 
 def corpus_metadata(stats: dict[str, Any], example_paths: list[str]) -> str:
     lines = ["kind: corpus"]
+    if stats.get("scope"):
+        lines.append(f"scope: {', '.join(stats['scope'])} (the counts below and everything "
+                     "`context` shows are this scope's documents only)")
     for key in ("tokens", "documents", "chunks", "chunk_tokens"):
         if stats.get(key) is not None:
             lines.append(f"{key}: {stats[key]}")

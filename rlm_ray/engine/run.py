@@ -26,12 +26,16 @@ def describe(context: Any, spec: RunSpec) -> tuple[str, str, ContextView | None]
         from rlm_ray.tokens import count_tokens
 
         return "str", prompts.str_metadata(context, count_tokens(context)), None
+    # A scope is resolved here, once per question (an empty one is this row's error);
+    # every call of the view then runs on the scope's own database.
+    remaining = spec.budget.remaining_s()
     view = ContextView(context, max_rows=spec.settings.max_rows,
-                       max_read_chars=spec.settings.max_read_chars)
+                       max_read_chars=spec.settings.max_read_chars, scope=spec.scope,
+                       deadline=None if remaining is None else time.monotonic() + remaining)
     # Through a query worker, not corpus.docs() here: that would hold every
     # document row in this host, memory that grows with the corpus.
     paths = view.example_paths(prompts.MAX_EXAMPLE_PATHS)
-    return "corpus", prompts.corpus_metadata(dict(context.stats), paths), view
+    return "corpus", prompts.corpus_metadata(view.metadata_stats(), paths), view
 
 
 def answer_question(context: Any, question: str, query_id: str, spec: RunSpec,

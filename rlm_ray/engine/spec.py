@@ -46,6 +46,9 @@ class RunSpec:
     allowed_models: tuple[str, ...] = ()   # what `model=` may pick; () = only sub_model
     system_prompt: str | None = None    # a user's template (prompts.render_system_prompt)
     output_schema: OutputSchema | None = None   # typed answers (the top root only)
+    # Path globs of the corpus this question is about (corpus/scopes.py); () = all of it.
+    # Children inherit it: a sub-RLM works inside its parent's scope.
+    scope: tuple[str, ...] = ()
 
     def child(self, parent_call_id: str, model: str | None = None) -> "RunSpec":
         # A child answers its parent's sub-question in text: the schema is the root's.
