@@ -129,7 +129,8 @@ class HostPool:
         tree = _open_tree(TreeBudget, rlm.limits)
         spec = RunSpec(model=rlm.model, sub_model=rlm.sub_model, gateway=rlm.gateway,
                        budget=tree, settings=rlm.settings, sandbox_opts=rlm.sandbox_opts,
-                       allowed_models=rlm.allowed_models, system_prompt=rlm.system_prompt)
+                       allowed_models=rlm.allowed_models, system_prompt=rlm.system_prompt,
+                       scope=tuple(query.scope or ()))
         ref = host.actor.answer.remote(corpus, query.question, query.query_id, spec)
         host.trees[ref] = tree
         host.load += 1

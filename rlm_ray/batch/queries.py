@@ -24,6 +24,7 @@ from typing import Any
 import pyarrow as pa
 
 from rlm_ray import storage
+from rlm_ray.corpus.scopes import normalize_scope
 from rlm_ray.errors import UserError
 from rlm_ray.jsonl import iter_objects
 from rlm_ray.text_context import DEFAULT_MAX_CONTEXT_BYTES, TextContext
@@ -50,6 +51,12 @@ class Query:
     options: dict[str, Any] = field(default_factory=dict)
     # The row's own text (it runs over this str instead of the corpus); None: the corpus.
     text_context: TextContext | None = None
+    # Grids and scoped rows (batch/grid.py, corpus/scopes.py): the template a cell came
+    # from, the path globs the question is about, and a digest of those documents
+    # (filled by the driver from the corpus index; pipelines rerun a cell when it changes).
+    template_id: str | None = None
+    scope: tuple[str, ...] | None = None
+    scope_sha256: str | None = None
 
     @property
     def question_hash(self) -> str:
@@ -178,9 +185,14 @@ def queries_from_table(table: pa.Table, source: str = "queries", base: str | Non
                 for name in options if row[name] not in (None, "")}
         opts.update({name: str(row[name]) for name in TEXT_OPTION_COLUMNS
                      if isinstance(row.get(name), str) and row[name].strip()})
-        context = _context_of(row, f"{source} row {index} (query_id {query_id})", base,
-                              max_context_bytes)
-        queries.append(Query(query_id, question, _as_text(row.get("answer")), opts, context))
+        where = f"{source} row {index} (query_id {query_id})"
+        context = _context_of(row, where, base, max_context_bytes)
+        scope = normalize_scope(row.get("scope"), where)
+        if scope is not None and context is not None:
+            raise UserError(f"{where}: a scope selects documents of the corpus; a row with "
+                            "its own context has none")
+        queries.append(Query(query_id, question, _as_text(row.get("answer")), opts, context,
+                             template_id=_as_text(row.get("template_id")), scope=scope))
     duplicates = sorted(q for q, n in Counter(q.query_id for q in queries).items() if n > 1)
     if duplicates:
         shown = ", ".join(duplicates[:10]) + (" ..." if len(duplicates) > 10 else "")

@@ -29,6 +29,14 @@ def _truncate(text: Any) -> Any:
     return text
 
 
+def _labelled(answer: dict, query: Query) -> dict:
+    """A grid cell's template and scope (what the scope's documents were, when planned)."""
+    answer["template_id"] = query.template_id
+    answer["scope"] = None if query.scope is None else list(query.scope)
+    answer["scope_sha256"] = query.scope_sha256
+    return answer
+
+
 def _scored(answer: dict, query: Query) -> dict:
     answer["expected"] = query.expected
     answer["exact_match"] = scoring.exact_match(answer.get("answer"), query.expected)
@@ -70,7 +78,7 @@ def from_result(query: Query, result: Any, started_at: dt.datetime,
     # Keep only schema columns so an engine adding fields never breaks a write.
     calls = [{f.name: c.get(f.name) for f in CALLS} for c in calls]
     steps = [{f.name: s.get(f.name) for f in STEPS} for s in steps]
-    return FinishedQuestion(_scored(answer, query), calls, steps)
+    return FinishedQuestion(_scored(_labelled(answer, query), query), calls, steps)
 
 
 def dead_letter(query: Query, error: str, started_at: dt.datetime, model: str | None,
@@ -84,4 +92,4 @@ def dead_letter(query: Query, error: str, started_at: dt.datetime, model: str | 
         "wall_s": (finished - started_at).total_seconds(), "model": model,
         "started_at": started_at, "finished_at": finished,
     }
-    return FinishedQuestion(_scored(answer, query))
+    return FinishedQuestion(_scored(_labelled(answer, query), query))

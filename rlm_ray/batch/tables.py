@@ -40,6 +40,10 @@ ANSWERS = pa.schema([
     ("cache_saved_usd", pa.float64()),
     # A row's own text context: its size and hash, never the text (null over a corpus).
     ("context_chars", pa.int64()), ("context_sha256", pa.string()),
+    # Grids and scoped rows: the template a cell came from, the path globs it was
+    # about, and the digest of those documents it ran over (null without a scope).
+    ("template_id", pa.string()), ("scope", pa.list_(pa.string())),
+    ("scope_sha256", pa.string()),
 ])
 CALLS = pa.schema([
     ("query_id", pa.string()), ("call_id", pa.string()), ("parent_call_id", pa.string()),

@@ -29,7 +29,21 @@ def describe(context: Any, spec: RunSpec) -> tuple[str, str, ContextView | None]
     view = ContextView(context, max_rows=spec.settings.max_rows,
                        max_read_chars=spec.settings.max_read_chars)
     paths = example_paths(context)
-    return "corpus", prompts.corpus_metadata(dict(context.stats), paths), view
+    metadata = prompts.corpus_metadata(dict(context.stats), paths)
+    if spec.scope:
+        metadata += "\n" + _scope_metadata(context, spec.scope)
+    return "corpus", metadata, view
+
+
+def _scope_metadata(corpus, scope: tuple[str, ...]) -> str:
+    """The question's scope and its size; a scope over no document is the row's error,
+    not a run over nothing."""
+    from rlm_ray.corpus.scopes import describe_scope, doc_index, scope_size
+
+    size = scope_size(doc_index(corpus), scope)
+    if size.documents == 0:
+        raise UserError(f"scope {', '.join(scope)} matches no document of the corpus")
+    return describe_scope(scope, size)
 
 
 def example_paths(corpus) -> list[str]:

@@ -38,6 +38,9 @@ class RunSpec:
     parent_call_id: str | None = None   # the `rlm` row of a child; None for the top root
     allowed_models: tuple[str, ...] = ()   # what `model=` may pick; () = only sub_model
     system_prompt: str | None = None    # a user's template (prompts.render_system_prompt)
+    # Path globs of the corpus this question is about (corpus/scopes.py); () = all of it.
+    # Children inherit it: a sub-RLM works inside its parent's scope.
+    scope: tuple[str, ...] = ()
 
     def child(self, parent_call_id: str, model: str | None = None) -> "RunSpec":
         return replace(self, depth=self.depth + 1, parent_call_id=parent_call_id,
