@@ -43,6 +43,10 @@ def register(commands, bench) -> None:
 
     add_compare_parser(bench)
 
+    from rlm_ray.bench import grid
+
+    grid.register(commands, bench)
+
 
 def parse_size(text: str) -> int:
     text = text.strip().replace("_", "").replace(",", "")
