@@ -282,3 +282,19 @@ def test_a_nightly_grid_reruns_only_the_cells_whose_documents_changed(ray_sessio
     total = server.stats()["requests"]
     assert pipeline.main([str(spec_path), "--date", "2026-03-03"]) == 0
     assert server.stats()["requests"] == total
+
+
+def test_the_archive_grid_example_spec_expands_over_this_repository():
+    from rlm_ray.batch.pipeline import load_spec
+
+    spec = load_spec(str(ROOT / "jobs" / "specs" / "archive-grid.yaml"))
+    assert spec.for_each and spec.rerun == "changed" and spec.model == "sim"
+    paths = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "rlm_ray").rglob("*.py")
+                   if "__pycache__" not in p.parts)
+    index = pa.table({"path": paths, "n_tokens": pa.array([1] * len(paths), pa.int64()),
+                      "sha256": [""] * len(paths)})
+    templates = [Query(q["query_id"], q["question"]) for q in spec.questions]
+    grid = build_grid(index, templates, spec.for_each)
+    packages = sorted({p.split("/")[1] + "/" for p in paths if p.count("/") >= 2})
+    assert grid.size == len(packages) * len(templates) > len(templates)
+    assert all("{scope" not in q.question for q in grid.queries())
