@@ -298,3 +298,18 @@ def test_the_archive_grid_example_spec_expands_over_this_repository():
     packages = sorted({p.split("/")[1] + "/" for p in paths if p.count("/") >= 2})
     assert grid.size == len(packages) * len(templates) > len(templates)
     assert all("{scope" not in q.question for q in grid.queries())
+
+
+@pytest.mark.timeout(900)
+def test_bench_grid_prints_planning_and_run_figures(ray_session, tmp_path, capsys):
+    assert cli_main(["bench", "grid", "--plan-cells", "2000", "--templates", "2",
+                     "--run-cells", "4", "--concurrency", "2", "--latency-ms", "0",
+                     "--workdir", str(tmp_path)]) == 0
+    lines = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1)
+                 for line in capsys.readouterr().out.splitlines()[1:])
+    assert lines["2,000-cell grid: cells (scopes x templates)"] == "2,000 (1,000 x 2)"
+    assert lines["2,000-cell grid: cells to run after resume check"] == "1,000"
+    assert float(lines["2,000-cell grid: planning time"].split()[0]) > 0
+    assert int(lines["2,000-cell grid: driver peak RSS"].split()[0]) > 0
+    assert lines["run: rows written (ok)"] == "4 (4)"
+    assert float(lines["run: rows/s written"]) > 0
