@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rlm_ray.batch.queries import Query
-from rlm_ray.corpus.scopes import _digest, escape_glob, glob_regex, match_mask
+from rlm_ray.corpus.scopes import documents_digest, escape_glob, glob_regex, match_mask
 from rlm_ray.errors import UserError
 
 PLACEHOLDERS = ("{scope}", "{scope_name}")
@@ -73,12 +73,12 @@ def expand_scopes(index: pa.Table, pattern: str) -> tuple[pa.Table, pa.Table]:
         [("label", "ascending"), ("path", "ascending")])
     sizes = pairs.group_by("label").aggregate([("path", "count"), ("n_tokens", "sum")]) \
         .sort_by("label")
-    digests = [_digest((r[1] for r in group), (r[2] for r in group))
-               for _, group in groupby(zip(pairs.column("label").to_pylist(),
-                                           pairs.column("path").to_pylist(),
-                                           pairs.column("sha256").to_pylist()),
-                                       key=lambda r: r[0])
-               for group in [list(group)]]
+    rows = zip(pairs.column("label").to_pylist(), pairs.column("path").to_pylist(),
+               pairs.column("sha256").to_pylist())
+    digests = []
+    for _, group in groupby(rows, key=lambda row: row[0]):   # pairs are sorted by label
+        members = list(group)
+        digests.append(documents_digest((m[1] for m in members), (m[2] for m in members)))
     scopes = pa.table([sizes.column("label"), sizes.column("path_count").cast(pa.int64()),
                        sizes.column("n_tokens_sum").cast(pa.int64()), pa.array(digests)],
                       schema=SCOPES_SCHEMA)
@@ -118,7 +118,8 @@ class Grid:
         # Like the runner's rule: any finished status counts, unless retrying failures.
         done = answers if not retry_failed else answers.filter(pc.equal(answers["status"], "ok"))
         finished = done.column("query_id")
-        return pc.invert(pc.is_in(self.cells.column("query_id"), value_set=finished.combine_chunks()))
+        finished_ids = finished.combine_chunks()
+        return pc.invert(pc.is_in(self.cells.column("query_id"), value_set=finished_ids))
 
     def queries(self, mask: pa.ChunkedArray | None = None) -> list[Query]:
         """The cells (those of `mask`) as runnable rows, filled in only now."""

@@ -71,7 +71,8 @@ def synthetic_index(path: Path, folders: int, docs_per_folder: int) -> None:
 
     n = folders * docs_per_folder
     paths = [f"repos/r{i // docs_per_folder:06d}/src/m{i % docs_per_folder}.py" for i in range(n)]
-    table = pa.table({"path": paths, "n_tokens": pa.array([500 + i % 997 for i in range(n)], pa.int64()),
+    tokens = pa.array([500 + i % 997 for i in range(n)], pa.int64())
+    table = pa.table({"path": paths, "n_tokens": tokens,
                       "sha256": [hashlib.sha256(p.encode()).hexdigest() for p in paths]})
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
@@ -135,7 +136,8 @@ def measure_planning(docs_uri: str, templates_path: str, pattern: str, out_uri: 
 
 def _plan_figures(label: str, figures: dict) -> list[tuple[str, str]]:
     return [(f"{label}: cells (scopes x templates)",
-             f"{figures['cells']:,} ({figures['scopes']:,} x {figures['cells'] // figures['scopes']})"),
+             f"{figures['cells']:,} ({figures['scopes']:,} x "
+             f"{figures['cells'] // figures['scopes']})"),
             (f"{label}: cells to run after resume check", f"{figures['todo']:,}"),
             (f"{label}: planning time", f"{figures['seconds']:.2f} s"),
             (f"{label}: driver peak RSS", f"{figures['peak_rss_mb']:.0f} MB (before planning, "

@@ -81,7 +81,8 @@ def normalize_scope(value: object, where: str) -> tuple[str, ...] | None:
             try:
                 value = json.loads(text)
             except json.JSONDecodeError:
-                raise UserError(f"{where}: scope is not a JSON list of globs: {text[:80]!r}") from None
+                raise UserError(f"{where}: scope is not a JSON list of globs: "
+                                f"{text[:80]!r}") from None
         else:
             value = [text]
     if not isinstance(value, (list, tuple)) or not all(isinstance(g, str) for g in value):
@@ -125,7 +126,9 @@ class ScopeSize:
     sha256: str   # of the sorted (path, document sha256) pairs: changes iff a document did
 
 
-def _digest(paths: Iterable[str], shas: Iterable[str]) -> str:
+def documents_digest(paths: Iterable[str], shas: Iterable[str]) -> str:
+    """Identity of a set of documents (given sorted by path): changes iff one was
+    added, removed, renamed or edited."""
     digest = hashlib.sha256()
     for path, sha in zip(paths, shas):
         digest.update(f"{path}\x00{sha}\n".encode("utf-8", "surrogatepass"))
@@ -136,8 +139,8 @@ def scope_size(index: pa.Table, globs: Sequence[str]) -> ScopeSize:
     """Documents, tokens and content digest of the part of `index` that `globs` cover."""
     part = index.filter(match_mask(index.column("path"), globs)).sort_by("path")
     tokens = pc.sum(part.column("n_tokens")).as_py() or 0
-    return ScopeSize(part.num_rows, int(tokens),
-                     _digest(part.column("path").to_pylist(), part.column("sha256").to_pylist()))
+    digest = documents_digest(part.column("path").to_pylist(), part.column("sha256").to_pylist())
+    return ScopeSize(part.num_rows, int(tokens), digest)
 
 
 def describe_scope(globs: Sequence[str], size: ScopeSize) -> str:
