@@ -189,7 +189,8 @@ def test_the_scope_and_its_size_reach_the_first_user_message(grid_corpus):
 
 @pytest.mark.timeout(900)
 def test_a_grid_resumes_per_cell_and_an_empty_scope_is_a_row_error(ray_session, sim,
-                                                                   grid_corpus, tmp_path):
+                                                                   grid_corpus, tmp_path,
+                                                                   capsys):
     src, corpus = grid_corpus
     server = sim()
     out = tmp_path / "out"
@@ -203,9 +204,16 @@ def test_a_grid_resumes_per_cell_and_an_empty_scope_is_a_row_error(ray_session, 
     assert first.column("scope").to_pylist() == [[f] for f in sorted(folders)]
     calls = server.stats()["requests"]
     assert calls > 0
+    # The plan of the grid with a second template knows which cells are finished.
+    two = _templates(tmp_path / "two.jsonl", TEMPLATES)
+    capsys.readouterr()
+    assert cli_main(base + ["--queries", two, "--dry-run"]) == 0
+    plan = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines()[1:])
+    assert int(plan["grid_cells"]) == 2 * len(folders)
+    assert int(plan["already_finished"]) == int(plan["questions_to_run"]) == len(folders)
 
     # A second template joins the grid: only its cells run, the finished ones stay as they were.
-    assert cli_main(base + ["--queries", _templates(tmp_path / "two.jsonl", TEMPLATES)]) == 0
+    assert cli_main(base + ["--queries", two]) == 0
     both = read_run(str(out), with_details=False).answers
     assert both.num_rows == 2 * len(folders)
     assert set(both.column("template_id").to_pylist()) == {"exceptions", "modules"}

@@ -16,13 +16,12 @@ plans in a few hundred MB and seconds (see `rlm-ray bench grid`).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from itertools import groupby
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from rlm_ray.batch.queries import Query
-from rlm_ray.corpus.scopes import documents_digest, escape_glob, glob_regex, match_mask
+from rlm_ray.corpus.scopes import escape_glob, glob_regex, group_digests, match_mask
 from rlm_ray.errors import UserError
 
 PLACEHOLDERS = ("{scope}", "{scope_name}")
@@ -71,17 +70,16 @@ def expand_scopes(index: pa.Table, pattern: str) -> tuple[pa.Table, pa.Table]:
                       "n_tokens": pc.take(index.column("n_tokens"), rows),
                       "sha256": pc.take(index.column("sha256"), rows)}).sort_by(
         [("label", "ascending"), ("path", "ascending")])
-    sizes = pairs.group_by("label").aggregate([("path", "count"), ("n_tokens", "sum")]) \
-        .sort_by("label")
-    rows = zip(pairs.column("label").to_pylist(), pairs.column("path").to_pylist(),
-               pairs.column("sha256").to_pylist())
-    digests = []
-    for _, group in groupby(rows, key=lambda row: row[0]):   # pairs are sorted by label
-        members = list(group)
-        digests.append(documents_digest((m[1] for m in members), (m[2] for m in members)))
-    scopes = pa.table([sizes.column("label"), sizes.column("path_count").cast(pa.int64()),
-                       sizes.column("n_tokens_sum").cast(pa.int64()), pa.array(digests)],
-                      schema=SCOPES_SCHEMA)
+    # Sorted, so each scope is one run of equal labels: sizes from run ends and a
+    # cumulative sum (no hash aggregation: planning stays on the compute kernels).
+    runs = pc.run_end_encode(pairs.column("label").combine_chunks())
+    ends = runs.run_ends.cast(pa.int64())
+    counts = pc.subtract(ends, pa.concat_arrays([pa.array([0], pa.int64()), ends[:-1]]))
+    cumulative = pc.cumulative_sum(pairs.column("n_tokens").combine_chunks().cast(pa.int64()))
+    totals = pc.take(cumulative, pc.subtract(ends, 1))
+    tokens = pc.subtract(totals, pa.concat_arrays([pa.array([0], pa.int64()), totals[:-1]]))
+    digests = group_digests(pairs.column("path"), pairs.column("sha256"), counts.to_pylist())
+    scopes = pa.table([runs.values, counts, tokens, pa.array(digests)], schema=SCOPES_SCHEMA)
     return scopes, pairs
 
 

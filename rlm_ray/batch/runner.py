@@ -309,8 +309,9 @@ def run(corpus_uri: str | None, queries_path: str, out_uri: str, *, rlm: dict,
 def _grid_plan(grid, corpus_uri: str, out_uri: str, rlm: dict, retry_failed: bool,
                calls_per_question: int, concurrency: int, started: float) -> Summary:
     from rlm_ray.batch.grid import dry_run_plan
+    from rlm_ray.batch.tables import latest_statuses
 
-    answers = read_run(out_uri, with_details=False).answers
+    answers = latest_statuses(out_uri)
     plan, todo = dry_run_plan(grid, answers, rlm, retry_failed=retry_failed,
                               calls_per_question=calls_per_question, concurrency=concurrency)
     return Summary(out_uri, grid.size, grid.size - todo, 0,

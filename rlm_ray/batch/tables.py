@@ -214,3 +214,24 @@ def finished_statuses(out_uri: str) -> dict[str, str]:
     """query_id -> status of its latest committed answer (for resume)."""
     answers = read_run(out_uri, with_details=False).answers
     return dict(zip(answers.column("query_id").to_pylist(), answers.column("status").to_pylist()))
+
+
+def latest_statuses(out_uri: str) -> pa.Table:
+    """query_id, status of each query's latest committed answer, reading only the
+    columns that decide it, batch by batch (planning a large grid's resume check
+    must not load every answer's text)."""
+    columns = ("query_id", "status", "finished_at")
+    parts = []
+    for name in _part_names(out_uri, COMMIT_TABLE):
+        data = storage.read_bytes(storage.join(out_uri, COMMIT_TABLE, name))
+        parquet = pq.ParquetFile(io.BytesIO(data))
+        schema = pa.schema([ANSWERS.field(c) for c in columns])
+        part = pa.Table.from_batches(
+            [b.select(list(columns)).cast(schema) for b in parquet.iter_batches(
+                columns=list(columns), use_threads=False)], schema=schema)
+        parts.append(part.append_column(PART_COLUMN, pa.array([name] * part.num_rows,
+                                                               type=pa.string())))
+    if not parts:
+        return pa.table({"query_id": pa.array([], pa.string()),
+                         "status": pa.array([], pa.string())})
+    return _latest_per_query(pa.concat_tables(parts)).select(["query_id", "status"])

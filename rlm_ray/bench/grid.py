@@ -102,7 +102,7 @@ def _plan(docs_uri: str, templates_path: str, pattern: str, out_uri: str, queue)
     from rlm_ray.batch.grid import build_grid, dry_run_plan
     from rlm_ray.batch.plan import estimate
     from rlm_ray.batch.queries import load_queries
-    from rlm_ray.batch.tables import read_run
+    from rlm_ray.batch.tables import latest_statuses
     from rlm_ray.corpus.scopes import read_doc_index
 
     rlm = {"model": "openai/sim/rlm-policy"}
@@ -112,7 +112,7 @@ def _plan(docs_uri: str, templates_path: str, pattern: str, out_uri: str, queue)
     started = time.perf_counter()
     templates = load_queries(templates_path).queries
     grid = build_grid(read_doc_index(docs_uri), templates, pattern)
-    answers = read_run(out_uri, with_details=False).answers
+    answers = latest_statuses(out_uri)
     plan, todo = dry_run_plan(grid, answers, rlm,
                               retry_failed=False, calls_per_question=10, concurrency=32)
     queue.put({"seconds": time.perf_counter() - started, "cells": grid.size, "todo": todo,
