@@ -43,6 +43,11 @@ def register(commands, bench) -> None:
                           "when every row of FILE has its own context")
     run.add_argument("--queries", required=True, help=".jsonl / .csv / .parquet questions")
     run.add_argument("--out", required=True, help="results folder (local path or s3://)")
+    run.add_argument("--for-each", default=None, metavar="GLOB",
+                     help="a question grid: each row of FILE is a template, asked of each "
+                          "folder ('repos/*/') or document ('docs/*.md') of CORPUS matching "
+                          "GLOB, as row template_id@scope; {scope} / {scope_name} in a "
+                          "question are filled in")
     add_model_arguments(run)
     run.add_argument("--concurrency", type=int, default=8,
                      help="questions in flight (run as loops inside a few RLM host actors)")
@@ -144,7 +149,8 @@ def run_command(args: argparse.Namespace) -> int:
                       budget_usd=args.budget_usd, max_attempts=args.max_attempts,
                       calls_per_question=args.calls_per_question,
                       lease_wait_s=args.lease_wait, lease_ttl_s=args.lease_ttl,
-                      max_context_bytes=int(args.max_context_mib * MIB))
+                      max_context_bytes=int(args.max_context_mib * MIB),
+                      for_each=args.for_each)
     finally:
         if server is not None:
             server.stop()

@@ -4,7 +4,8 @@ limits, budget, output) run once per date by cron or any scheduler.
 Each run re-ingests incrementally, picks the questions to answer (all, or
 only those new or changed since earlier dates: a question is unchanged when
 its query_id, question text and the corpus content (or, for a row with its
-own text context, that text) all match an earlier date's `ok` answer), and
+own text context, that text; for a grid cell or scoped row, the documents of
+its scope) all match an earlier date's `ok` answer), and
 writes a batch under `<output>/run_date=<date>/`.
 A date whose partition is complete is never touched again, so a scheduler
 that fires twice changes nothing; an incomplete one (a crash) resumes. Two
@@ -52,6 +53,7 @@ class PipelineSpec:
     service_tier: str | None = None     # e.g. flex: a scheduled batch can wait
     price_like: Any = None              # ENTRY or {model: ENTRY}
     output_schema: str | dict | None = None   # typed answers: a JSON Schema file or mapping
+    for_each: str | None = None         # a question grid: questions are templates (batch/grid.py)
 
     LIMIT_KEYS = ("max_depth", "max_iterations", "timeout_s", "question_budget_usd",
                   "rpm", "tpm", "concurrency", "root_window")
@@ -140,6 +142,8 @@ def input_hash(query: Query, corpus_hash: str) -> str:
     """What a question ran over: the corpus content, or its own text (the sha256 that
     `answers.context_sha256` records). A `context_file` is hashed streaming, never held;
     one that cannot be read counts as changed (its run then reports why)."""
+    if query.scope_sha256 is not None:
+        return query.scope_sha256   # a grid cell or scoped row: only its documents count
     ctx = query.text_context
     if ctx is None:
         return corpus_hash
@@ -176,8 +180,8 @@ def _earlier_ok_answers(spec: PipelineSpec, run_date: str) -> set[tuple[str, str
         for a in answers:
             if a["status"] == "ok":
                 q = Query(a["query_id"], a["question"])
-                seen.add((q.query_id, q.question_hash,
-                          a.get("context_sha256") or str(corpus_hash)))
+                seen.add((q.query_id, q.question_hash, a.get("scope_sha256")
+                          or a.get("context_sha256") or str(corpus_hash)))
     return seen
 
 
@@ -190,11 +194,31 @@ def _context_columns(query: Query) -> dict:
     return {"context": ctx.text} if ctx.uri is None else {"context_file": ctx.uri}
 
 
+def _scope_columns(query: Query) -> dict:
+    columns = {"template_id": query.template_id, "scope": list(query.scope or ()) or None}
+    return {k: v for k, v in columns.items() if v is not None}
+
+
 def _write_queries(queries: list[Query], uri: str) -> None:
     lines = [json.dumps({"query_id": q.query_id, "question": q.question, "answer": q.expected,
-                         **q.options, **_context_columns(q)}, sort_keys=True)
+                         **q.options, **_context_columns(q), **_scope_columns(q)},
+                        sort_keys=True)
              for q in queries]
     storage.write_bytes_atomic(uri, ("\n".join(lines) + "\n").encode())
+
+
+def _with_scopes(spec: PipelineSpec, questions: list[Query]) -> list[Query]:
+    """The date's rows: a grid's cells (each with its scope's digest in today's corpus),
+    or the spec's rows, scoped ones with their digest."""
+    if spec.for_each is None and all(q.scope is None for q in questions):
+        return questions
+    from rlm_ray.batch.grid import build_grid, with_scope_digests
+    from rlm_ray.corpus.scopes import doc_index
+
+    index = doc_index(spec.corpus)
+    if spec.for_each is not None:
+        return build_grid(index, questions, spec.for_each).queries()
+    return with_scope_digests(questions, index)
 
 
 def rlm_from_spec(spec: PipelineSpec, partition: str) -> tuple[dict, Any, int]:
@@ -261,7 +285,7 @@ def _run_date(spec: PipelineSpec, run_date: str, partition: str, progress: bool,
     manifest = ingest(spec.sources, spec.corpus, chunk_tokens=spec.chunk_tokens,
                       exclude=spec.exclude, name=spec.name)
     corpus_hash = corpus_content_hash(manifest)
-    questions = _questions(spec)
+    questions = _with_scopes(spec, _questions(spec))
     if spec.rerun == "changed":
         done = _earlier_ok_answers(spec, run_date)
         selected = [q for q in questions
@@ -272,7 +296,8 @@ def _run_date(spec: PipelineSpec, run_date: str, partition: str, progress: bool,
     rlm.update(rlm_override or {})
     queries_uri = storage.join(partition, "queries.jsonl")
     extra = {"pipeline": spec.name, "run_date": run_date, "rerun": spec.rerun,
-             "corpus_content_hash": corpus_hash, "questions_in_spec": len(questions)}
+             "corpus_content_hash": corpus_hash, "questions_in_spec": len(questions),
+             **({"for_each": spec.for_each} if spec.for_each else {})}
     try:
         if selected:
             # Written once per date: a resumed date keeps its original selection.

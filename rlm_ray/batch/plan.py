@@ -8,9 +8,8 @@ cache (and, for breakpoint-caching models, written to it). After a real run
 the summary prints this same estimate next to the billed figure."""
 from __future__ import annotations
 
+from collections.abc import Sized
 from dataclasses import dataclass
-
-from rlm_ray.batch.queries import Query
 
 # Typical per-call sizes of an RLM: sub-calls carry a chunk (a few thousand
 # tokens); replies are code blocks or short answers (a few hundred).
@@ -49,7 +48,7 @@ def question_mix(calls_per_question: int, prompt_cache: str, family: str) -> Cal
                    calls_per_question * OUTPUT_TOKENS_PER_CALL, cached, written)
 
 
-def estimate(todo: list[Query], rlm: dict, *, calls_per_question: int, total: int,
+def estimate(todo: Sized, rlm: dict, *, calls_per_question: int, total: int,
              concurrency: int) -> dict:
     from rlm_ray.llm.config import GatewayConfig
     from rlm_ray.llm.cost import price_for, provider_family
@@ -57,7 +56,7 @@ def estimate(todo: list[Query], rlm: dict, *, calls_per_question: int, total: in
     model = rlm.get("model") or "?"
     gateway = rlm.get("gateway") or GatewayConfig()
     mix = question_mix(calls_per_question, gateway.prompt_cache, provider_family(model, gateway))
-    n = len(todo)
+    n = len(todo)   # the rows still to run (a list, or a count as a range for grids)
     price = price_for(model, gateway, gateway.service_tier)
     cost = None if price is None else n * price.cost(
         mix.input_tokens, mix.output_tokens, mix.cached_tokens, mix.cache_write_tokens)

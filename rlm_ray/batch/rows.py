@@ -29,6 +29,14 @@ def _truncate(text: Any) -> Any:
     return text
 
 
+def _labelled(answer: dict, query: Query) -> dict:
+    """A grid cell's template and scope (what the scope's documents were, when planned)."""
+    answer["template_id"] = query.template_id
+    answer["scope"] = None if query.scope is None else list(query.scope)
+    answer["scope_sha256"] = query.scope_sha256
+    return answer
+
+
 def _scored(answer: dict, query: Query) -> dict:
     answer["expected"] = query.expected
     answer["exact_match"] = scoring.exact_match(answer.get("answer"), query.expected)
@@ -72,7 +80,7 @@ def from_result(query: Query, result: Any, started_at: dt.datetime,
     # Keep only schema columns so an engine adding fields never breaks a write.
     calls = [{f.name: c.get(f.name) for f in CALLS} for c in calls]
     steps = [{f.name: s.get(f.name) for f in STEPS} for s in steps]
-    return FinishedQuestion(_scored(answer, query), calls, steps)
+    return FinishedQuestion(_scored(_labelled(answer, query), query), calls, steps)
 
 
 def dead_letter(query: Query, error: str, started_at: dt.datetime, model: str | None,
@@ -88,4 +96,4 @@ def dead_letter(query: Query, error: str, started_at: dt.datetime, model: str | 
         "started_at": started_at, "finished_at": finished,
         "attempts": attempts, "host_losses": host_losses,
     }
-    return FinishedQuestion(_scored(answer, query))
+    return FinishedQuestion(_scored(_labelled(answer, query), query))

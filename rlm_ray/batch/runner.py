@@ -29,7 +29,7 @@ import signal
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rlm_ray.batch import rows, typed
@@ -319,7 +319,8 @@ def run(corpus_uri: str | None, queries_path: str, out_uri: str, *, rlm: dict,
         calls_per_question: int = 10, extra_info: dict | None = None,
         hosts: HostPool | None = None, lease: Lease | None = None,
         lease_wait_s: float = 0.0, lease_ttl_s: float = DEFAULT_TTL_S,
-        max_context_bytes: int = DEFAULT_MAX_CONTEXT_BYTES) -> Summary:
+        max_context_bytes: int = DEFAULT_MAX_CONTEXT_BYTES,
+        for_each: str | None = None) -> Summary:
     """Answer every question of `queries_path` over the corpus into `out_uri`.
     Rows with their own `context`/`context_file` run over that text instead
     (each at most `max_context_bytes`); `corpus_uri` may be None when all do.
@@ -328,11 +329,34 @@ def run(corpus_uri: str | None, queries_path: str, out_uri: str, *, rlm: dict,
     caller keeps for several batches; by default one is started and stopped
     here). The run holds a lease on `out_uri` (or uses the caller's `lease`):
     another live driver on the same folder makes this one wait `lease_wait_s`
-    and then refuse with LeaseHeld."""
+    and then refuse with LeaseHeld.
+
+    `for_each` (a glob over the corpus's folders or documents) makes the file's
+    rows templates of a grid (batch/grid.py): one row per template x match."""
     started = time.monotonic()
     query_file = load_queries(queries_path, max_context_bytes=max_context_bytes)
+    if for_each is not None and corpus_uri is None:
+        raise UserError("--for-each expands over a corpus's folders or documents: give a CORPUS")
     # Reads the manifest only: a wrong URI (or rows with no input at all) fails here.
     corpus = _open_corpus(corpus_uri, query_file.queries)
+    grid = None
+    if for_each is not None:
+        from rlm_ray.batch.grid import build_grid
+        from rlm_ray.corpus.scopes import doc_index
+
+        grid = build_grid(doc_index(corpus), query_file.queries, for_each)
+        extra_info = {**(extra_info or {}), "for_each": for_each}
+    if dry_run and grid is not None:
+        return _grid_plan(grid, corpus_uri, out_uri, rlm, retry_failed, calls_per_question,
+                          concurrency, started)
+    if grid is not None:
+        query_file = replace(query_file, queries=grid.queries())
+    elif corpus is not None and any(q.scope is not None for q in query_file.queries):
+        from rlm_ray.batch.grid import with_scope_digests
+        from rlm_ray.corpus.scopes import doc_index
+
+        query_file = replace(query_file,
+                             queries=with_scope_digests(query_file.queries, doc_index(corpus)))
     if dry_run:
         from rlm_ray.batch.plan import estimate
 
@@ -356,6 +380,19 @@ def run(corpus_uri: str | None, queries_path: str, out_uri: str, *, rlm: dict,
     finally:
         if own_lease:
             lease.release()
+
+
+def _grid_plan(grid, corpus_uri: str, out_uri: str, rlm: dict, retry_failed: bool,
+               calls_per_question: int, concurrency: int, started: float) -> Summary:
+    from rlm_ray.batch.grid import dry_run_plan
+    from rlm_ray.batch.tables import latest_statuses
+
+    answers = latest_statuses(out_uri)
+    plan, todo = dry_run_plan(grid, answers, rlm, retry_failed=retry_failed,
+                              calls_per_question=calls_per_question, concurrency=concurrency)
+    return Summary(out_uri, grid.size, grid.size - todo, 0,
+                   Counter(answers.column("status").to_pylist()), 0, 0, 0.0,
+                   time.monotonic() - started, None, plan={"corpus": corpus_uri, **plan})
 
 
 def _run_leased(corpus_uri, corpus, query_file, out_uri, rlm, concurrency, retry_failed,

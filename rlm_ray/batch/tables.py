@@ -46,6 +46,10 @@ ANSWERS = pa.schema([
     # Counted attempts (driver-side errors, timeouts) and host deaths the question
     # was in flight at (retried without counting an attempt; see batch/runner.py).
     ("attempts", pa.int64()), ("host_losses", pa.int64()),
+    # Grids and scoped rows: the template a cell came from, the path globs it was
+    # about, and the digest of those documents it ran over (null without a scope).
+    ("template_id", pa.string()), ("scope", pa.list_(pa.string())),
+    ("scope_sha256", pa.string()),
 ])
 CALLS = pa.schema([
     ("query_id", pa.string()), ("call_id", pa.string()), ("parent_call_id", pa.string()),
@@ -250,3 +254,27 @@ def finished_statuses(out_uri: str) -> dict[str, str]:
     """query_id -> status of its latest committed answer (for resume)."""
     answers = read_run(out_uri, with_details=False).answers
     return dict(zip(answers.column("query_id").to_pylist(), answers.column("status").to_pylist()))
+
+
+def latest_statuses(out_uri: str) -> pa.Table:
+    """query_id, status of each query's latest committed answer, reading only the
+    columns that decide it, batch by batch (planning a large grid's resume check
+    must not load every answer's text)."""
+    columns = ("query_id", "status", "finished_at")
+    parts = []
+    fence = current_fence(out_uri)   # the same parts read_run counts, no others
+    for name in _part_names(out_uri, COMMIT_TABLE):
+        if fence is not None and not fence.admits(name):
+            continue
+        data = storage.read_bytes(storage.join(out_uri, COMMIT_TABLE, name))
+        parquet = pq.ParquetFile(io.BytesIO(data))
+        schema = pa.schema([ANSWERS.field(c) for c in columns])
+        part = pa.Table.from_batches(
+            [b.select(list(columns)).cast(schema) for b in parquet.iter_batches(
+                columns=list(columns), use_threads=False)], schema=schema)
+        parts.append(part.append_column(PART_COLUMN, pa.array([name] * part.num_rows,
+                                                               type=pa.string())))
+    if not parts:
+        return pa.table({"query_id": pa.array([], pa.string()),
+                         "status": pa.array([], pa.string())})
+    return _latest_per_query(pa.concat_tables(parts)).select(["query_id", "status"])

@@ -205,6 +205,10 @@ def _batch(args: argparse.Namespace) -> int:
 
     add_paper_parser(bench)
 
+    from rlm_ray.bench import grid
+
+    grid.register(commands, bench)
+
 
 def parse_size(text: str) -> int:
     text = text.strip().replace("_", "").replace(",", "")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -95,8 +95,13 @@ def normalize_scope(value: object, where: str) -> tuple[str, ...] | None:
 
 def read_doc_index(docs_uri: str) -> pa.Table:
     """path, n_tokens, sha256 of every document (only those columns are read)."""
-    data = storage.read_bytes(docs_uri)
-    return pq.read_table(io.BytesIO(data), columns=list(DOC_INDEX_COLUMNS))
+    # Batch by batch through ParquetFile, not read_table: the dataset machinery and
+    # whole-file decoding buffers cost the driver more memory than the index itself.
+    parquet = pq.ParquetFile(io.BytesIO(storage.read_bytes(docs_uri)))
+    batches = parquet.iter_batches(batch_size=16_384, columns=list(DOC_INDEX_COLUMNS),
+                                   use_threads=False)
+    schema = pa.schema([parquet.schema_arrow.field(name) for name in DOC_INDEX_COLUMNS])
+    return pa.Table.from_batches(list(batches), schema=schema)
 
 
 def doc_index(corpus) -> pa.Table:
@@ -126,20 +131,32 @@ class ScopeSize:
     sha256: str   # of the sorted (path, document sha256) pairs: changes iff a document did
 
 
-def documents_digest(paths: Iterable[str], shas: Iterable[str]) -> str:
-    """Identity of a set of documents (given sorted by path): changes iff one was
-    added, removed, renamed or edited."""
-    digest = hashlib.sha256()
-    for path, sha in zip(paths, shas):
-        digest.update(f"{path}\x00{sha}\n".encode("utf-8", "surrogatepass"))
-    return digest.hexdigest()
+def group_digests(paths: pa.Array | pa.ChunkedArray, shas: pa.Array | pa.ChunkedArray,
+                  counts: Sequence[int]) -> list[str]:
+    """The identity of each group of documents: sha256 over its `path NUL sha256 LF`
+    lines, for rows sorted by group then path, `counts[k]` rows in group k. Changes iff
+    a document of the group was added, removed, renamed or edited. The lines are built
+    in Arrow and hashed straight from its buffer (no Python object per document)."""
+    joined = pc.binary_join_element_wise(paths, shas, "\x00")
+    lines = pc.binary_join_element_wise(joined, "", "\n").cast(pa.large_string())
+    lines = lines.combine_chunks() if isinstance(lines, pa.ChunkedArray) else lines
+    _, offset_buffer, data_buffer = lines.buffers()
+    data = memoryview(data_buffer or b"")
+    # int64 positions in `data`, one more than rows; a sliced array starts at lines.offset.
+    offsets = memoryview(offset_buffer).cast("q") if offset_buffer is not None else [0]
+    digests, start = [], lines.offset
+    for count in counts:
+        begin, end = offsets[start], offsets[start + count]
+        digests.append(hashlib.sha256(data[begin:end]).hexdigest())
+        start += count
+    return digests
 
 
 def scope_size(index: pa.Table, globs: Sequence[str]) -> ScopeSize:
     """Documents, tokens and content digest of the part of `index` that `globs` cover."""
     part = index.filter(match_mask(index.column("path"), globs)).sort_by("path")
     tokens = pc.sum(part.column("n_tokens")).as_py() or 0
-    digest = documents_digest(part.column("path").to_pylist(), part.column("sha256").to_pylist())
+    digest = group_digests(part.column("path"), part.column("sha256"), [part.num_rows])[0]
     return ScopeSize(part.num_rows, int(tokens), digest)
 
 
