@@ -50,6 +50,7 @@ class PipelineSpec:
     prompt_cache: str = "auto"          # cost levers (llm/options.py): auto | off
     service_tier: str | None = None     # e.g. flex: a scheduled batch can wait
     price_like: Any = None              # ENTRY or {model: ENTRY}
+    pacing: Any = None                  # limits.rpm/tpm spent even | burst, or {model: mode}
 
     LIMIT_KEYS = ("max_depth", "max_iterations", "timeout_s", "question_budget_usd",
                   "rpm", "tpm", "concurrency")

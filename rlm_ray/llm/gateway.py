@@ -140,6 +140,10 @@ async def _call_provider(model: str, messages: list[dict], params: dict,
             # A refused request costs no quota at the provider; anything else may have.
             limiter.settle(ticket, 0 if failure.kind == "rate_limit" else ticket.estimated_tokens, None)
         raise _Attempt(failure, exc) from None
+    except BaseException:
+        if limiter and ticket:   # cancelled mid-call: it may have reached the provider
+            limiter.settle(ticket, ticket.estimated_tokens, None)
+        raise
     if limiter and ticket:
         # Providers charge max_tokens against TPM when it is given, the output otherwise.
         limiter.settle(ticket, usage.prompt_tokens + (max_out or usage.completion_tokens),
