@@ -54,6 +54,7 @@ class PipelineSpec:
     price_like: Any = None              # ENTRY or {model: ENTRY}
     output_schema: str | dict | None = None   # typed answers: a JSON Schema file or mapping
     for_each: str | None = None         # a question grid: questions are templates (batch/grid.py)
+    pacing: Any = None                  # limits.rpm/tpm spent even | burst, or {model: mode}
 
     LIMIT_KEYS = ("max_depth", "max_iterations", "timeout_s", "question_budget_usd",
                   "rpm", "tpm", "concurrency", "root_window")

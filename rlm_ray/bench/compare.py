@@ -45,6 +45,7 @@ class Phase:
     correct: float             # mean score over the task's questions
     notes: str = ""
     completed: bool = True     # every question ended normally (no error status, no crash)
+    floor_s: float | None = None   # the latency floor: no engine can finish sooner (latency_floor)
 
     @property
     def requests_per_min(self) -> float:
@@ -107,6 +108,22 @@ def _measured(sim: Simulator, task: str, system: str, wall: float, failed: int,
                  stats["max_concurrency"], correct, notes, completed)
 
 
+def latency_floor(calls: list[dict], latency_s: float) -> tuple[int, int, float]:
+    """(root turns, sub-call waves, seconds): each root turn and each wave of
+    sub-calls waits one provider latency however fast the engine is. Rows come
+    in call order (a root turn, then the sub-calls its code made); the sub-call
+    rows between two root turns count as ONE wave, so a turn that fans out twice
+    is under-counted and the floor never overstates."""
+    roots = waves = 0
+    previous = "root"
+    for call in calls:
+        kind = call["kind"]
+        roots += kind == "root"
+        waves += kind == "sub" and previous != "sub"
+        previous = kind
+    return roots, waves, (roots + waves) * latency_s
+
+
 def _mean_score(tasks: list[workloads.Task], answers: dict[str, str | None]) -> float:
     scores = [score(t.family, answers.get(t.task_id), t.answer).score for t in tasks]
     return sum(scores) / len(scores) if scores else 0.0
@@ -136,10 +153,14 @@ def rlm_ray_fanout(sim: Simulator, limits: Limits, work: workloads.Workload) -> 
     result = engine.answer(work.text, task.question, query_id="fanout")
     wall = time.monotonic() - started
     failed = sum(1 for c in result.calls if c["status"] != "ok")
-    notes = f"status={result.status}" + (f": {result.error[:120]}" if result.error else "")
-    return _measured(sim, "fan-out", "rlm-ray", wall, failed,
-                     _mean_score(work.tasks, {task.task_id: result.answer}), notes,
-                     completed=result.status == "ok")
+    roots, waves, floor = latency_floor(result.calls, limits.latency_ms / 1000)
+    notes = (f"status={result.status}" + (f": {result.error[:120]}" if result.error else "")
+             + f"; floor = ({roots} root turns + {waves} sub-call waves) x latency")
+    phase = _measured(sim, "fan-out", "rlm-ray", wall, failed,
+                      _mean_score(work.tasks, {task.task_id: result.answer}), notes,
+                      completed=result.status == "ok")
+    phase.floor_s = floor
+    return phase
 
 
 def rlm_ray_batch(sim: Simulator, limits: Limits, work: workloads.Workload, workdir: Path,

@@ -39,11 +39,14 @@ def add_compare_parser(bench) -> None:
 
 
 def _table(phases) -> str:
-    head = ("task", "system", "wall s", "requests", "req/min", "failed calls", "429s",
-            "max concurrency", "correct", "notes")
+    head = ("task", "system", "wall s", "latency floor s", "wall / floor", "requests", "req/min",
+            "failed calls", "429s", "max concurrency", "correct", "notes")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for ph in phases:
-        lines.append("| " + " | ".join([ph.task, ph.system, f"{ph.wall_s:.1f}", str(ph.requests),
+        floor = "" if not ph.floor_s else f"{ph.floor_s:.1f}"
+        ratio = "" if not ph.floor_s else f"{ph.wall_s / ph.floor_s:.2f}"
+        lines.append("| " + " | ".join([ph.task, ph.system, f"{ph.wall_s:.1f}", floor, ratio,
+                                         str(ph.requests),
                                          f"{ph.requests_per_min:.0f}", str(ph.failed_calls),
                                          str(ph.rejected_429), str(ph.max_concurrency),
                                          f"{ph.correct:.2f}", ph.notes]) + " |")
@@ -51,7 +54,9 @@ def _table(phases) -> str:
 
 
 def _ratios(phases) -> list[str]:
-    out = []
+    out = [f"{p.task}: {p.system} {p.wall_s:.1f}s = {p.wall_s / p.floor_s:.2f}x its latency floor "
+           f"of {p.floor_s:.1f}s ({p.notes.split('floor = ', 1)[-1]})"
+           for p in phases if p.floor_s]
     for task in ("fan-out", "batch"):
         ours = next((p for p in phases if p.task == task and p.system == "rlm-ray"), None)
         for other in (p for p in phases if p.task == task and p.system != "rlm-ray"):

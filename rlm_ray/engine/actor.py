@@ -139,7 +139,7 @@ def _warm_gateway(gateway: Any, models: tuple) -> None:
 
     pings = [a.ping.remote(True) for a in gateway_actors(gateway.gateway_actors)]
     if gateway.rpm or gateway.tpm:
-        pings += [limiter_actor(gateway.limiter_key(m), _limits(gateway)).stats.remote()
+        pings += [limiter_actor(gateway.limiter_key(m), _limits(gateway, m)).stats.remote()
                   for m in dict.fromkeys(models) if m]
     ray.get(pings, timeout=600)
 

@@ -11,6 +11,10 @@ CacheMode = Literal["auto", "always", "off"]
 CACHE_MODES = ("auto", "always", "off")
 PROMPT_CACHE_MODES = ("auto", "off")
 SERVICE_TIERS = ("auto", "default", "flex", "priority")
+# How the limiter spends rpm/tpm (limiter.py): "even" spreads them over the window
+# (safe whatever the provider counts over); "burst" spends a sliding window's
+# whole allowance at once, then paces (for token-bucket / sliding-window limits).
+PACING_MODES = ("even", "burst")
 _PRICE_KEYS = ("input_per_1m", "output_per_1m", "cached_input_per_1m", "cache_write_per_1m")
 
 
@@ -35,6 +39,8 @@ class GatewayConfig:
     context_windows: dict | None = None  # {model: max input tokens} overrides litellm's table
     shared_limiter: bool | None = None  # None: the Ray limiter actor when Ray is up, else in-process
     gateway_actors: int = 2             # async actors per node that complete_many spreads over
+    pacing: str = "even"                # how rpm/tpm are spent: even | burst (PACING_MODES)
+    model_pacing: dict | None = None    # {model: pacing} for models paced unlike `pacing`
     # A Budget every call made with this config also draws from (a batch's --budget-usd):
     # reserved at the worst case, settled at the billed figure, shared cluster-wide.
     spend_cap: Any = field(default=None, repr=False, compare=False)
@@ -59,6 +65,10 @@ class GatewayConfig:
                 if key not in _PRICE_KEYS or not isinstance(value, (int, float)) or value < 0:
                     raise UserError(f"price for {model!r}: {key} must be one of {', '.join(_PRICE_KEYS)} "
                                     f"with a number >= 0 (USD per 1M tokens), got {value!r}")
+        for model, mode in [("", self.pacing), *(self.model_pacing or {}).items()]:
+            if mode not in PACING_MODES:
+                where = f" for {model!r}" if model else ""
+                raise UserError(f"pacing{where} must be one of {', '.join(PACING_MODES)}, got {mode!r}")
         if self.prompt_cache not in PROMPT_CACHE_MODES:
             raise UserError(f"prompt_cache must be auto or off, got {self.prompt_cache!r}")
         if self.service_tier is not None and self.service_tier not in SERVICE_TIERS:
@@ -67,6 +77,11 @@ class GatewayConfig:
 
     def with_(self, **changes) -> "GatewayConfig":
         return replace(self, **changes)
+
+    def pacing_for(self, model: str) -> str:
+        table = self.model_pacing or {}
+        bare = model.split("/", 1)[1] if "/" in model else model
+        return table.get(model) or table.get(bare) or self.pacing
 
     def limiter_key(self, model: str) -> str:
         """Limits belong to a (model, endpoint) pair: the same model name behind two

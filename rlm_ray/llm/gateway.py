@@ -102,7 +102,21 @@ def _max_output(params: dict) -> int | None:
     return params.get("max_tokens") or params.get("max_completion_tokens")
 
 
-def _parse(response: Any, prompt_estimate: int, requested_tier: str | None) -> tuple[str, CallUsage]:
+class PromptSize:
+    """The prompt's token estimate, counted on first use: a call with no limiter,
+    no budget and a provider that reports usage never tokenises its prompt."""
+
+    def __init__(self, messages: list[dict]) -> None:
+        self._messages, self._tokens = messages, None
+
+    @property
+    def tokens(self) -> int:
+        if self._tokens is None:
+            self._tokens = estimate_prompt_tokens(self._messages)
+        return self._tokens
+
+
+def _parse(response: Any, prompt: PromptSize, requested_tier: str | None) -> tuple[str, CallUsage]:
     try:
         choice = response.choices[0]
         text = choice.message.content
@@ -113,25 +127,25 @@ def _parse(response: Any, prompt_estimate: int, requested_tier: str | None) -> t
     text = text or ""
     served_tier = getattr(response, "service_tier", None)
     usage = CallUsage.from_response(
-        getattr(response, "usage", None), prompt_fallback=prompt_estimate,
-        completion_fallback=count_tokens(text),
+        getattr(response, "usage", None), prompt_fallback=lambda: prompt.tokens,
+        completion_fallback=lambda: count_tokens(text),
         service_tier=served_tier if isinstance(served_tier, str) else requested_tier)
     return text, usage
 
 
 async def _call_provider(model: str, messages: list[dict], params: dict,
-                         config: GatewayConfig, prompt_estimate: int) -> tuple[str, CallUsage]:
+                         config: GatewayConfig, prompt: PromptSize) -> tuple[str, CallUsage]:
     """One attempt: limiter slot, the HTTP call, usage fed back to the limiter."""
     lib = litellm()   # the first import blocks for seconds: never while holding a slot
     limiter = limiter_for(model, config)
     max_out = _max_output(params)
-    ticket = await limiter.acquire(prompt_estimate, max_out) if limiter else None
+    ticket = await limiter.acquire(prompt.tokens, max_out) if limiter else None
     try:
         response = await lib.acompletion(
             model=model, messages=messages, api_base=config.api_base,
             api_key=_api_key(model, config), timeout=config.timeout_s,
             num_retries=0, max_retries=0, **params)
-        text, usage = _parse(response, prompt_estimate, params.get("service_tier"))
+        text, usage = _parse(response, prompt, params.get("service_tier"))
     except Exception as exc:   # (cancellation is a BaseException and passes through)
         failure = classify(exc)
         if limiter and failure.kind == "rate_limit":
@@ -140,6 +154,10 @@ async def _call_provider(model: str, messages: list[dict], params: dict,
             # A refused request costs no quota at the provider; anything else may have.
             limiter.settle(ticket, 0 if failure.kind == "rate_limit" else ticket.estimated_tokens, None)
         raise _Attempt(failure, exc) from None
+    except BaseException:
+        if limiter and ticket:   # cancelled mid-call: it may have reached the provider
+            limiter.settle(ticket, ticket.estimated_tokens, None)
+        raise
     if limiter and ticket:
         # Providers charge max_tokens against TPM when it is given, the output otherwise.
         limiter.settle(ticket, usage.prompt_tokens + (max_out or usage.completion_tokens),
@@ -172,7 +190,7 @@ def _final_error(model: str, attempt: _Attempt, retries: int, config: GatewayCon
 
 
 async def _call_with_retries(model: str, messages: list[dict], params: dict, config: GatewayConfig,
-                             prompt_estimate: int) -> tuple[str, CallUsage, int]:
+                             prompt: PromptSize) -> tuple[str, CallUsage, int]:
     """(text, usage, retries), or LLMError once retrying is over."""
     has_limiter = bool(config.rpm or config.tpm)
     retrying = AsyncRetrying(
@@ -185,7 +203,7 @@ async def _call_with_retries(model: str, messages: list[dict], params: dict, con
         async for attempt in retrying:
             with attempt:
                 attempts += 1
-                text, usage = await _call_provider(model, messages, params, config, prompt_estimate)
+                text, usage = await _call_provider(model, messages, params, config, prompt)
     except _Attempt as failed:
         raise _final_error(model, failed, attempts - 1, config) from None
     return text, usage, attempts - 1
@@ -204,7 +222,7 @@ async def _paid_call(messages: list[dict], model: str, config: GatewayConfig,
                      budget: Budget | None, params: dict, started: float,
                      prompt_cache: str | None = None) -> Completion:
     """Budget reserve -> retried provider call -> budget settle (on the billed figure)."""
-    prompt_estimate = estimate_prompt_tokens(messages)
+    prompt = PromptSize(messages)
     if config.service_tier and "service_tier" not in params:
         params = {**params, "service_tier": config.service_tier}
     messages, params = prompt_caching.apply(messages, params, model, config, prompt_cache)
@@ -214,17 +232,17 @@ async def _paid_call(messages: list[dict], model: str, config: GatewayConfig,
         output_estimate = _max_output(params) or DEFAULT_OUTPUT_TOKENS
         price = price_for(model, config, params.get("service_tier"))
         # The most this call can cost (cache writes included): concurrent callers never overshoot.
-        est_usd = price.worst_case(prompt_estimate, output_estimate) if price else None
+        est_usd = price.worst_case(prompt.tokens, output_estimate) if price else None
         try:
             for held in budgets:
-                reservations.append(await held.areserve(est_usd, prompt_estimate + output_estimate, 1))
+                reservations.append(await held.areserve(est_usd, prompt.tokens + output_estimate, 1))
         except BaseException:
             for held, reservation in zip(budgets, reservations):
                 await held.asettle(reservation, 0.0, 0, 0)   # never sent: release, charge nothing
             raise
     try:
         text, usage, retries = await _call_with_retries(
-            model, messages, params, config, prompt_estimate)
+            model, messages, params, config, prompt)
     except BaseException:
         for held, reservation in zip(budgets, reservations):
             # The call failed for good: it used a call slot, but no billed tokens.

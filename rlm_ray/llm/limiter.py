@@ -10,6 +10,10 @@ from a bucket of that capacity and refill rate. So we refill at
 schedule and the provider's clock, and never exceed the limit in any window,
 whether the provider slides, fixes or buckets its window.
 
+Burst pacing (burst.py) is the other schedule: spend the provider's whole
+window at once, then one unit per unit leaving the window. Each resource is
+paced by the class PACERS names for the limits' `pacing`.
+
 The same class runs in-process (behind a lock) or as the body of the named
 Ray actor that all workers share (see limiter_client.py)."""
 from __future__ import annotations
@@ -17,6 +21,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
+
+from rlm_ray.llm.burst import WindowLog
 
 SLOWDOWN = 0.8          # rate factor applied per 429 episode
 MIN_FACTOR = 0.1
@@ -33,6 +39,7 @@ class Booking(NamedTuple):
     estimated_tokens: float
     late_tolerance_s: float  # a booked caller waking later than at + this must book again
     booked: bool
+    ref: int = 0             # names the booking when it is settled (burst pacing tracks calls)
 
 
 @dataclass
@@ -46,6 +53,10 @@ class Bucket:
     capacity: float = field(init=False)
     rate: float = field(init=False)     # units per second at factor 1
     slack_s: float = field(init=False)  # how much send-time jitter the schedule absorbs
+    # A quarter of the slack: callers sent late (but within this) bunch into later
+    # windows; the rest of the slack is for jitter we cannot see (provider side,
+    # the time between our check and the bytes leaving).
+    late_share = 0.25
 
     def __post_init__(self) -> None:
         self.capacity = max(1.0, self.limit * self.burst_share)
@@ -64,8 +75,11 @@ class Bucket:
         need = min(units, self.capacity)
         return max(now, self.tat - (self.capacity - need) / rate)
 
-    def take(self, at: float, units: float, factor: float) -> None:
+    def take(self, at: float, units: float, factor: float, ref: int = 0) -> None:
         self.tat = max(self.tat, at) + units / (self.rate * factor)
+
+    def done(self, ref: int, done_at: float) -> None:
+        pass   # a bucket forgets its bookings once taken
 
     def adjust(self, units: float, factor: float) -> None:
         # Real usage differed from the estimate: pay the debt or get the refund.
@@ -76,11 +90,16 @@ class Bucket:
         self.tat = max(self.tat, when + self.capacity / self.rate)
 
 
+# How each pacing mode (config.PACING_MODES) schedules one resource (requests or tokens).
+PACERS = {"even": Bucket, "burst": WindowLog}
+
+
 @dataclass(frozen=True)
 class Limits:
     rpm: float | None
     tpm: float | None
     window_s: float = 60.0
+    pacing: str = "even"
 
 
 class RateLimiter:
@@ -103,19 +122,24 @@ class RateLimiter:
         now = self._clock()
         wanted = {"requests": (limits.rpm, 0.01), "tokens": (limits.tpm, 0.03)}
         buckets = {}
+        pacer = PACERS[limits.pacing]
         for name, (limit, burst_share) in wanted.items():
-            if limit:
+            if not limit:
+                continue
+            old = self.buckets.get(name)
+            bucket = buckets[name] = pacer(limit, limits.window_s, burst_share)
+            if isinstance(bucket, Bucket):
                 # New limits start from an empty bucket: whatever went before still
                 # counts in the provider's window.
-                bucket = Bucket(limit, limits.window_s, burst_share)
                 bucket.tat = max(now + bucket.capacity / bucket.rate,
-                                 self.buckets[name].tat if name in self.buckets else 0.0)
-                buckets[name] = bucket
+                                 old.tat if isinstance(old, Bucket) else 0.0)
+            elif old is not None:
+                # Traffic under the old limits is still in the provider's window. A
+                # limiter made afresh assumes an empty window: a previous run's
+                # traffic there shows as one 429 episode (pause, slow down, recover).
+                bucket.drain_until(now)
         self.limits, self.buckets = limits, buckets
-        # A quarter of the slack: callers sent late (but within this) bunch into later
-        # windows; the rest of the slack is for jitter we cannot see (provider side,
-        # the time between our check and the bytes leaving).
-        self.late_tolerance_s = 0.25 * min(b.slack_s for b in buckets.values())
+        self.late_tolerance_s = min(b.late_share * b.slack_s for b in buckets.values())
         self.horizon_s = min(HORIZON_SHARE * limits.window_s, MAX_HORIZON_S)
 
     def _current_factor(self, now: float) -> float:
@@ -145,15 +169,22 @@ class RateLimiter:
             go_at = max(go_at, bucket.start_at(now, amounts[name], factor))
         if go_at > now + self.horizon_s:
             return Booking(go_at - self.horizon_s / 2, tokens, self.late_tolerance_s, False)
-        for name, bucket in self.buckets.items():
-            bucket.take(go_at, amounts[name], factor)
         self.reservations += 1
-        return Booking(go_at, tokens, self.late_tolerance_s, True)
+        for name, bucket in self.buckets.items():
+            bucket.take(go_at, amounts[name], factor, self.reservations)
+        return Booking(go_at, tokens, self.late_tolerance_s, True, self.reservations)
 
     def reserve_many(self, asks: list[tuple[int, int | None]]) -> list[Booking]:
         return [self.reserve(prompt, max_out) for prompt, max_out in asks]
 
-    def settle(self, estimated_tokens: float, actual_tokens: float, completion_tokens: int | None = None) -> None:
+    def settle(self, estimated_tokens: float, actual_tokens: float, completion_tokens: int | None = None,
+               ref: int = 0, done_at: float | None = None) -> None:
+        """Real usage of a booked call; `ref` names its booking, `done_at` when it
+        answered (or failed, or was abandoned unsent)."""
+        if ref:
+            done_at = self._clock() if done_at is None else done_at
+            for bucket in self.buckets.values():
+                bucket.done(ref, done_at)
         if completion_tokens is not None:
             # Running mean of outputs: the next estimates for calls without max_tokens.
             self._completions_seen += 1
@@ -163,9 +194,9 @@ class RateLimiter:
         if bucket is not None and actual_tokens != estimated_tokens:
             bucket.adjust(actual_tokens - estimated_tokens, self._current_factor(self._clock()))
 
-    def settle_many(self, items: list[tuple[float, float, int | None]]) -> None:
-        for estimated, actual, completion in items:
-            self.settle(estimated, actual, completion)
+    def settle_many(self, items: list[tuple]) -> None:
+        for item in items:
+            self.settle(*item)
 
     def penalize(self, retry_after_s: float | None) -> None:
         """A 429 reached someone: everyone pauses, and the rate drops once per episode

@@ -23,11 +23,13 @@ NAMESPACE = "rlm_ray"
 @dataclass
 class Ticket:
     estimated_tokens: float
+    ref: int = 0          # the booking's name in the limiter (burst pacing follows the call)
 
 
 class Limiter(Protocol):
     async def acquire(self, prompt_tokens: int, max_output: int | None) -> Ticket: ...
-    def settle(self, ticket: Ticket, actual_tokens: int, completion_tokens: int | None) -> None: ...
+    def settle(self, ticket: Ticket, actual_tokens: int, completion_tokens: int | None,
+               done_at: float | None = None) -> None: ...
     def penalize(self, retry_after_s: float | None) -> None: ...
 
 
@@ -49,8 +51,10 @@ class _Client:
                 continue          # only quoted: ask again, closer to our turn
             # Woke up too late for our slot: its time has passed, book a fresh one
             # (the missed slot stays spent: under-use is safe, bunching is not).
+            ticket = Ticket(booking.estimated_tokens, booking.ref)
             if time.time() - booking.at <= booking.late_tolerance_s or late >= MAX_REBOOKINGS:
-                return Ticket(booking.estimated_tokens)
+                return ticket
+            self.settle(ticket, int(booking.estimated_tokens), None, done_at=booking.at)
             late += 1
 
 
@@ -69,9 +73,11 @@ class LocalLimiter(_Client):
         with self._lock:
             return self.core.reserve(prompt_tokens, max_output)
 
-    def settle(self, ticket: Ticket, actual_tokens: int, completion_tokens: int | None) -> None:
+    def settle(self, ticket: Ticket, actual_tokens: int, completion_tokens: int | None,
+               done_at: float | None = None) -> None:
         with self._lock:
-            self.core.settle(ticket.estimated_tokens, actual_tokens, completion_tokens)
+            self.core.settle(ticket.estimated_tokens, actual_tokens, completion_tokens,
+                             ticket.ref, done_at or time.time())
 
     def penalize(self, retry_after_s: float | None) -> None:
         with self._lock:
@@ -95,7 +101,7 @@ class LimiterActor:
     def reserve_many(self, asks: list[tuple[int, int | None]]) -> list[Booking]:
         return self.core.reserve_many(asks)
 
-    def settle_many(self, items: list[tuple[float, float, int | None]]) -> None:
+    def settle_many(self, items: list[tuple]) -> None:
         self.core.settle_many(items)
 
     def penalize(self, retry_after_s: float | None) -> None:
@@ -111,7 +117,8 @@ class SharedLimiter(_Client):
     def __init__(self, actor) -> None:
         self._actor = actor
         self._asks: list[tuple[tuple[int, int | None], asyncio.Future]] = []
-        self._settles: list[tuple[float, float, int | None]] = []
+        # (estimated, actual, completion tokens, booking ref, answered at)
+        self._settles: list[tuple[float, float, int | None, int, float]] = []
         self._flusher: asyncio.Task | None = None
 
     async def _reserve(self, prompt_tokens: int, max_output: int | None) -> Booking:
@@ -120,8 +127,10 @@ class SharedLimiter(_Client):
         self._kick()
         return await future
 
-    def settle(self, ticket: Ticket, actual_tokens: int, completion_tokens: int | None) -> None:
-        self._settles.append((ticket.estimated_tokens, float(actual_tokens), completion_tokens))
+    def settle(self, ticket: Ticket, actual_tokens: int, completion_tokens: int | None,
+               done_at: float | None = None) -> None:
+        self._settles.append((ticket.estimated_tokens, float(actual_tokens), completion_tokens,
+                              ticket.ref, done_at or time.time()))
         self._kick()
 
     def penalize(self, retry_after_s: float | None) -> None:
@@ -156,8 +165,8 @@ class SharedLimiter(_Client):
                     future.set_result(answer)
 
 
-def _limits(config: GatewayConfig) -> Limits:
-    return Limits(config.rpm, config.tpm, config.window_s)
+def _limits(config: GatewayConfig, model: str) -> Limits:
+    return Limits(config.rpm, config.tpm, config.window_s, config.pacing_for(model))
 
 
 _lock = threading.Lock()
@@ -198,7 +207,7 @@ def limiter_for(model: str, config: GatewayConfig) -> Limiter | None:
     if not config.rpm and not config.tpm:
         return None
     key = config.limiter_key(model)
-    limits = _limits(config)
+    limits = _limits(config, model)
     if _use_ray(config):
         # asyncio futures belong to one loop, so each loop gets its own client.
         loop = asyncio.get_running_loop()

@@ -1,14 +1,15 @@
-"""The cost levers as CLI flags and pipeline-spec keys, turned into GatewayConfig
-fields in one place (`query`, `run` and scheduled pipelines share them)."""
+"""The cost levers (and the limiter's pacing) as CLI flags and pipeline-spec
+keys, turned into GatewayConfig fields in one place (`query`, `run` and
+scheduled pipelines share them)."""
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
 from rlm_ray.errors import UserError
-from rlm_ray.llm.config import PROMPT_CACHE_MODES, SERVICE_TIERS
+from rlm_ray.llm.config import PACING_MODES, PROMPT_CACHE_MODES, SERVICE_TIERS
 
-SPEC_KEYS = ("prompt_cache", "service_tier", "price_like")
+SPEC_KEYS = ("prompt_cache", "service_tier", "price_like", "pacing")
 
 
 def add_cost_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +23,11 @@ def add_cost_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--price-like", action="append", default=None, metavar="[MODEL=]ENTRY",
                         help="bill MODEL (default: --model) like litellm's price entry ENTRY, "
                              "e.g. a proxy alias or self-hosted deployment; repeatable")
+    parser.add_argument("--pacing", action="append", default=None, metavar="[MODEL=]MODE",
+                        help="how --rpm/--tpm are spent: even (default) spreads them over the "
+                             "window, safe whatever the provider counts over; burst spends a "
+                             "whole window at once, then paces (token-bucket or sliding-window "
+                             "limits, as Anthropic's). MODEL= sets it for one model; repeatable")
 
 
 def parse_price_like(items: list[str] | str | dict | None, default_model: str | None) -> dict | None:
@@ -39,12 +45,31 @@ def parse_price_like(items: list[str] | str | dict | None, default_model: str | 
     return out
 
 
+def parse_pacing(items: list[str] | str | dict | None) -> dict:
+    """{"pacing": MODE, "model_pacing": {model: MODE} or None} from `--pacing`
+    values (MODE or MODEL=MODE) or a spec's `pacing:` (a mode or a mapping)."""
+    if not items:
+        return {"pacing": "even", "model_pacing": None}
+    pairs = (list(items.items()) if isinstance(items, dict)
+             else [item.rpartition("=")[::2] for item in ([items] if isinstance(items, str) else items)])
+    default, per_model = "even", {}
+    for model, mode in pairs:
+        if mode not in PACING_MODES:
+            raise UserError(f"pacing must be one of {', '.join(PACING_MODES)}, got {mode!r}")
+        if model:
+            per_model[str(model)] = mode
+        else:
+            default = mode
+    return {"pacing": default, "model_pacing": per_model or None}
+
+
 def cost_fields(source: Any, model: str | None) -> dict:
     """GatewayConfig keyword arguments from parsed args or a spec mapping."""
     get = source.get if isinstance(source, dict) else (lambda k, d=None: getattr(source, k, d))
     fields = {"prompt_cache": get("prompt_cache") or "auto",
               "service_tier": get("service_tier"),
-              "price_like": parse_price_like(get("price_like"), model)}
+              "price_like": parse_price_like(get("price_like"), model),
+              **parse_pacing(get("pacing"))}
     return fields
 
 

@@ -10,7 +10,9 @@ from `cache_creation_input_tokens`; reasoning tokens are part of
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
+
+Fallback = int | Callable[[], int]   # a count, or how to make one (tokenising costs CPU)
 
 
 def _get(obj: Any, name: str) -> Any:
@@ -19,6 +21,10 @@ def _get(obj: Any, name: str) -> Any:
     if isinstance(obj, dict):
         return obj.get(name)
     return getattr(obj, name, None)
+
+
+def _value(fallback: Fallback) -> int:
+    return fallback() if callable(fallback) else fallback
 
 
 def _count(value: Any) -> int:
@@ -35,7 +41,7 @@ class CallUsage:
     service_tier: str | None = None   # the tier the provider says it served
 
     @classmethod
-    def from_response(cls, usage: Any, *, prompt_fallback: int, completion_fallback: int,
+    def from_response(cls, usage: Any, *, prompt_fallback: Fallback, completion_fallback: Fallback,
                       service_tier: str | None) -> "CallUsage":
         details = _get(usage, "prompt_tokens_details")
         cached = _count(_get(usage, "cache_read_input_tokens")) or _count(_get(details, "cached_tokens"))
@@ -43,9 +49,9 @@ class CallUsage:
                    or _count(_get(details, "cache_write_tokens"))
                    or _count(_get(details, "cache_creation_tokens")))
         reasoning = _count(_get(_get(usage, "completion_tokens_details"), "reasoning_tokens"))
-        prompt = _count(_get(usage, "prompt_tokens")) or prompt_fallback
+        prompt = _count(_get(usage, "prompt_tokens")) or _value(prompt_fallback)
         completion = _get(usage, "completion_tokens")
-        completion = _count(completion) if completion is not None else completion_fallback
+        completion = _count(completion) if completion is not None else _value(completion_fallback)
         return cls(prompt, completion, min(cached, prompt), min(written, prompt),
                    min(reasoning, completion), service_tier)
 

@@ -1,0 +1,155 @@
+"""`python -m rlm_ray.bench.call_cpu`: the CPU one model call costs us, in
+microseconds of process CPU (user + system) per call, against the provider
+SIMULATOR at zero latency (a child process, whose own CPU is not counted).
+
+Rows: litellm.acompletion alone (what reaching a provider through litellm
+costs at least); our gateway in this process without and with the RPM/TPM
+limiter; and complete_many through Ray's gateway actors, counting the CPU of
+every process that does the work (this driver, the gateway actors, the limiter
+actor). Prompts are the size of a fan-out's sub-call (~200 words)."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+
+MODEL = "openai/sim/echo"
+LABEL = "CPU per model call against the provider SIMULATOR (not a real provider), 0 ms latency"
+
+
+def _messages(i: int) -> list[dict]:
+    return [{"role": "user", "content": f"Count the records labelled 'x' in chunk {i}.\n" + "word " * 200}]
+
+
+@dataclass
+class Row:
+    name: str
+    calls: int
+    ok: int
+    cpu_s: float
+    wall_s: float
+
+    @property
+    def us_per_call(self) -> float:
+        return self.cpu_s / self.calls * 1e6
+
+
+def _in_process_rows(url: str, calls: int, concurrency: int) -> list[Row]:
+    from rlm_ray.llm._litellm import litellm
+    from rlm_ray.llm.config import GatewayConfig
+    from rlm_ray.llm.gateway import acomplete_here, run_sync
+
+    plain = GatewayConfig(api_base=url, cache_mode="off", shared_limiter=False)
+    limited = plain.with_(rpm=1e9, tpm=1e12)
+
+    def bare(i: int):
+        return litellm().acompletion(model=MODEL, messages=_messages(i), api_base=url,
+                                     api_key="sim-no-key", num_retries=0, max_retries=0)
+
+    kinds = {"litellm.acompletion alone": bare,
+             "gateway, no limiter": lambda i: acomplete_here(_messages(i), MODEL, config=plain),
+             "gateway + RPM/TPM limiter": lambda i: acomplete_here(_messages(i), MODEL, config=limited)}
+
+    async def batch(call, first: int, n: int) -> int:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(i: int):
+            async with gate:
+                return await call(i)
+        done = await asyncio.gather(*(one(first + i) for i in range(n)), return_exceptions=True)
+        return sum(1 for d in done if not isinstance(d, BaseException))
+
+    async def measure() -> list[Row]:
+        rows = []
+        for offset, (name, call) in enumerate(kinds.items()):
+            await batch(call, 10_000_000 * (offset + 1), min(50, calls))   # warm: imports, clients
+            cpu, wall = time.process_time(), time.perf_counter()
+            ok = await batch(call, 1_000_000 * (offset + 1), calls)
+            rows.append(Row(name + ", 1 process", calls, ok, time.process_time() - cpu,
+                            time.perf_counter() - wall))
+        return rows
+    return run_sync(measure())
+
+
+def _cpu_of(pids: list[int]) -> float:
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def _worker_pids(class_names: tuple[str, ...]) -> list[int]:
+    """Actor processes of the local Ray this driver started (its descendants):
+    Ray titles an actor's worker process `ray::<class>`."""
+    import psutil
+
+    pids = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            title = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if any(title.startswith(f"ray::{name}") for name in class_names):
+            pids.append(proc.pid)
+    return pids
+
+
+def _ray_row(url: str, calls: int, actors: int) -> Row:
+    from rlm_ray.llm.config import GatewayConfig
+    from rlm_ray.llm.fanout import complete_many
+
+    config = GatewayConfig(api_base=url, cache_mode="off", rpm=1e9, tpm=1e12, gateway_actors=actors)
+    complete_many([{"messages": _messages(-i)} for i in range(1, 101)], model=MODEL, config=config)
+    pids = [os.getpid(), *_worker_pids(("GatewayActor", "LimiterActor"))]
+    cpu, wall = _cpu_of(pids), time.perf_counter()
+    results = complete_many([{"messages": _messages(i)} for i in range(calls)], model=MODEL, config=config)
+    ok = sum(1 for r in results if hasattr(r, "text"))
+    return Row(f"complete_many via {actors} Ray gateway actors (+ limiter actor, driver)", calls, ok,
+               _cpu_of(pids) - cpu, time.perf_counter() - wall)
+
+
+def run(calls: int, concurrency: int, actors: int, use_ray: bool) -> list[Row]:
+    """Rows printed as they are measured (Ray's start-up can fail on a loaded host)."""
+    from rlm_ray.bench.compare import Limits, Simulator
+
+    print(f"{LABEL}\n\n| path | calls | ok | CPU us/call | wall s |\n|---|---|---|---|---|", flush=True)
+    with Simulator(Limits(latency_ms=0, rpm=1e9, tpm=1e12)) as sim:
+        rows = _in_process_rows(sim.base_url, calls, concurrency)
+        for row in rows:
+            print(render(row), flush=True)
+        if use_ray:
+            from rlm_ray._ray import ensure_ray
+
+            ensure_ray()
+            rows.append(_ray_row(sim.base_url, calls, actors))
+            print(render(rows[-1]), flush=True)
+    return rows
+
+
+def render(row: Row) -> str:
+    return f"| {row.name} | {row.calls} | {row.ok} | {row.us_per_call:.0f} | {row.wall_s:.1f} |"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rlm_ray.bench.call_cpu", description=__doc__)
+    parser.add_argument("--calls", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=64, help="in-process calls in flight")
+    parser.add_argument("--actors", type=int, default=2, help="gateway actors for the Ray row")
+    parser.add_argument("--no-ray", action="store_true", help="in-process rows only")
+    args = parser.parse_args(argv)
+    if min(args.calls, args.concurrency, args.actors) < 1:
+        parser.error("--calls, --concurrency and --actors must be at least 1")
+    rows = run(args.calls, args.concurrency, args.actors, not args.no_ray)
+    return 0 if all(r.ok == r.calls for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
