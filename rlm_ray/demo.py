@@ -32,6 +32,15 @@ DEMO_QUESTIONS = [
      "a parameter named self?", 2),
 ]
 STDLIB_EXCLUDE = ["site-packages/", "__pycache__/", "*.pyc"]
+# A typed question grid: one template asked of each matching stdlib package, answers
+# checked against a JSON Schema and landing as a typed `output` column.
+DEMO_GRID = "[hjx]*/"          # html/, http/, json/, xml/, xmlrpc/
+DEMO_TEMPLATE = {"query_id": "exceptions",
+                 "question": "Which classes inherit from Exception?"}   # of each scope
+DEMO_SCHEMA = {"type": "object", "required": ["defines", "count", "classes"],
+               "properties": {"defines": {"type": "boolean"}, "count": {"type": "integer"},
+                              "classes": {"type": "array", "items": {"type": "string"}}}}
+DEMO_GRID_OUT = ".demo/grid"
 
 
 def ingest_stdlib(out: str) -> dict:
@@ -74,24 +83,15 @@ def show_corpus_queries(out: str) -> None:
 
 
 def answer_questions(corpus_uri: str, questions: list[tuple[str, int]]) -> None:
-    import os
     import uuid
     from contextlib import ExitStack
 
     from rlm_ray.corpus import Corpus
     from rlm_ray.engine import RLM
     from rlm_ray.engine.commands import write_trajectory
-    from rlm_ray.sim import SimServer
 
     with ExitStack() as stack:
-        model, sub_model = os.environ.get("RLM_MODEL"), os.environ.get("RLM_SUB_MODEL")
-        api_base = os.environ.get("RLM_API_BASE")
-        if not model:
-            print(f"\n{'=' * 78}\n{SIM_BANNER}\n{'=' * 78}")
-            server = stack.enter_context(SimServer())
-            model, sub_model, api_base = "openai/sim/rlm-policy", None, server.base_url
-        else:
-            print(f"\n== real model: {model} (sub-model {sub_model or model})")
+        model, sub_model, api_base = _models(stack)
         corpus = Corpus.open(corpus_uri)
         for question, depth in questions:
             rlm = RLM(model, sub_model, api_base=api_base, max_depth=depth, timeout_s=600)
@@ -105,6 +105,60 @@ def answer_questions(corpus_uri: str, questions: list[tuple[str, int]]) -> None:
             if result.error:
                 print(f"   error: {result.error}")
             print(f"   trajectory: {path}")
+        answer_typed_grid(corpus_uri, model, sub_model, api_base)
+
+
+def _models(stack) -> tuple[str, str | None, str | None]:
+    """RLM_MODEL (a real provider), else an in-process SIMULATOR, with its banner."""
+    import os
+
+    from rlm_ray.sim import SimServer
+
+    model, sub_model = os.environ.get("RLM_MODEL"), os.environ.get("RLM_SUB_MODEL")
+    api_base = os.environ.get("RLM_API_BASE")
+    if model:
+        print(f"\n== real model: {model} (sub-model {sub_model or model})")
+        return model, sub_model, api_base
+    print(f"\n{'=' * 78}\n{SIM_BANNER}\n{'=' * 78}")
+    server = stack.enter_context(SimServer())
+    return "openai/sim/rlm-policy", None, server.base_url
+
+
+def answer_typed_grid(corpus_uri: str, model: str, sub_model: str | None,
+                      api_base: str | None) -> None:
+    """One typed template x each package DEMO_GRID matches, through `rlm-ray run`'s
+    batch path (resume, lineage tables), printed as a small table."""
+    import json
+    from pathlib import Path
+
+    from rlm_ray.batch.runner import run
+    from rlm_ray.batch.tables import read_run
+    from rlm_ray.engine.output_schema import parse
+    from rlm_ray.textsafe import terminal_safe
+
+    import shutil
+
+    out = Path(DEMO_GRID_OUT)
+    shutil.rmtree(out, ignore_errors=True)   # a demo answers afresh (a real rerun resumes)
+    out.mkdir(parents=True)
+    queries = out / "templates.jsonl"
+    queries.write_text(json.dumps(DEMO_TEMPLATE) + "\n")
+    print(f"\n== typed grid: {DEMO_TEMPLATE['question']!r} x --for-each {DEMO_GRID!r}, "
+          f"schema {json.dumps(DEMO_SCHEMA['properties'])}")
+    rlm = {"model": model, "sub_model": sub_model, "api_base": api_base, "max_depth": 1,
+           "timeout_s": 600, "output_schema": parse(DEMO_SCHEMA)}
+    run(corpus_uri, str(queries), str(out / "results"), rlm=rlm, concurrency=4,
+        progress=False, for_each=DEMO_GRID)
+    answers = read_run(str(out / "results"), with_details=False).answers
+    print(f"{'package':<10} {'status':<14} {'defines':<8} {'count':>5}  classes")
+    for row in sorted(answers.to_pylist(), key=lambda r: r["query_id"]):
+        output = row.get("output") or {}
+        classes = ", ".join(output.get("classes") or [])
+        print(terminal_safe(f"{(row['scope'] or ['?'])[0]:<10} {row['status']:<14} "
+                            f"{str(output.get('defines', '')):<8} {output.get('count', ''):>5}  "
+                            f"{classes[:60]}"))
+    print(f"   tables: {out / 'results'} (answers.output is a struct: "
+          f"SELECT scope, output.count FROM read_parquet('{out}/results/answers/*.parquet'))")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-from sandbox.cgroup_setup import support
+from sandbox.cgroup_setup import read_file, support
 from sandbox.scratch import alive as _alive
 
 GROUP_PREFIX = "sandbox-"
@@ -164,7 +164,7 @@ def process_tree(pid: int) -> list[int]:
         tree.append(current)
         try:
             for task in os.listdir(f"/proc/{current}/task"):
-                pending += [int(c) for c in _read(f"/proc/{current}/task/{task}/children").split()]
+                pending += [int(c) for c in read_file(f"/proc/{current}/task/{task}/children").split()]
         except OSError:
             continue
     return tree
@@ -190,11 +190,3 @@ def _write(path: str, value: str) -> None:
         raise OSError(exc.errno, exc.strerror, path) from None
     finally:
         os.close(fd)
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return ""

@@ -134,7 +134,7 @@ def prepare_v2(group: str, controllers: tuple[str, ...], may_move: bool
     """Enable `controllers` for `group`'s children, first moving the processes
     inside into the leaf LEAF_NAME when the kernel refuses (EBUSY) and
     `may_move`. Returns (group, "") or (None, the reason)."""
-    available = _read(os.path.join(group, "cgroup.controllers")).split()
+    available = read_file(os.path.join(group, "cgroup.controllers")).split()
     absent = [c for c in controllers if c not in available]
     if absent:
         return None, (f"cgroup v2: {', '.join(absent)} not delegated to {group} (delegate "
@@ -165,7 +165,7 @@ def _move_into_leaf(group: str) -> str:
         os.makedirs(leaf, exist_ok=True)
     except OSError as exc:
         return exc.strerror or str(exc)
-    for pid in _read(os.path.join(group, "cgroup.procs")).split():
+    for pid in read_file(os.path.join(group, "cgroup.procs")).split():
         error = _write(os.path.join(leaf, "cgroup.procs"), pid)
         if error not in (None, errno.ESRCH):   # ESRCH: it exited meanwhile
             return os.strerror(error)
@@ -173,7 +173,7 @@ def _move_into_leaf(group: str) -> str:
 
 
 def _holds_only_us(group: str) -> bool:
-    return _read(os.path.join(group, "cgroup.procs")).split() == [str(os.getpid())]
+    return read_file(os.path.join(group, "cgroup.procs")).split() == [str(os.getpid())]
 
 
 def _write(path: str, value: str) -> int | None:
@@ -191,7 +191,8 @@ def _write(path: str, value: str) -> int | None:
     return None
 
 
-def _read(path: str) -> str:
+def read_file(path: str) -> str:
+    """A cgroup file's text, or "" when it cannot be read (gone, not mounted)."""
     try:
         with open(path) as f:
             return f.read()

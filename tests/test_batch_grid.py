@@ -168,23 +168,30 @@ def test_scope_column_forms_and_conflicts(tmp_path):
 
 
 def test_the_scope_and_its_size_reach_the_first_user_message(grid_corpus):
+    from types import SimpleNamespace
+
     from rlm_ray.corpus import Corpus
     from rlm_ray.engine.run import describe
-    from rlm_ray.engine.spec import RunSpec
+    from rlm_ray.engine.spec import EngineSettings, RunSpec
     from rlm_ray.llm.config import GatewayConfig
 
     src, corpus_uri = grid_corpus
     corpus = Corpus.open(corpus_uri)
-    spec = RunSpec(model="m", sub_model="m", gateway=GatewayConfig(), budget=None,
-                   scope=("http/",))
-    _, metadata, _ = describe(corpus, spec)
-    files = _packages_on_disk(src)["http/"]
-    tokens = sum(r["n_tokens"] for r in doc_index(corpus_uri).to_pylist() if r["path"] in files)
-    assert f"scope: http/\nscope_documents: {len(files)}\nscope_tokens: {tokens}" in metadata
-    assert spec.child("c1").scope == ("http/",)   # a sub-RLM stays in its parent's scope
-    with pytest.raises(UserError, match="matches no document"):
-        describe(corpus, RunSpec(model="m", sub_model="m", gateway=GatewayConfig(),
-                                 budget=None, scope=("nowhere/**",)))
+    budget = SimpleNamespace(remaining_s=lambda: 120.0)
+    spec = SimpleNamespace(scope=("http/",), settings=EngineSettings(), budget=budget)
+    _, metadata, view = describe(corpus, spec)
+    try:
+        files = _packages_on_disk(src)["http/"]
+        tokens = sum(r["n_tokens"] for r in doc_index(corpus_uri).to_pylist()
+                     if r["path"] in files)
+        lines = metadata.splitlines()
+        assert lines[1].startswith("scope: http/ ")
+        assert f"documents: {len(files)}" in lines and f"tokens: {tokens}" in lines
+    finally:
+        corpus.close()   # stops its query workers
+    child = RunSpec(model="m", sub_model="m", gateway=GatewayConfig(), budget=None,
+                    scope=("http/",)).child("c1")
+    assert child.scope == ("http/",)   # a sub-RLM stays in its parent's scope
 
 
 @pytest.mark.timeout(900)

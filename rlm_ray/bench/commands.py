@@ -48,6 +48,12 @@ def register(commands, bench) -> None:
     for add in (_add_corpus, _add_engine, _add_gateway, _add_sim, _add_batch):
         add(bench)
 
+    from rlm_ray.bench import grid
+    from rlm_ray.bench.paper.cli import add_paper_parser
+
+    add_paper_parser(bench)
+    grid.register(commands, bench)
+
 
 def _check_positive(args: argparse.Namespace, *names: str) -> None:
     for name in names:
@@ -200,14 +206,6 @@ def _batch(args: argparse.Namespace) -> int:
     _check_positive(args, "questions", "rpm")
     return run_bench(questions=args.questions, rpm=args.rpm, latency_ms=args.latency_ms,
                      concurrency=levels, source=args.source, workdir=args.workdir)
-
-    from rlm_ray.bench.paper.cli import add_paper_parser
-
-    add_paper_parser(bench)
-
-    from rlm_ray.bench import grid
-
-    grid.register(commands, bench)
 
 
 def parse_size(text: str) -> int:
