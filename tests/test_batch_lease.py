@@ -297,6 +297,7 @@ def test_a_rerun_right_after_a_sigkilled_driver_resumes_without_waiting(ray_sess
         assert first.poll() is None and time.monotonic() < deadline
         time.sleep(0.2)
     first.send_signal(signal.SIGKILL)
+    at_kill = server.stats()
     first.wait(timeout=30)
     answered_before = {r["query_id"] for r in _raw_answers(str(out))}
     assert 0 < len(answered_before) < 12
@@ -311,9 +312,11 @@ def test_a_rerun_right_after_a_sigkilled_driver_resumes_without_waiting(ray_sess
     assert len(ids) == 12 and len(set(ids)) == 12
     assert {r["query_id"] for r in rows} >= answered_before
     # The killed driver's unfinished questions are answered again, but their
-    # finished calls come from the response cache: the rerun repeats no prompt
-    # (only a call cut off by the kill itself may have been answered unseen).
-    assert server.stats()["repeated_prompts"] == before["repeated_prompts"]
+    # finished calls come from the response cache: the rerun repeats only calls cut
+    # off by the kill (still being served then, or answered to a dead client), at
+    # most those in flight at the kill plus one reply in transit per question.
+    cut_off = at_kill["requests"] - at_kill["completions"] + 2   # --concurrency 2
+    assert server.stats()["repeated_prompts"] - before["repeated_prompts"] <= cut_off
     assert before["repeated_prompts"] <= 2   # at most one per question in flight at the kill
 
 
