@@ -203,6 +203,9 @@ def pytest_sessionfinish(session, exitstatus):
     folders of hosts that died are what the next host sweeps, so sweep first."""
     from sandbox import scratch
 
+    pools = sys.modules.get("rlm_ray.corpus.query_pool")
+    if pools is not None:   # workers of Corpus handles this process never closed
+        pools.close_all()   # (atexit would end them; the check below is for orphans)
     deadline = time.monotonic() + 20
     while True:
         scratch.sweep_stale(force=True)

@@ -375,6 +375,8 @@ _POOLS: weakref.WeakSet[QueryPool] = weakref.WeakSet()
 
 
 @atexit.register
-def _close_all() -> None:
+def close_all() -> None:
+    """Close every pool this process opened (at exit, or when a long-lived caller
+    such as a test session wants its workers gone now)."""
     for pool in list(_POOLS):
         pool.close()
