@@ -50,7 +50,11 @@ def items(answer: str | None) -> set[str]:
 
 def f1(answer: str | None, expected: str | None) -> float:
     """F1 of predicted vs expected list items (pairs, paths, names)."""
-    predicted, gold = items(answer), items(expected)
+    return set_f1(items(answer), items(expected))
+
+
+def set_f1(predicted: set, gold: set) -> float:
+    """F1 of two sets (1.0 when both are empty, as nothing was missed)."""
     if not predicted and not gold:
         return 1.0
     hits = len(predicted & gold)

@@ -26,6 +26,8 @@ import re
 import string
 from dataclasses import dataclass
 
+from rlm_ray.batch.scoring import set_f1
+
 COMPARISONS = ("more common", "less common", "same frequency")
 _PAIR = re.compile(r"\(\s*(\d+)\s*,\s*(\d+)\s*\)")
 _CHOICE_PATTERNS = (re.compile(r"The correct answer is \(([A-D])\)"),
@@ -113,22 +115,12 @@ def pairs_in(text: str) -> set[tuple[int, int]]:
     return found
 
 
-def pairs_f1(predicted: set, gold: set) -> float:
-    if not predicted and not gold:
-        return 1.0
-    if not predicted or not gold:
-        return 0.0
-    hit = len(predicted & gold)
-    if hit == 0:
-        return 0.0
-    precision, recall = hit / len(predicted), hit / len(gold)
-    return 2 * precision * recall / (precision + recall)
 
 
 def score_pairs(answer: str | None, gold_pairs: list[str]) -> Scored:
     predicted = pairs_in(answer or "")
     gold = pairs_in("\n".join(gold_pairs))
-    return Scored(pairs_f1(predicted, gold), f"{len(predicted)} pairs", "F1 over pairs")
+    return Scored(set_f1(predicted, gold), f"{len(predicted)} pairs", "F1 over pairs")
 
 
 # -- LongBench-v2 --------------------------------------------------------------
