@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 from sandbox.cgroup import process_tree
 from sandbox.host import Sandbox
+from sandbox.process import tree_cpu_s
 
 TARGETS_MS = {"start": 250.0, "run": 1.0, "host call": 1.0}
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -56,23 +56,9 @@ def _host_cpu_s() -> float:
 
 
 def sandbox_cpu_s(sb: Sandbox) -> float:
-    """CPU spent so far by the sandbox's processes (all threads, nanosecond
-    schedstat) and by the children they reaped (clock ticks)."""
+    """CPU spent so far by the sandbox's processes and the children they reaped."""
     worker = sb._worker
-    if worker is None:
-        return 0.0
-    total = 0.0
-    for pid in process_tree(worker.proc.pid):
-        try:
-            for task in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{task}/schedstat") as f:
-                    total += int(f.read().split()[0]) / 1e9
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += (int(fields[13]) + int(fields[14])) / CLOCK_TICKS   # cutime, cstime
-        except (OSError, ValueError, IndexError):
-            continue   # it exited meanwhile
-    return total
+    return 0.0 if worker is None else tree_cpu_s(worker.proc.pid)
 
 
 def sandbox_processes(sb: Sandbox) -> int:

@@ -57,6 +57,50 @@ class _Spawner:
 
 _spawner = _Spawner()
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds so far of `pid` and its descendants (all threads,
+    nanosecond schedstat) and of the children they reaped (clock ticks)."""
+    total = 0.0
+    for member in cgroup.process_tree(pid):
+        try:
+            for task in os.listdir(f"/proc/{member}/task"):
+                with open(f"/proc/{member}/task/{task}/schedstat") as f:
+                    total += int(f.read().split()[0]) / 1e9
+            with open(f"/proc/{member}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[13]) + int(fields[14])) / CLOCK_TICKS   # cutime, cstime
+        except (OSError, ValueError, IndexError):
+            continue   # it exited meanwhile
+    return total
+
+
+class _Spent:
+    """CPU of this process's sandbox workers that have ended. A worker is
+    SIGKILLed with bwrap, so no parent ever reaps (and accounts) the worker
+    itself: its CPU is read just before the kill, or it is lost to every
+    tool that sums a process tree."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.seconds = 0.0
+        self.workers = 0
+
+    def add(self, seconds: float) -> None:
+        with self._lock:
+            self.seconds += seconds
+            self.workers += 1
+
+
+ENDED = _Spent()
+
+
+def ended_workers_cpu_s() -> tuple[float, int]:
+    """(CPU seconds, count) of the sandbox workers this process has ended."""
+    return ENDED.seconds, ENDED.workers
+
 
 def _bootstrap(lib_paths: list[str], *fds: int) -> str:
     # The trailing comment marks the command line (bwrap's and the worker's)
@@ -146,6 +190,8 @@ class WorkerProcess:
         return self.proc.poll() is None
 
     def kill(self) -> None:
+        if self.proc.poll() is None:
+            ENDED.add(tree_cpu_s(self.proc.pid))
         _kill(self.proc, self.group)
         self.channel.close()
         self._finalizer.detach()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from rlm_ray.bench.compare import latency_floor
+from rlm_ray.bench.floor import latency_floor
 from rlm_ray.llm import GatewayConfig, acomplete
 
 ECHO = "openai/sim/echo"

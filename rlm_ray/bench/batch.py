@@ -22,37 +22,67 @@ from pathlib import Path
 
 from rlm_ray.batch.define_questions import (STDLIB_SKIP_DIRS, corpus_exclude, define_questions,
                                             write_jsonl)
+from rlm_ray.bench.cpu import DRIVER, SANDBOXES, BatchCpu, thread_cpu_s
+from rlm_ray.bench.floor import batch_floor
 from rlm_ray.bench.memory import MemoryPeak, tree_pss
 
 SAMPLE_S = 1.0
+SAMPLER_SHARE = 0.05   # the sampler may take this much of one core: slower samples past it
 
 
-class MemorySampler:
-    """Samples, every SAMPLE_S, the PSS of this job's Ray actors and all their
-    descendants (sandbox workers, bwrap), and the questions the hosts report
-    in flight."""
+class BatchSampler:
+    """Samples, every SAMPLE_S or slower (a walk of thousands of processes
+    costs real CPU, and it must not slow the batch it measures): the PSS of
+    this job's Ray actors and all their descendants (sandbox workers, bwrap,
+    query workers), the questions the hosts report in flight, and the CPU of
+    the driver's whole process tree (bench.cpu). The simulator's thread and
+    this sampler's are in the driver process but are not the batch: their CPU
+    is measured and taken out."""
 
-    def __init__(self, hosts) -> None:
+    def __init__(self, hosts, sim_thread_id: int | None) -> None:
         self.hosts = hosts
         self.peak = MemoryPeak()
+        self.cpu = BatchCpu()
         self.driver_pss_mb = 0.0   # this process (the batch driver), its own peak
+        self._sim_thread = sim_thread_id
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="bench-memory", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="bench-sampler", daemon=True)
+        self._started = (0.0, 0.0)
 
-    def __enter__(self) -> "MemorySampler":
+    def __enter__(self) -> "BatchSampler":
+        self._sandboxes_before = self._sandbox_cpu_s()
+        self.cpu.start()
+        self._started = (thread_cpu_s(self._sim_thread), 0.0)
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=120)
+        self.cpu.sample()   # the last figures, before the hosts are shut down
+        self.sandbox_cpu_s = self._sandbox_cpu_s() - self._sandboxes_before
+
+    sandbox_cpu_s = 0.0
+    _sandboxes_before = 0.0
+
+    def _sandbox_cpu_s(self) -> float:
+        import ray
+
+        return sum(ray.get([h.actor.sandbox_cpu_s.remote() for h in self.hosts.hosts], timeout=120))
 
     def _loop(self) -> None:
-        while not self._stop.wait(SAMPLE_S):
+        interval = SAMPLE_S
+        while not self._stop.wait(interval):
+            before = self.sampler_cpu_s
             try:
                 self.sample()
             except Exception as exc:  # noqa: BLE001 - a missed sample is not a failed bench
-                print(f"bench batch: memory sample failed: {exc}", file=sys.stderr)
+                print(f"bench batch: sample failed: {exc}", file=sys.stderr)
+            self.sampler_cpu_s = thread_cpu_s(threading.get_native_id())
+            interval = max(SAMPLE_S, (self.sampler_cpu_s - before) / SAMPLER_SHARE)
+        self.sampler_cpu_s = thread_cpu_s(threading.get_native_id())
+
+    sampler_cpu_s = 0.0
 
     def sample(self) -> None:
         import ray
@@ -65,6 +95,19 @@ class MemorySampler:
                 continue
         self.peak.observe(tree_pss(_job_actor_pids()), in_flight)
         self.driver_pss_mb = max(self.driver_pss_mb, tree_pss([os.getpid()]).roots_mb)
+        self.cpu.sample()
+
+    def sim_cpu_s(self) -> float:
+        return thread_cpu_s(self._sim_thread) - self._started[0]
+
+    def batch_cpu(self) -> tuple[float, dict[str, float]]:
+        """(CPU seconds of the batch, the same by kind of process), the
+        simulator's and this sampler's threads taken out of the driver's."""
+        outside = self.sim_cpu_s() + self.sampler_cpu_s
+        kinds = self.cpu.by_kind()
+        kinds[DRIVER] = kinds.get(DRIVER, 0.0) - outside
+        kinds[SANDBOXES] = self.sandbox_cpu_s
+        return self.cpu.total_s - outside + self.sandbox_cpu_s, kinds
 
 
 def _job_actor_pids() -> list[int]:
@@ -109,7 +152,7 @@ def run_bench(*, questions: int | None, rpm: float, latency_ms: float,
         for level in concurrency:
             server.reset_stats()
             count = questions or 3 * level
-            rows = _one_level(root, corpus, work, server, rpm, level, count)
+            rows = _one_level(root, corpus, work, server, rpm, latency_ms, level, count)
             width = max(len(k) for k, _ in rows)
             print(f"\n  concurrency {level} ({count} questions)")
             for label, value in rows:
@@ -119,7 +162,7 @@ def run_bench(*, questions: int | None, rpm: float, latency_ms: float,
     return 0
 
 
-def _one_level(root: Path, corpus: str, work: Path, server, rpm: float, level: int,
+def _one_level(root: Path, corpus: str, work: Path, server, rpm: float, latency_ms: float, level: int,
                count: int) -> list[tuple[str, str]]:
     from rlm_ray.batch.pool import HostPool
     from rlm_ray.batch.runner import run
@@ -141,20 +184,32 @@ def _one_level(root: Path, corpus: str, work: Path, server, rpm: float, level: i
     hosts.warm(Corpus.open(corpus), rlm)   # started once, before the first wave
     host_start = time.monotonic() - started
     try:
-        with MemorySampler(hosts) as sampler:
+        with BatchSampler(hosts, server.thread_id) as sampler:
+            run_started = time.monotonic()
             summary = run(corpus, str(queries), out, rlm=rlm, concurrency=level,
                           progress=False, hosts=hosts)
+            batch_wall = time.monotonic() - run_started
     finally:
         hosts.shutdown()
     wall = time.monotonic() - started
     stats = server.stats()
-    answers = read_run(out, with_details=False).answers.to_pylist()
+    tables = read_run(out, with_details=True)
+    answers = tables.answers.to_pylist()
     first, second = _waves(answers, level)
+    floor, longest = batch_floor(tables.calls.select(["query_id", "kind"]).to_pylist(),
+                                 latency_ms / 1000, level)
+    cpu_s, cpu_kinds = sampler.batch_cpu()
+    per_question = 1 / max(1, len(answers))
     peak = sampler.peak
     ok_requests = stats["by_status"].get(200, 0)
     achieved_rpm = ok_requests / (wall / 60)
     acc = summary.accuracy
-    per_question = peak.per_question_mb
+    pss_per_question = peak.per_question_mb
+    attributed = sum(cpu_kinds.values())
+    kinds = [(f"  {kind}", f"{seconds * per_question:.3f} s ({seconds:.0f} s in all)")
+             for kind, seconds in sorted(cpu_kinds.items(), key=lambda kv: -kv[1])]
+    kinds.append(("  ended between samples (not split)",
+                  f"{(cpu_s - attributed) * per_question:.3f} s"))
     return [
         ("terminal rows", f"{sum(summary.statuses.values())}"),
         ("statuses", ", ".join(f"{k}={v}" for k, v in sorted(summary.statuses.items()))),
@@ -169,12 +224,21 @@ def _one_level(root: Path, corpus: str, work: Path, server, rpm: float, level: i
         ("  of which Ray actors / sandboxes", f"{peak.roots_mb_at_peak:.0f} MB / "
                                              f"{peak.descendants_mb_at_peak:.0f} MB"),
         ("PSS per question in flight (at the peak)",
-         "n/a (no question in flight at the peak)" if per_question is None
-         else f"{per_question:.1f} MB"),
+         "n/a (no question in flight at the peak)" if pss_per_question is None
+         else f"{pss_per_question:.1f} MB"),
+        ("CPU per question, all batch processes", f"{cpu_s * per_question:.3f} s (user+system, "
+                                                   f"{cpu_s:.0f} s over {len(answers)} questions; "
+                                                   f"{sampler.cpu.samples} samples)"),
+        *kinds,
+        ("simulator CPU (not counted above)", f"{sampler.sim_cpu_s():.1f} s"),
         ("wall per question, wave 1", f"{first:.1f} s"),
         ("wall per question, wave 2", f"{second:.1f} s"),
         ("wave 1 / wave 2", f"{first / second:.2f}x"),
-        ("wall (batch)", f"{wall:.1f} s"),
+        ("latency floor", f"{floor:.1f} s (longest question {longest:.0f} s: its root turns "
+                          f"and sub-call waves x {latency_ms / 1000:g} s)"),
+        ("wall (batch, hosts warm)", f"{batch_wall:.1f} s = {batch_wall / floor:.2f}x the floor"
+         if floor else f"{batch_wall:.1f} s"),
+        ("wall (with host start-up)", f"{wall:.1f} s"),
         ("driver peak PSS", f"{sampler.driver_pss_mb:.0f} MB"),
         ("questions/min", f"{summary.total / (wall / 60):.1f}"),
         ("model calls (200 OK at the sim)", f"{ok_requests}"),

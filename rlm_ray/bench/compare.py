@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlm_ray.bench import compare_workloads as workloads
+from rlm_ray.bench.floor import latency_floor
 from rlm_ray.bench.scoring import score
 
 DRIVER = Path(__file__).with_name("rlms_driver.py")
@@ -106,22 +107,6 @@ def _measured(sim: Simulator, task: str, system: str, wall: float, failed: int,
     by_status = {int(k): v for k, v in stats["by_status"].items()}
     return Phase(task, system, wall, stats["requests"], failed, by_status.get(429, 0),
                  stats["max_concurrency"], correct, notes, completed)
-
-
-def latency_floor(calls: list[dict], latency_s: float) -> tuple[int, int, float]:
-    """(root turns, sub-call waves, seconds): each root turn and each wave of
-    sub-calls waits one provider latency however fast the engine is. Rows come
-    in call order (a root turn, then the sub-calls its code made); the sub-call
-    rows between two root turns count as ONE wave, so a turn that fans out twice
-    is under-counted and the floor never overstates."""
-    roots = waves = 0
-    previous = "root"
-    for call in calls:
-        kind = call["kind"]
-        roots += kind == "root"
-        waves += kind == "sub" and previous != "sub"
-        previous = kind
-    return roots, waves, (roots + waves) * latency_s
 
 
 def _mean_score(tasks: list[workloads.Task], answers: dict[str, str | None]) -> float:

@@ -132,6 +132,13 @@ class RLMActor:
     def rss_bytes(self) -> int:
         return psutil.Process().memory_info().rss
 
+    def sandbox_cpu_s(self) -> float:
+        """CPU seconds of the sandbox workers this host has ended (their own
+        tree cannot report it: they are killed, never reaped by a parent)."""
+        from sandbox.process import ended_workers_cpu_s
+
+        return ended_workers_cpu_s()[0]
+
 
 def _warm_gateway(gateway: Any, models: tuple) -> None:
     from rlm_ray.llm.fanout import gateway_actors

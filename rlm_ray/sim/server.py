@@ -117,6 +117,11 @@ class SimServer:
     def base_url(self) -> str:
         return self.url + "/v1"
 
+    @property
+    def thread_id(self) -> int | None:
+        """The serving thread's native id: benches take its CPU out of their own."""
+        return self._thread.native_id if self._thread is not None else None
+
     def stats(self) -> dict:
         return self.simulator.stats.snapshot()
 
