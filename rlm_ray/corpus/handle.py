@@ -15,6 +15,7 @@ import io
 import os
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -66,6 +67,18 @@ class Corpus:
         self._by_key: dict[str, dict] | None = None
         self._pool = None
         self._pool_pid: int | None = None
+        self._facts: dict[str, Any] = {}
+
+    def fact(self, name: str, compute: Callable[[], Any]) -> Any:
+        """A fact of this (immutable) corpus, computed once per handle: the
+        questions a host shares a handle among would otherwise each pay the
+        same scan (total characters, the prompt's example paths)."""
+        with self._lock:
+            if name in self._facts:
+                return self._facts[name]
+        value = compute()     # outside the lock: it may take a query's time
+        with self._lock:
+            return self._facts.setdefault(name, value)
 
     @classmethod
     def open(cls, uri: str, limits: DuckLimits | None = None) -> Corpus:

@@ -128,10 +128,17 @@ class ContextView:
         if self._characters is None and self._corpus.manifest.get("characters") is not None:
             self._characters = int(self._corpus.manifest["characters"])  # if ingest records it
         if self._characters is None:
-            row, _ = self._queries.sql("SELECT coalesce(sum(length(text)), 0) AS n FROM chunks",
-                                       None, self._timeout_s())
-            self._characters = int(row.column("n")[0].as_py())
+            def scan() -> int:
+                row, _ = self._queries.sql("SELECT coalesce(sum(length(text)), 0) AS n FROM chunks",
+                                           None, self._timeout_s())
+                return int(row.column("n")[0].as_py())
+            # Unscoped here (a scope's count came with the scope): the whole corpus's.
+            self._characters = self._corpus_fact("characters", scan)
         return self._characters
+
+    def _corpus_fact(self, name: str, compute):
+        fact = getattr(self._corpus, "fact", None)
+        return fact(name, compute) if fact is not None else compute()
 
     def __len__(self) -> int:
         return int(self._counts()["tokens"])
@@ -158,9 +165,13 @@ class ContextView:
 
     def example_paths(self, count: int) -> list[str]:
         """The first `count` paths (for the prompt's metadata)."""
-        table, _ = self._queries.sql(f"SELECT path FROM docs ORDER BY path LIMIT {int(count)}",
-                                     None, self._timeout_s())
-        return table.column("path").to_pylist()
+        def first_paths() -> list[str]:
+            table, _ = self._queries.sql(f"SELECT path FROM docs ORDER BY path LIMIT {int(count)}",
+                                         None, self._timeout_s())
+            return table.column("path").to_pylist()
+        if self.scope:
+            return first_paths()
+        return list(self._corpus_fact(f"example_paths:{int(count)}", first_paths))
 
     def grep(self, pattern: str, limit: int | None = 100, regex: bool = True,
              case: bool = False) -> list[dict]:

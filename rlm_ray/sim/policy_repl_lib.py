@@ -24,14 +24,15 @@ CODE_BOUNDARY = re.compile(r"^[ \t]*(?:@|async[ \t]+def[ \t]|def[ \t]|class[ \t]
 
 
 def sql_all(query: str) -> list:
-    """All rows of `query`, paging with OFFSET until an empty page, so no row
-    cap (whatever its size) silently truncates the result. `query` must ORDER BY."""
+    """All rows of `query`, paging with OFFSET until a short page (the REPL's
+    row cap, stated in the system prompt, is above the page size), so a large
+    result is never silently cut. `query` must ORDER BY."""
     rows: list = []
     while True:
         page = context.sql(f"{query} LIMIT 1000 OFFSET {len(rows)}")
-        if not page:
-            return rows
         rows.extend(page)
+        if len(page) < 1000:
+            return rows
 
 
 def candidate_paths(pattern: str, path: str | None = None) -> list:
