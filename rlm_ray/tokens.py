@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import rlm_ray  # noqa: F401  (TIKTOKEN_CACHE_DIR before tiktoken loads)
@@ -21,9 +23,75 @@ def encoder():
     return tiktoken.get_encoding(ENCODING)
 
 
-def count_tokens(text: str) -> int:
+MEMO_MIN_CHARS = 1024       # below this, counting is cheaper than a lookup
+MEMO_MAX_ENTRIES = 50_000   # keys are (hash, length) pairs: a few MB at most, no text kept
+
+
+class _Memo:
+    """Counts of long texts. A root conversation is resent whole every turn,
+    and the same messages are counted by the compaction check, the limiter's
+    estimate and the simulator; tiktoken on 100 KB costs ~18 ms. Keyed by
+    the string's own hash and length: cached on the object by Python, never
+    a copy of the text (a collision only skews an estimate)."""
+
+    def __init__(self) -> None:
+        self._counts: OrderedDict[tuple[int, int], int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def count(self, text: str) -> int:
+        key = (hash(text), len(text))
+        with self._lock:
+            n = self._counts.get(key)
+            if n is not None:
+                self._counts.move_to_end(key)
+                return n
+        n = _encode_len(text)
+        with self._lock:
+            self._counts[key] = n
+            if len(self._counts) > MEMO_MAX_ENTRIES:
+                self._counts.popitem(last=False)
+        return n
+
+
+_memo = _Memo()
+
+
+def _encode_len(text: str) -> int:
     # Special-token strings in a corpus are plain text, never control tokens.
     return len(encoder().encode_ordinary(text))
+
+
+def count_tokens(text: str) -> int:
+    return _encode_len(text) if len(text) < MEMO_MIN_CHARS else _memo.count(text)
+
+
+# OpenAI's published chat formula, which providers (and the simulator) bill by
+# and clients that estimate with it (litellm's token_counter) agree with.
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_NAME = 1
+REPLY_PRIMING_TOKENS = 3
+
+
+def content_text(content) -> str:
+    """Message content as plain text (OpenAI also allows a list of typed parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return "" if content is None else str(content)
+
+
+def message_tokens(message: dict) -> int:
+    total = TOKENS_PER_MESSAGE + count_tokens(str(message.get("role", "")))
+    total += count_tokens(content_text(message.get("content")))
+    if message.get("name"):
+        total += TOKENS_PER_NAME + count_tokens(str(message["name"]))
+    return total
+
+
+def chat_prompt_tokens(messages: list[dict]) -> int:
+    """Prompt tokens of a chat request (cl100k: an estimate for other tokenizers)."""
+    return REPLY_PRIMING_TOKENS + sum(message_tokens(m) for m in messages)
 
 
 def count_tokens_batch(texts: Sequence[str], num_threads: int | None = None) -> list[int]:

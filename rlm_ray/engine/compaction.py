@@ -17,18 +17,15 @@ Message layout of a compacted conversation (roles keep alternating):
 """
 from __future__ import annotations
 
-import hashlib
 import re
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
+
+from rlm_ray.tokens import chat_prompt_tokens, content_text
 
 DEFAULT_FRACTION = 0.85          # compact once the conversation passes this share of the window
 KEEP_LATEST_REPLIES = 2          # replies (with their REPL views) kept verbatim
 PREFIX_MESSAGES = 2              # system prompt + question: never compacted
 SUMMARY_ALLOWANCE_TOKENS = 2_000  # room assumed for the summary when sizing what is kept
-TOKENS_PER_MESSAGE = 3           # OpenAI's chat framing (+ role), as providers count it
-REPLY_PRIMING_TOKENS = 3
 MIN_VIEW_CHARS = 400             # a message shown to the summary call is never cut below this
 HISTORY_NAME = "history"
 
@@ -73,48 +70,10 @@ def root_window(settings, model: str, gateway) -> int | None:
     return context_window(model, gateway)
 
 
-def content_text(content) -> str:
-    """Message content as text (OpenAI also allows a list of typed parts)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return "" if content is None else str(content)
-
-
-_COUNT_CACHE_MIN_CHARS = 2048     # shorter texts: counting is cheaper than a lookup
-_COUNT_CACHE_ENTRIES = 8192       # digests and ints only (the texts are not kept)
-_counts: OrderedDict[bytes, int] = OrderedDict()
-_counts_lock = threading.Lock()
-
-
-def _text_tokens(text: str) -> int:
-    """Token count of one message text. A root conversation is resent whole every
-    turn, so long texts are counted once (keyed by digest: an actor hosting many
-    loops must not keep their texts alive)."""
-    from rlm_ray.tokens import count_tokens
-
-    if len(text) < _COUNT_CACHE_MIN_CHARS:
-        return count_tokens(text)
-    key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-    with _counts_lock:
-        if key in _counts:
-            _counts.move_to_end(key)
-            return _counts[key]
-    n = count_tokens(text)
-    with _counts_lock:
-        _counts[key] = n
-        if len(_counts) > _COUNT_CACHE_ENTRIES:
-            _counts.popitem(last=False)
-    return n
-
-
 def conversation_tokens(messages: list[dict]) -> int:
-    """Prompt tokens of a chat request (cl100k and the OpenAI chat formula: an
-    estimate for other tokenizers, which the fraction's headroom absorbs)."""
-    return REPLY_PRIMING_TOKENS + sum(
-        TOKENS_PER_MESSAGE + _text_tokens(str(m.get("role", "")))
-        + _text_tokens(content_text(m.get("content"))) for m in messages)
+    """Prompt tokens of a chat request (an estimate for tokenizers other than
+    cl100k, which the fraction's headroom absorbs)."""
+    return chat_prompt_tokens(messages)
 
 
 def window_from_error(message: str) -> int | None:

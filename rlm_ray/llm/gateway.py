@@ -13,7 +13,6 @@ import os
 import threading
 import time
 from dataclasses import replace
-from functools import lru_cache
 from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
@@ -30,11 +29,8 @@ from rlm_ray.llm.limiter_client import limiter_for
 from rlm_ray.llm.retry import BACKOFF_MAX_S, Failure, MalformedResponse, classify, redact
 from rlm_ray.llm.types import Completion, LLMError
 from rlm_ray.llm.usage import CallUsage
-from rlm_ray.tokens import count_tokens
+from rlm_ray.tokens import chat_prompt_tokens, count_tokens
 
-# OpenAI's chat accounting: per-message overhead and the reply priming.
-_TOKENS_PER_MESSAGE = 3
-_REPLY_PRIMING = 3
 # Providers that talk OpenAI's wire format and often need no key (self-hosted, simulators).
 _KEYLESS_OK = ("openai/", "hosted_vllm/", "custom_openai/", "text-completion-openai/")
 
@@ -48,21 +44,9 @@ class _Attempt(Exception):
         self.cause = cause
 
 
-@lru_cache(maxsize=64)
-def _role_tokens(role: str) -> int:
-    return count_tokens(role)
-
-
 def estimate_prompt_tokens(messages: list[dict]) -> int:
     """OpenAI's chat formula, the one providers (and the simulator) bill by."""
-    total = _REPLY_PRIMING
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, list):
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        total += _TOKENS_PER_MESSAGE + _role_tokens(str(message.get("role", "")))
-        total += count_tokens(str(content)) if content else 0
-    return total
+    return chat_prompt_tokens(messages)
 
 
 def _check_messages(messages: Any) -> None:

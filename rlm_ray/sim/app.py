@@ -27,7 +27,8 @@ from rlm_ray.sim.limits import SlidingWindow
 from rlm_ray.sim.registry import POLICIES, Policy, PolicyRefusal, load_policies
 from rlm_ray.sim.replay import REPLAY_MODEL, Replay
 from rlm_ray.sim.stats import SimStats, prompt_key
-from rlm_ray.sim.usage import REPLY_PRIMING_TOKENS, boundary_tokens, truncate_to_tokens
+from rlm_ray.sim.usage import boundary_tokens, truncate_to_tokens
+from rlm_ray.tokens import REPLY_PRIMING_TOKENS
 
 log = logging.getLogger(__name__)
 

@@ -7,57 +7,7 @@ tokens that prime the reply.
 """
 from __future__ import annotations
 
-import hashlib
-import threading
-from collections import OrderedDict
-
-from rlm_ray.sim.registry import text_of
-from rlm_ray.tokens import count_tokens, encoder
-
-TOKENS_PER_MESSAGE = 3
-TOKENS_PER_NAME = 1
-REPLY_PRIMING_TOKENS = 3
-
-
-_CACHE_MIN_CHARS = 2048      # below this, counting is cheaper than hashing + lookup
-_CACHE_MAX_ENTRIES = 50_000  # digests and ints only: a few MB at most
-
-
-class _CountCache:
-    """Token counts of long message contents, keyed by digest. An RLM root
-    conversation resends its whole history every turn; recounting it would
-    stall the event loop (~18 ms per 100 KB) for all in-flight requests."""
-
-    def __init__(self) -> None:
-        self._counts: OrderedDict[bytes, int] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def count(self, text: str) -> int:
-        if len(text) < _CACHE_MIN_CHARS:
-            return count_tokens(text)
-        key = hashlib.blake2b(text.encode(), digest_size=16).digest()
-        with self._lock:
-            if key in self._counts:
-                self._counts.move_to_end(key)
-                return self._counts[key]
-        n = count_tokens(text)
-        with self._lock:
-            self._counts[key] = n
-            if len(self._counts) > _CACHE_MAX_ENTRIES:
-                self._counts.popitem(last=False)
-        return n
-
-
-_content_counts = _CountCache()
-
-
-def message_tokens(message: dict) -> int:
-    total = TOKENS_PER_MESSAGE + count_tokens(str(message.get("role", "")))
-    total += _content_counts.count(text_of(message.get("content")))
-    if message.get("name"):
-        total += TOKENS_PER_NAME + count_tokens(str(message["name"]))
-    return total
-
+from rlm_ray.tokens import chat_prompt_tokens, encoder, message_tokens
 
 def boundary_tokens(messages: list[dict]) -> list[int]:
     """Prompt tokens up to and including each message (what a cached prefix holds)."""
@@ -69,7 +19,7 @@ def boundary_tokens(messages: list[dict]) -> list[int]:
 
 
 def prompt_tokens(messages: list[dict]) -> int:
-    return REPLY_PRIMING_TOKENS + sum(message_tokens(m) for m in messages)
+    return chat_prompt_tokens(messages)
 
 
 def truncate_to_tokens(text: str, limit: int) -> tuple[str, int, bool]:
