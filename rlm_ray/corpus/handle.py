@@ -136,7 +136,8 @@ class Corpus:
         with self._lock:
             if self._con is None or self._con_pid != os.getpid():
                 shards = [self._file(s["file"]) for s in self.manifest["shards"]]
-                self._con = connect(self.uri, shards, self._file(self.manifest["docs_file"]), self.limits)
+                self._con = connect(self.uri, shards, self._file(self.manifest["docs_file"]),
+                                    self.limits, corpus_bytes=self.manifest.get("bytes"))
                 self._con_pid = os.getpid()
             return self._con.cursor()
 

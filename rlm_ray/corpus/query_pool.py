@@ -54,6 +54,9 @@ class QueryLimits:
     memory_mb: int = 1024      # kernel cap on each worker's data memory (RLIMIT_DATA)
     result_mb: int = 16        # bytes one call may return (the sandbox's value cap)
     idle_s: float = 120.0      # an idle worker ends after this long
+    # Each worker holds a corpus up to this size in memory (duck.DuckLimits.resident_mb):
+    # scans at memory speed, for workers x this much RAM per host at most.
+    resident_mb: int = 64
 
     @property
     def result_bytes(self) -> int:
@@ -70,7 +73,8 @@ class QueryLimits:
             return int(raw)
         return cls(workers=number("RLM_RAY_QUERY_WORKERS", cls.workers, 1),
                    memory_mb=number("RLM_RAY_QUERY_MEMORY_MB", cls.memory_mb, 256),
-                   result_mb=number("RLM_RAY_QUERY_RESULT_MB", cls.result_mb, 1))
+                   result_mb=number("RLM_RAY_QUERY_RESULT_MB", cls.result_mb, 1),
+                   resident_mb=number("RLM_RAY_QUERY_RESIDENT_MB", cls.resident_mb, 0))
 
 
 def worker_env() -> dict[str, str]:
@@ -150,7 +154,8 @@ class QueryPool:
         self.limits = limits or QueryLimits.from_env()
         # DuckDB's own limit stays the first line, under the kernel's cap: a
         # clean "memory limit" error where DuckDB accounts for the memory.
-        duck = replace(duck_limits, memory_mb=min(duck_limits.memory_mb, self.limits.memory_mb // 2))
+        duck = replace(duck_limits, memory_mb=min(duck_limits.memory_mb, self.limits.memory_mb // 2),
+                       resident_mb=min(self.limits.resident_mb, self.limits.memory_mb // 4))
         self._opening = {"uri": uri, "manifest": manifest, "limits": asdict(duck)}
         self._cond = threading.Condition()
         self._idle: list[QueryWorker] = []
