@@ -103,3 +103,67 @@ def test_context_view_caps_rows_and_says_so(small_corpus):
     assert view.read("mod3.py", 0, 2).startswith("def f3_0(x):")
     assert view.stats["documents"] == 30 and len(view) == small_corpus.stats["tokens"]
     assert "source" in small_corpus.stats and "source" not in view.stats  # no host paths in the REPL
+
+
+def test_resident_chunks_answer_like_the_shards_and_stay_confined(small_corpus, tmp_path):
+    """A corpus small enough is held in memory by the query workers: the same
+    rows as a scan of the shards, and still no file but the corpus's."""
+    from dataclasses import replace
+
+    from rlm_ray.corpus.duck import DuckLimits, connect
+    from rlm_ray.corpus.handle import Corpus
+
+    shards = [small_corpus._file(s["file"]) for s in small_corpus.manifest["shards"]]
+    docs = small_corpus._file(small_corpus.manifest["docs_file"])
+    size = small_corpus.manifest["bytes"]
+    limits = replace(DuckLimits(), resident_mb=1)
+    assert size < 1 << 20
+    resident = connect(small_corpus.uri, shards, docs, limits, corpus_bytes=size)
+    on_disk = connect(small_corpus.uri, shards, docs, limits, corpus_bytes=(1 << 20) + 1)
+    kind = "SELECT table_type FROM information_schema.tables WHERE table_name = 'chunks'"
+    assert resident.execute(kind).fetchone()[0] == "BASE TABLE"
+    assert on_disk.execute(kind).fetchone()[0] == "VIEW"
+    scan = ("SELECT path, chunk_id FROM chunks WHERE regexp_matches(text, '(?m)^def f1_5\\b') "
+            "ORDER BY path, chunk_id")
+    assert resident.execute(scan).fetchall() == on_disk.execute(scan).fetchall() != []
+    outside = tmp_path / "secret.csv"
+    outside.write_text("a\n1\n")
+    with pytest.raises(Exception, match="(?i)permission|access|disabled"):
+        resident.execute(f"SELECT * FROM read_csv('{outside}')").fetchall()
+    # The handle's own connection decides from the manifest and the limits it carries.
+    handle = Corpus(small_corpus.uri, small_corpus.manifest, limits)
+    assert handle._cursor().execute(kind).fetchone()[0] == "BASE TABLE"
+
+
+def test_a_corpus_fact_is_computed_once_per_handle(small_corpus):
+    calls = []
+    view_a, view_b = ContextView(small_corpus), ContextView(small_corpus)
+    assert view_a._corpus_fact("probe", lambda: calls.append(1) or 42) == 42
+    assert view_b._corpus_fact("probe", lambda: calls.append(1) or 43) == 42
+    assert len(calls) == 1
+    assert view_a.characters() == view_b.characters() == sum(
+        len(small_corpus.read(d["path"])) for d in small_corpus.docs())
+
+
+def test_the_repl_starts_in_the_background_and_a_failed_start_reaches_the_first_block():
+    """Workspace() returns before its sandbox is up (the root model's first call
+    overlaps the start); a start that fails is raised by the first use, and
+    closing is safe either way."""
+    from sandbox import SandboxError
+
+    from rlm_ray.engine.workspace import Workspace
+
+    broken = Workspace(context="text", view=None, host_functions={},
+                       sandbox_opts={"memory_mb": 0})
+    with pytest.raises(SandboxError, match="memory_mb"):
+        broken.run("print(1)", timeout_s=30)
+    broken.close()
+    broken.close()
+
+    working = Workspace(context="some text", view=None, host_functions={},
+                        sandbox_opts={"timeout_s": 30})
+    try:
+        block = working.run("print(len(context))", timeout_s=30)
+        assert block.error is None and block.output.strip() == "9"
+    finally:
+        working.close()

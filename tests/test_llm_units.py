@@ -282,3 +282,16 @@ def test_a_burst_with_a_bad_first_estimate_still_fills_the_token_limit():
     assert max_in_window(sent, charged, 60) <= tpm
     achieved = sum(charged) / (sent[-1] - sent[0]) * 60
     assert achieved / tpm >= 0.9
+
+
+def test_long_texts_are_counted_once_and_exactly():
+    from rlm_ray import tokens
+
+    text = "def f(x):\n    return x * 2  # ünïcode\n" * 400
+    exact = len(tokens.encoder().encode_ordinary(text))
+    assert tokens.count_tokens(text) == exact
+    assert tokens.count_tokens(str(text)) == exact       # an equal string: the memo's count
+    copy = "".join(list(text))                           # another object, same text
+    assert copy is not text and tokens.count_tokens(copy) == exact
+    other = text[:-1] + "!"
+    assert tokens.count_tokens(other) == len(tokens.encoder().encode_ordinary(other))

@@ -4,6 +4,7 @@ an error the model reads and a fresh REPL, not a failed question."""
 from __future__ import annotations
 
 import inspect
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,7 +49,28 @@ class Workspace:
         self._opts = dict(sandbox_opts)
         self._sandbox = None
         self._state: dict | None = None    # `_rlm_state` after the last block
-        self._start()
+        # The REPL starts while the root model writes its first reply: a start
+        # costs tens of ms of CPU, and a batch starts hundreds at once, so
+        # starting first would hold every question's first call behind them all.
+        self._start_error: BaseException | None = None
+        self._starting: threading.Thread | None = threading.Thread(
+            target=self._start_in_background, name="rlm-repl-start", daemon=True)
+        self._starting.start()
+
+    def _start_in_background(self) -> None:
+        try:
+            self._start()
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the first use
+            self._start_error = exc
+
+    def _ready(self) -> None:
+        """Wait for the first start; its failure is raised to the first user."""
+        if self._starting is not None:
+            self._starting.join()
+            self._starting = None
+        if self._start_error is not None:
+            error, self._start_error = self._start_error, None
+            raise error
 
     def _start(self) -> None:
         from sandbox import Sandbox
@@ -81,11 +103,13 @@ class Workspace:
 
     @property
     def sandbox(self):
+        self._ready()
         return self._sandbox
 
     def run(self, code: str, timeout_s: float) -> BlockRun:
         from sandbox import SandboxError
 
+        self._ready()
         started = time.perf_counter()
         if self._view is not None:   # host calls of this block end with it
             self._view.set_deadline(time.monotonic() + timeout_s)
@@ -147,6 +171,7 @@ class Workspace:
         `ready`, keep the content, so the model's next reply must finish again."""
         from sandbox import SandboxError
 
+        self._ready()
         try:
             self._sandbox.run('_rlm.answer["ready"] = False', timeout_s=10.0)
         except SandboxError:
@@ -158,6 +183,7 @@ class Workspace:
         returns why it could not be, or None."""
         from sandbox import SandboxError
 
+        self._ready()
         try:
             self._sandbox.set(name, value)
         except SandboxError as exc:
@@ -168,6 +194,10 @@ class Workspace:
         return name in {v.split(" (", 1)[0] for v in self.answer().variables}
 
     def close(self) -> None:
+        try:
+            self._ready()
+        except BaseException:  # noqa: BLE001 - a start that failed left nothing to close
+            pass
         if self._sandbox is not None:
             self._sandbox.close()
             self._sandbox = None
