@@ -56,6 +56,9 @@ def _json_safe(value: Any) -> Any:
 HOST_ONLY_STATS = frozenset({"source"})
 
 
+HEAD_PATHS_CACHED = 16   # doc_paths(0, n) for n up to this is a corpus fact (repr shows 3)
+
+
 class ContextView:
     """What `context` is in the REPL when the input is a corpus."""
 
@@ -222,6 +225,10 @@ class ContextView:
         count = min(stop - start, self._max_rows)
         if count == 0:
             return []
+        if start == 0 and count <= HEAD_PATHS_CACHED and self._scope_counts is None:
+            # The head every `repr(context)` shows: the corpus's, asked once per host.
+            return list(self._corpus_fact(f"head_paths:{count}", lambda: self._doc_rows(
+                0, count).column("path").to_pylist()))
         return self._doc_rows(start, count).column("path").to_pylist()
 
     def doc_texts(self, start: int, stop: int, max_bytes: int = DOC_BATCH_BYTES) -> list[str]:
