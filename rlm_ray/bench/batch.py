@@ -5,11 +5,14 @@ the bottleneck: questions/min, rate-limit utilisation, the simulator's peak
 concurrent requests, and memory per question in flight: the peak of the PSS
 (rlm_ray.bench.memory) summed over every process the batch started (RLM host
 actors, their sandbox workers, gateway/limiter/budget actors), divided by the
-questions in flight at that same sample. Each level runs 3 waves of questions
-(3 x the concurrency unless --questions says otherwise) on hosts started
-once, so the first wave's wall per question against the second's (both at
-full concurrency; the third drains the queue) shows whether start-up is paid
-once or per question."""
+questions in flight at that same sample; CPU per question: user+system of
+every process the batch ran on (bench.cpu: driver, Ray, hosts, query
+workers, gateway actors, sandboxes), simulator excluded, over the questions;
+and the batch's wall (hosts warm) against its latency floor (bench.floor).
+Each level runs 3 waves of questions (3 x the concurrency unless --questions
+says otherwise) on hosts started once, so the first wave's wall per question
+against the second's (both at full concurrency; the third drains the queue)
+shows whether start-up is paid once or per question."""
 from __future__ import annotations
 
 import os
