@@ -123,9 +123,11 @@ class RootLoop:
         except _Overflow as again:
             raise _Stop("error", again.reason) from None
 
-    def _root_call(self, messages: list[dict]) -> tuple[str, str]:
+    def _paid_call(self, kind: str, messages: list[dict]) -> tuple[CallRow, Completion]:
+        """One root-model call recorded as a `kind` row: billed when answered, an
+        error row (then the LLMError) when not; out of budget ends the question."""
         row = CallRow(self.query_id, new_call_id(), self.spec.parent_call_id, self.spec.depth,
-                      "root", self.spec.model)
+                      kind, self.spec.model)
         try:
             completion = self.call_model(messages)
         except BudgetExceeded as exc:
@@ -133,13 +135,20 @@ class RootLoop:
         except LLMError as exc:
             row.status, row.retries = "error", exc.retries
             self.recorder.add_call(row)
+            raise
+        self.recorder.add_call(_billed(row, completion))
+        return row, completion
+
+    def _root_call(self, messages: list[dict]) -> tuple[str, str]:
+        try:
+            row, completion = self._paid_call("root", messages)
+        except LLMError as exc:
             reason = redact(str(exc), self.recorder.secrets)
             if exc.kind == "context_length" and self.compaction_on:
                 raise _Overflow(messages, reason) from None
             if exc.kind == "context_length":
                 reason = f"context_length_exceeded: {reason}"
             raise _Stop("error", f"root model call failed: {reason}") from None
-        self.recorder.add_call(_billed(row, completion))
         return row.call_id, completion.text
 
     # ---- compaction (engine/compaction.py) ------------------------------------------
@@ -184,19 +193,12 @@ class RootLoop:
         too long even shortened is tried once more at half the limit."""
         for attempt_limit in (limit, limit // 2):
             request, cut = compaction.summary_request(messages, step, window, attempt_limit)
-            row = CallRow(self.query_id, new_call_id(), self.spec.parent_call_id,
-                          self.spec.depth, "compact", self.spec.model)
             try:
-                completion = self.call_model(request)
-            except BudgetExceeded as exc:
-                raise _Stop("budget_exceeded", str(exc)) from None
+                row, completion = self._paid_call("compact", request)
             except LLMError as exc:
-                row.status, row.retries = "error", exc.retries
-                self.recorder.add_call(row)
                 if exc.kind == "context_length":
                     continue
                 return None
-            self.recorder.add_call(_billed(row, completion))
             text = redact(completion.text, self.recorder.secrets) or ""
             return (row.call_id, text, cut) if text.strip() else None
         return None
