@@ -122,6 +122,12 @@ def _job_actor_pids() -> list[int]:
             if a.get("Pid") and a.get("JobID") == job]
 
 
+def _cluster_cores() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU") or os.cpu_count() or 1)
+
+
 def _waves(answers: list[dict], concurrency: int) -> tuple[float, float]:
     """Mean wall per question (driver start to finish) of the first and second
     `concurrency` questions started."""
@@ -202,6 +208,7 @@ def _one_level(root: Path, corpus: str, work: Path, server, rpm: float, latency_
     floor, longest = batch_floor(tables.calls.select(["query_id", "kind"]).to_pylist(),
                                  latency_ms / 1000, level)
     cpu_s, cpu_kinds = sampler.batch_cpu()
+    cores = _cluster_cores()
     per_question = 1 / max(1, len(answers))
     peak = sampler.peak
     ok_requests = stats["by_status"].get(200, 0)
@@ -241,6 +248,8 @@ def _one_level(root: Path, corpus: str, work: Path, server, rpm: float, latency_
                           f"and sub-call waves x {latency_ms / 1000:g} s)"),
         ("wall (batch, hosts warm)", f"{batch_wall:.1f} s = {batch_wall / floor:.2f}x the floor"
          if floor else f"{batch_wall:.1f} s"),
+        ("CPU floor (batch CPU / cores)", f"{cpu_s / cores:.1f} s over {cores:g} cores: no "
+                                          f"schedule of this CPU finishes sooner"),
         ("wall (with host start-up)", f"{wall:.1f} s"),
         ("driver peak PSS", f"{sampler.driver_pss_mb:.0f} MB"),
         ("questions/min", f"{summary.total / (wall / 60):.1f}"),
