@@ -89,3 +89,30 @@ def test_cost_bench_prints_both_savings_per_simulator_cache_count(ray_session, t
     assert auto["vs_off"].endswith("%") and float(auto["vs_none"].rstrip("%")) > 0
     assert main(["bench", "cost", "--cache-replicas", "0", "--out", str(tmp_path / "o3")]) == 2
     assert main(["bench", "cost", "--seeds", "x", "--out", str(tmp_path / "o2")]) == 2
+
+
+@pytest.mark.timeout(600)
+def test_batch_bench_prints_cpu_per_question_and_both_floors(ray_session, stdlib_subset, tmp_path,
+                                                             capsys):
+    """`bench batch` over a small codebase: every question ok, CPU per question
+    counted over every kind of process (sandboxes included, whose workers are
+    killed and never reaped), and the wall printed against its floors."""
+    code = main(["bench", "batch", "--concurrency", "3", "--questions", "3", "--latency-ms", "200",
+                 "--source", str(stdlib_subset), "--workdir", str(tmp_path / "work")])
+    assert code == 0
+    out = capsys.readouterr().out
+    lines = {line.strip().split("  ")[0]: line.strip() for line in out.splitlines() if line.strip()}
+    assert lines["statuses"].endswith("ok=3")
+
+    def seconds(label: str) -> float:
+        text = lines[label][len(label):].strip()
+        return float(text.split(" s")[0])
+
+    total = seconds("CPU per question, all batch processes")
+    parts = {k: seconds(k) for k in ("sandboxes (bwrap + worker)", "host actors",
+                                     "query workers", "driver")}
+    assert all(v > 0 for v in parts.values()), parts
+    assert sum(parts.values()) <= total + 0.01
+    assert seconds("latency floor") >= 3 * 0.2        # at least three root turns at 0.2 s
+    assert "x the floor" in lines["wall (batch, hosts warm)"]
+    assert seconds("CPU floor (batch CPU / cores)") > 0

@@ -47,15 +47,18 @@ class BatchSampler:
         self.peak = MemoryPeak()
         self.cpu = BatchCpu()
         self.driver_pss_mb = 0.0   # this process (the batch driver), its own peak
+        self.sandbox_cpu_s = 0.0   # of the sandbox workers the hosts ended meanwhile
+        self.sampler_cpu_s = 0.0   # this sampler's thread
         self._sim_thread = sim_thread_id
+        self._sim_cpu_at_start = 0.0
+        self._sandboxes_at_start = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bench-sampler", daemon=True)
-        self._started = (0.0, 0.0)
 
     def __enter__(self) -> "BatchSampler":
-        self._sandboxes_before = self._sandbox_cpu_s()
+        self._sandboxes_at_start = self._sandbox_cpu_s()
         self.cpu.start()
-        self._started = (thread_cpu_s(self._sim_thread), 0.0)
+        self._sim_cpu_at_start = thread_cpu_s(self._sim_thread)
         self._thread.start()
         return self
 
@@ -63,10 +66,7 @@ class BatchSampler:
         self._stop.set()
         self._thread.join(timeout=120)
         self.cpu.sample()   # the last figures, before the hosts are shut down
-        self.sandbox_cpu_s = self._sandbox_cpu_s() - self._sandboxes_before
-
-    sandbox_cpu_s = 0.0
-    _sandboxes_before = 0.0
+        self.sandbox_cpu_s = self._sandbox_cpu_s() - self._sandboxes_at_start
 
     def _sandbox_cpu_s(self) -> float:
         import ray
@@ -85,8 +85,6 @@ class BatchSampler:
             interval = max(SAMPLE_S, (self.sampler_cpu_s - before) / SAMPLER_SHARE)
         self.sampler_cpu_s = thread_cpu_s(threading.get_native_id())
 
-    sampler_cpu_s = 0.0
-
     def sample(self) -> None:
         import ray
 
@@ -101,7 +99,7 @@ class BatchSampler:
         self.cpu.sample()
 
     def sim_cpu_s(self) -> float:
-        return thread_cpu_s(self._sim_thread) - self._started[0]
+        return thread_cpu_s(self._sim_thread) - self._sim_cpu_at_start
 
     def batch_cpu(self) -> tuple[float, dict[str, float]]:
         """(CPU seconds of the batch, the same by kind of process), the
@@ -171,8 +169,8 @@ def run_bench(*, questions: int | None, rpm: float, latency_ms: float,
     return 0
 
 
-def _one_level(root: Path, corpus: str, work: Path, server, rpm: float, latency_ms: float, level: int,
-               count: int) -> list[tuple[str, str]]:
+def _one_level(root: Path, corpus: str, work: Path, server, rpm: float, latency_ms: float,
+               level: int, count: int) -> list[tuple[str, str]]:
     from rlm_ray.batch.pool import HostPool
     from rlm_ray.batch.runner import run
     from rlm_ray.batch.tables import read_run
