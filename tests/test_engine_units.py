@@ -138,8 +138,8 @@ def test_resident_chunks_answer_like_the_shards_and_stay_confined(small_corpus, 
 def test_a_corpus_fact_is_computed_once_per_handle(small_corpus):
     calls = []
     view_a, view_b = ContextView(small_corpus), ContextView(small_corpus)
-    assert view_a._corpus_fact("probe", lambda: calls.append(1) or 42) == 42
-    assert view_b._corpus_fact("probe", lambda: calls.append(1) or 43) == 42
+    assert small_corpus.fact("probe", lambda: calls.append(1) or 42) == 42
+    assert small_corpus.fact("probe", lambda: calls.append(1) or 43) == 42
     assert len(calls) == 1
     assert view_a.characters() == view_b.characters() == sum(
         len(small_corpus.read(d["path"])) for d in small_corpus.docs())

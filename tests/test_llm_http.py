@@ -135,11 +135,11 @@ def test_unknown_price_is_none_and_user_table_prices_it(sim):
 
 
 def test_prompt_estimate_matches_provider_usage(sim):
-    from rlm_ray.llm.gateway import estimate_prompt_tokens
+    from rlm_ray.tokens import chat_prompt_tokens
 
     server = sim()
     messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Count me, please."}]
-    assert complete(messages, ECHO, config=fast(server)).prompt_tokens == estimate_prompt_tokens(messages)
+    assert complete(messages, ECHO, config=fast(server)).prompt_tokens == chat_prompt_tokens(messages)
 
 
 def test_cache_hit_reaches_no_provider_even_from_another_process(sim, tmp_path):

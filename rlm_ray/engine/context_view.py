@@ -136,12 +136,8 @@ class ContextView:
                                            None, self._timeout_s())
                 return int(row.column("n")[0].as_py())
             # Unscoped here (a scope's count came with the scope): the whole corpus's.
-            self._characters = self._corpus_fact("characters", scan)
+            self._characters = self._corpus.fact("characters", scan)
         return self._characters
-
-    def _corpus_fact(self, name: str, compute):
-        fact = getattr(self._corpus, "fact", None)
-        return fact(name, compute) if fact is not None else compute()
 
     def __len__(self) -> int:
         return int(self._counts()["tokens"])
@@ -172,9 +168,9 @@ class ContextView:
             table, _ = self._queries.sql(f"SELECT path FROM docs ORDER BY path LIMIT {int(count)}",
                                          None, self._timeout_s())
             return table.column("path").to_pylist()
-        if self.scope:
+        if self._scope_counts is not None:   # the scope's own paths
             return first_paths()
-        return list(self._corpus_fact(f"example_paths:{int(count)}", first_paths))
+        return list(self._corpus.fact(f"example_paths:{int(count)}", first_paths))
 
     def grep(self, pattern: str, limit: int | None = 100, regex: bool = True,
              case: bool = False) -> list[dict]:
@@ -227,7 +223,7 @@ class ContextView:
             return []
         if start == 0 and count <= HEAD_PATHS_CACHED and self._scope_counts is None:
             # The head every `repr(context)` shows: the corpus's, asked once per host.
-            return list(self._corpus_fact(f"head_paths:{count}", lambda: self._doc_rows(
+            return list(self._corpus.fact(f"head_paths:{count}", lambda: self._doc_rows(
                 0, count).column("path").to_pylist()))
         return self._doc_rows(start, count).column("path").to_pylist()
 

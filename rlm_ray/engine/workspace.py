@@ -64,13 +64,12 @@ class Workspace:
             self._start_error = exc
 
     def _ready(self) -> None:
-        """Wait for the first start; its failure is raised to the first user."""
+        """Wait for the first start; a failed start is raised to every use."""
         if self._starting is not None:
             self._starting.join()
             self._starting = None
         if self._start_error is not None:
-            error, self._start_error = self._start_error, None
-            raise error
+            raise self._start_error
 
     def _start(self) -> None:
         from sandbox import Sandbox

@@ -44,11 +44,6 @@ class _Attempt(Exception):
         self.cause = cause
 
 
-def estimate_prompt_tokens(messages: list[dict]) -> int:
-    """OpenAI's chat formula, the one providers (and the simulator) bill by."""
-    return chat_prompt_tokens(messages)
-
-
 def _check_messages(messages: Any) -> None:
     if not isinstance(messages, list) or not messages or not all(
             isinstance(m, dict) and "role" in m for m in messages):
@@ -96,7 +91,7 @@ class PromptSize:
     @property
     def tokens(self) -> int:
         if self._tokens is None:
-            self._tokens = estimate_prompt_tokens(self._messages)
+            self._tokens = chat_prompt_tokens(self._messages)
         return self._tokens
 
 

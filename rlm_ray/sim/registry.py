@@ -11,7 +11,8 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Callable
-from typing import Any
+
+from rlm_ray.tokens import content_text
 
 Policy = Callable[[list[dict]], str]
 
@@ -54,15 +55,8 @@ def load_policies() -> dict[str, Policy]:
     return POLICIES
 
 
-def text_of(content: Any) -> str:
-    """Message content as plain text (OpenAI also allows a list of typed parts)."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return str(content)
+# Message content as plain text: the one reading the token counts use too.
+text_of = content_text
 
 
 def last_user_text(messages: list[dict]) -> str:

@@ -7,7 +7,8 @@ tokens that prime the reply.
 """
 from __future__ import annotations
 
-from rlm_ray.tokens import chat_prompt_tokens, encoder, message_tokens
+from rlm_ray.tokens import encoder, message_tokens
+
 
 def boundary_tokens(messages: list[dict]) -> list[int]:
     """Prompt tokens up to and including each message (what a cached prefix holds)."""
@@ -16,10 +17,6 @@ def boundary_tokens(messages: list[dict]) -> list[int]:
         running += message_tokens(message)
         out.append(running)
     return out
-
-
-def prompt_tokens(messages: list[dict]) -> int:
-    return chat_prompt_tokens(messages)
 
 
 def truncate_to_tokens(text: str, limit: int) -> tuple[str, int, bool]:
