@@ -221,6 +221,16 @@ def test_complete_many_keeps_order_and_isolates_failures(sim):
     assert server.stats()["max_concurrency"] >= 200
 
 
+def test_one_process_holds_more_calls_in_flight_than_litellms_pool_default(sim):
+    # litellm's aiohttp pool would hold 500 connections per host and queue the rest
+    # unseen; the gateway's limiter, not the pool, decides what is in flight.
+    server = sim(latency_ms=3000)
+    requests = [{"messages": user(f"item {i}")} for i in range(640)]
+    results = complete_many(requests, model=ECHO, config=fast(server), use_ray=False)
+    assert [r.text for r in results] == [f"item {i}" for i in range(640)]
+    assert server.stats()["max_concurrency"] > 560
+
+
 def test_transport_params_per_call_go_to_the_config(sim):
     server = sim()
     result = complete(user("routed"), ECHO, api_base=server.base_url, timeout=5, num_retries=3)
