@@ -65,6 +65,23 @@ def count_tokens(text: str) -> int:
     return _encode_len(text) if len(text) < MEMO_MIN_CHARS else _memo.count(text)
 
 
+EXACT_MAX_CHARS = 1 << 20   # above this, tokens_about() extrapolates from a sample
+SAMPLE_WINDOWS = 32
+SAMPLE_WINDOW_CHARS = 4096
+
+
+def tokens_about(text: str) -> tuple[int, bool]:
+    """(tokens, exact?): exact up to EXACT_MAX_CHARS; above, extrapolated from
+    evenly spaced windows (~1% off on uniform text). Counting 10M tokens exactly
+    costs seconds of CPU, and a prompt's size hint does not need the last digit."""
+    if len(text) <= EXACT_MAX_CHARS:
+        return count_tokens(text), True
+    step = len(text) // SAMPLE_WINDOWS
+    sampled = [text[i * step:i * step + SAMPLE_WINDOW_CHARS] for i in range(SAMPLE_WINDOWS)]
+    chars = sum(map(len, sampled))
+    return round(len(text) * sum(map(_encode_len, sampled)) / chars), False
+
+
 # OpenAI's published chat formula, which providers (and the simulator) bill by
 # and clients that estimate with it (litellm's token_counter) agree with.
 TOKENS_PER_MESSAGE = 3

@@ -295,3 +295,32 @@ def test_long_texts_are_counted_once_and_exactly():
     assert copy is not text and tokens.count_tokens(copy) == exact
     other = text[:-1] + "!"
     assert tokens.count_tokens(other) == len(tokens.encoder().encode_ordinary(other))
+
+
+def test_a_huge_text_is_sized_from_a_sample_and_a_small_one_exactly(monkeypatch):
+    from rlm_ray import tokens
+
+    small = "x = [i ** 2 for i in range(10)]  # squares\n" * 100
+    assert tokens.tokens_about(small) == (len(tokens.encoder().encode_ordinary(small)), True)
+
+    lines = [f"record {i}: user_{i % 97} said 'ünïcode {i * 7919 % 1000}' at 12:{i % 60:02d}\n"
+             for i in range(60_000)]
+    huge = "".join(lines)
+    assert len(huge) > tokens.EXACT_MAX_CHARS
+    exact = len(tokens.encoder().encode_ordinary(huge))
+    encoded: list[int] = []
+    real = tokens._encode_len
+    monkeypatch.setattr(tokens, "_encode_len", lambda text: encoded.append(len(text)) or real(text))
+    estimate, is_exact = tokens.tokens_about(huge)
+    assert not is_exact and abs(estimate - exact) / exact < 0.03
+    # the point of it: a bounded sample is tokenised, never the whole text
+    assert sum(encoded) <= tokens.SAMPLE_WINDOWS * tokens.SAMPLE_WINDOW_CHARS
+    assert tokens.tokens_about(huge) == (estimate, False)   # the same sample every time
+
+
+def test_a_huge_str_context_is_described_with_an_estimate():
+    from rlm_ray.engine import prompts
+
+    assert "tokens: 12\n" in prompts.str_metadata("a\nb", 12)
+    text = prompts.str_metadata("a\nb", 1_234_567, exact=False)
+    assert "tokens: about 1234567 (estimated from a sample)" in text and "lines: 2" in text

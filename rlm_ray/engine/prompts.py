@@ -160,10 +160,10 @@ def corpus_metadata(stats: dict[str, Any], example_paths: list[str]) -> str:
     return "\n".join(lines)
 
 
-def str_metadata(text: str, tokens: int) -> str:
+def str_metadata(text: str, tokens: int, exact: bool = True) -> str:
     return "\n".join([
         "kind: str",
-        f"tokens: {tokens}",
+        f"tokens: {tokens}" if exact else f"tokens: about {tokens} (estimated from a sample)",
         f"characters: {len(text)}",
         f"lines: {text.count(chr(10)) + 1 if text else 0}",
     ])

@@ -23,9 +23,9 @@ from rlm_ray.text_context import load_text_context
 def describe(context: Any, spec: RunSpec) -> tuple[str, str, ContextView | None]:
     """(kind, metadata block, corpus proxy or None) for the input."""
     if isinstance(context, str):
-        from rlm_ray.tokens import count_tokens
+        from rlm_ray.tokens import tokens_about
 
-        return "str", prompts.str_metadata(context, count_tokens(context)), None
+        return "str", prompts.str_metadata(context, *tokens_about(context)), None
     # A scope is resolved here, once per question (an empty one is this row's error);
     # every call of the view then runs on the scope's own database.
     remaining = spec.budget.remaining_s()
