@@ -32,6 +32,7 @@ class Limits:
     rpm: float
     tpm: float
     max_retries: int = 8
+    pacing: str = "burst"   # the simulator enforces a sliding window: burst pacing fits it
 
 
 @dataclass
@@ -120,7 +121,7 @@ def _gateway(sim: Simulator, limits: Limits):
     from rlm_ray.llm.config import GatewayConfig
 
     return GatewayConfig(rpm=limits.rpm, tpm=limits.tpm, api_base=sim.base_url, cache_mode="off",
-                         max_retries=limits.max_retries)
+                         max_retries=limits.max_retries, pacing=limits.pacing)
 
 
 def rlm_ray_fanout(sim: Simulator, limits: Limits, work: workloads.Workload) -> Phase:
