@@ -17,7 +17,7 @@ same TableWriter that writes `rlm-ray run`'s answers parts
 
 Each Ray Data actor of the `map_batches` pool owns a HostPool (batch/pool.py)
 and drives its batch of questions through the same loop `rlm-ray run` uses
-(batch/runner.py `_Batch`: retries on a fresh REPL, host-loss handling,
+(batch/driver.py `Driver`: retries on a fresh REPL, host-loss handling,
 dead letters, the wall-time backstop), so the engine, gateway and budgets are
 the same code. What makes the limits cluster-wide needs no wiring: the rate
 limiter of a model is one named, detached Ray actor (llm/limiter_client.py)
@@ -103,7 +103,7 @@ class Processor:
 def build_processor(config: ProcessorConfig) -> Processor:
     """Validate `config` (one UserError line if wrong) and return the processor."""
     from rlm_ray._ray import ensure_ray
-    from rlm_ray.batch.runner import _with_spend_cap
+    from rlm_ray.batch.runner import with_spend_cap
     from rlm_ray.engine import RLM
 
     for name in ("actors", "questions_per_actor", "max_attempts", "max_context_bytes"):
@@ -127,7 +127,7 @@ def build_processor(config: ProcessorConfig) -> Processor:
         Corpus.open(config.corpus)   # reads the manifest only: a wrong URI fails here
     ensure_ray()
     # Created here, once: every data actor's questions reserve from this one cap.
-    rlm = _with_spend_cap(config.rlm, config.budget_usd)
+    rlm = with_spend_cap(config.rlm, config.budget_usd)
     # Workers run elsewhere: a relative context_file is relative to where the pipeline is built.
     base = os.path.abspath(config.context_base or os.getcwd())
     config = replace(config, context_base=base)
@@ -238,14 +238,14 @@ class _AnswerBatches:
     def _loop(self, todo: list) -> Any:
         """The loop `rlm-ray run` drives, over this batch's runnable questions."""
         from rlm_ray.batch.progress import Tally
-        from rlm_ray.batch.runner import BatchOptions, _Batch
+        from rlm_ray.batch.driver import BatchOptions, Driver
 
         opts = BatchOptions(concurrency=self.config.questions_per_actor,
                             max_attempts=self.config.max_attempts,
                             budget_usd=self.config.budget_usd, progress=False,
                             flush_every=1 << 30, flush_s=float("inf"))
         lineage = self.config.lineage_uri
-        batch = _Batch(self.corpus, todo, lineage or "", self.rlm, opts, Tally(total=len(todo)),
+        batch = Driver(self.corpus, todo, lineage or "", self.rlm, opts, Tally(total=len(todo)),
                        self.hosts, _NoLease())
         batch.writer = _Collected(batch.writer, lineage=bool(lineage))
         return batch

@@ -12,7 +12,7 @@ is replaced; a host with a stuck question is retired: it takes no new work and
 is killed once its other questions are done.
 
 Dedicated hosts run one suspect question at a time (a question that was in
-flight at two host deaths, see runner.py) and nothing else, so a third death
+flight at two host deaths, see driver.py) and nothing else, so a third death
 there is its own. At most DEDICATED_HOSTS exist at once; one that survives its
 question runs the next suspect (each question gets a fresh sandbox anyway),
 so many suspects cost a few actor start-ups, not one each.

@@ -44,7 +44,7 @@ ANSWERS = pa.schema([
     # A row's own text context: its size and hash, never the text (null over a corpus).
     ("context_chars", pa.int64()), ("context_sha256", pa.string()),
     # Counted attempts (driver-side errors, timeouts) and host deaths the question
-    # was in flight at (retried without counting an attempt; see batch/runner.py).
+    # was in flight at (retried without counting an attempt; see batch/driver.py).
     ("attempts", pa.int64()), ("host_losses", pa.int64()),
     # Grids and scoped rows: the template a cell came from, the path globs it was
     # about, and the digest of those documents it ran over (null without a scope).
@@ -58,7 +58,7 @@ CALLS = pa.schema([
     ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
     ("cost_usd", pa.float64()), ("latency_s", pa.float64()), ("retries", pa.int64()),
     ("cache_hit", pa.bool_()), ("status", pa.string()),
-    # Added by issue 13 (columns are only ever appended): the provider's billing detail.
+    # Appended later (columns are only ever appended, so older tables still read): billing detail.
     ("cached_tokens", pa.int64()), ("cache_write_tokens", pa.int64()),
     ("reasoning_tokens", pa.int64()), ("service_tier", pa.string()),
     ("cache_saved_usd", pa.float64()),
