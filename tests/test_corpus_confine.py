@@ -1,4 +1,4 @@
-"""Model SQL and grep are untrusted (issue 11): the allow-list gate, the row cap
+"""Model SQL and grep are untrusted: the allow-list gate, the row cap
 on the parsed statement, DuckDB interrupted at the caller's deadline, a memory
 cap the host's RSS respects, and grep without a backtracking engine. Attacks
 that could hang or bloat the old code run in a child process that the test

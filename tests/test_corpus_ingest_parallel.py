@@ -1,4 +1,4 @@
-"""Streaming, parallel ingest (issue 12): Ray tasks write the same content-
+"""Streaming, parallel ingest: Ray tasks write the same content-
 hashed corpus as the in-process path, re-ingesting unchanged content rewrites
 nothing, a failure mid-ingest leaves the old manifest byte-identical, and the
 memory an ingest holds does not grow with the corpus."""

@@ -1,4 +1,4 @@
-"""Ingest stays inside its source and its memory (issue 11): symlinks are not
+"""Ingest stays inside its source and its memory: symlinks are not
 followed out of the source root, archives have size and member caps with a
 one-line error (a zip bomb, a 1 GiB archive), and member / file names with
 control characters never become document paths verbatim."""

@@ -1,4 +1,4 @@
-"""Issue 13: exact billing, prompt caching and service tiers, over real HTTP to
+"""Exact billing, prompt caching and service tiers, over real HTTP to
 the provider SIMULATOR. Expected dollars always come from litellm's own cost
 functions (or its table's raw per-token prices), never from rlm-ray's code."""
 from __future__ import annotations

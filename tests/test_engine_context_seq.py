@@ -1,5 +1,5 @@
 """Over a corpus, `context` in the REPL is a read-only, lazy sequence of
-documents (issue 10, "what was seen" case 7): len = documents, context[i] =
+documents: len = documents, context[i] =
 a document's text, lazy slices and batched iteration, a short description,
 and errors that name grep/read/sql for what only a str could do.
 

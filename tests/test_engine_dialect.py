@@ -1,5 +1,5 @@
-"""Issue 10, engine side: the dialect real models write. Each numbered case of
-the issue's "What was seen" drives the REAL engine (real sandbox, litellm over
+"""Engine side: the dialect real models write. Each numbered case
+drives the REAL engine (real sandbox, litellm over
 HTTP to the provider SIMULATOR) with a scripted root policy whose replies are
 written the way real models write them (prose around code, FINAL_VAR on its
 own line, `answer` as a loop variable). `local=True`: these are not about actors.

@@ -1,4 +1,4 @@
-"""Issue 11, sandbox part: host-side work bounded from the sandbox's side,
+"""Sandbox part: host-side work bounded from the sandbox's side,
 machine-wide limits enforced by the kernel, direct mode made safe, hygiene.
 
 Every attack is stopped as soon as it has clearly passed the limit the
