@@ -66,6 +66,36 @@ def test_complete_many_through_gateway_actors(ray_session, sim):
 
 
 @pytest.mark.timeout(120)
+def test_settles_reach_the_limiter_actor_in_batches_not_one_call_each(ray_session):
+    import asyncio
+    import uuid
+
+    from rlm_ray.llm.limiter import Limits
+    from rlm_ray.llm.limiter_client import SharedLimiter, limiter_actor
+
+    ray = ray_session
+    actor = limiter_actor(f"settle-test/{uuid.uuid4().hex}", Limits(rpm=6000, tpm=10**7))
+
+    async def answers_arrive() -> None:
+        limiter = SharedLimiter(actor)
+        tickets = [await limiter.acquire(100, 50) for _ in range(101)]
+        for ticket in tickets[:100]:   # answers of a wave, each on its own turn of the loop
+            limiter.settle(ticket, 140, 40)
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.5)   # the coalesced batch goes out shortly after
+        assert ray.get(actor.stats.remote())["actor_calls"]["settle_many"] <= 10
+        # The last call out is settled at once: a process may end right after it.
+        limiter.settle(tickets[100], 140, 40)
+
+    asyncio.run(answers_arrive())
+    calls = ray.get(actor.stats.remote())["actor_calls"]
+    assert calls["reserve_many"] == 101
+    # One actor call per answer before; now the answers share a few round trips,
+    # and the last one went without waiting for the timer (the loop is gone).
+    assert 2 <= calls["settle_many"] <= 11
+
+
+@pytest.mark.timeout(120)
 def test_budget_is_shared_atomically_across_actors(ray_session, sim):
     server = sim(latency_ms=20)
     budget = Budget(calls=50)

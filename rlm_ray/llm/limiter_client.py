@@ -4,8 +4,9 @@ worker of the cluster.
 
 The actor is only ever asked short questions ("when may I go?"); callers sleep
 locally. Concurrent asks from one process are coalesced into one actor call
-while the previous one is in flight, so a fan-out of hundreds costs a handful
-of round trips instead of hundreds, with no lease to over-reserve."""
+while the previous one is in flight, and their answers' settles while other
+calls are still out, so a fan-out of hundreds costs a handful of round trips
+instead of hundreds, with no lease to over-reserve."""
 from __future__ import annotations
 
 import asyncio
@@ -34,6 +35,12 @@ class Limiter(Protocol):
 
 
 MAX_REBOOKINGS = 10   # then send anyway: a starved host must still make progress
+# Answers of a wave arrive over a second or so; settling each in its own actor
+# call cost a round trip per model call. While other calls of this client are
+# still out, a settle waits this long for company. Settles carry their own
+# timestamps, so sending them later changes no figure; a limiter that learns of
+# a refund late only paces more carefully meanwhile.
+SETTLE_COALESCE_S = 0.02
 
 
 class _Client:
@@ -94,21 +101,24 @@ class LimiterActor:
 
     def __init__(self, limits: Limits) -> None:
         self.core = RateLimiter(limits)
+        self.calls = {"reserve_many": 0, "settle_many": 0}   # round trips, for stats()
 
     def configure(self, limits: Limits) -> None:
         self.core.configure(limits)
 
     def reserve_many(self, asks: list[tuple[int, int | None]]) -> list[Booking]:
+        self.calls["reserve_many"] += 1
         return self.core.reserve_many(asks)
 
     def settle_many(self, items: list[tuple]) -> None:
+        self.calls["settle_many"] += 1
         self.core.settle_many(items)
 
     def penalize(self, retry_after_s: float | None) -> None:
         self.core.penalize(retry_after_s)
 
     def stats(self) -> dict:
-        return self.core.stats()
+        return {**self.core.stats(), "actor_calls": dict(self.calls)}
 
 
 class SharedLimiter(_Client):
@@ -120,6 +130,13 @@ class SharedLimiter(_Client):
         # (estimated, actual, completion tokens, booking ref, answered at)
         self._settles: list[tuple[float, float, int | None, int, float]] = []
         self._flusher: asyncio.Task | None = None
+        self._settle_timer: asyncio.TimerHandle | None = None
+        self._out = 0   # calls acquired and not yet settled (a hint: only decides when to send)
+
+    async def acquire(self, prompt_tokens: int, max_output: int | None) -> Ticket:
+        ticket = await super().acquire(prompt_tokens, max_output)
+        self._out += 1
+        return ticket
 
     async def _reserve(self, prompt_tokens: int, max_output: int | None) -> Booking:
         future = asyncio.get_running_loop().create_future()
@@ -131,7 +148,12 @@ class SharedLimiter(_Client):
                done_at: float | None = None) -> None:
         self._settles.append((ticket.estimated_tokens, float(actual_tokens), completion_tokens,
                               ticket.ref, done_at or time.time()))
-        self._kick()
+        self._out = max(0, self._out - 1)
+        if self._out == 0:   # nothing else is coming soon (or this process may be ending)
+            self._flush_settles()
+        elif self._settle_timer is None:
+            self._settle_timer = asyncio.get_running_loop().call_later(
+                SETTLE_COALESCE_S, self._flush_settles)
 
     def penalize(self, retry_after_s: float | None) -> None:
         self._flush_settles()
@@ -142,6 +164,9 @@ class SharedLimiter(_Client):
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
     def _flush_settles(self) -> None:
+        if self._settle_timer is not None:
+            self._settle_timer.cancel()
+            self._settle_timer = None
         if self._settles:
             batch, self._settles = self._settles, []
             self._actor.settle_many.remote(batch)   # fire and forget; the actor keeps call order
