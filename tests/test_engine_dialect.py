@@ -1,9 +1,9 @@
-"""Engine side: the dialect real models write. Each numbered case
-drives the REAL engine (real sandbox, litellm over
-HTTP to the provider SIMULATOR) with a scripted root policy whose replies are
-written the way real models write them (prose around code, FINAL_VAR on its
-own line, `answer` as a loop variable). `local=True`: these are not about actors.
-Expected answers are computed here from the test's own data, never copied."""
+"""Engine side: the dialect real models write. Each numbered case drives the
+REAL engine (real sandbox, litellm over HTTP to the provider SIMULATOR) with a
+scripted root policy whose replies are written the way real models write them
+(prose around code, FINAL_VAR on its own line, `answer` as a loop variable).
+`local=True`: these are not about actors. Expected answers are computed here
+from the test's own data, never copied."""
 from __future__ import annotations
 
 import json

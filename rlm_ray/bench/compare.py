@@ -32,7 +32,7 @@ class Limits:
     rpm: float
     tpm: float
     max_retries: int = 8
-    pacing: str = "burst"   # the simulator enforces a sliding window: burst pacing fits it
+    pacing: str = "even"    # the gateway's default; `compare` asks for burst (see compare_cli)
 
 
 @dataclass
