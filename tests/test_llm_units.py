@@ -324,3 +324,45 @@ def test_a_huge_str_context_is_described_with_an_estimate():
     assert "tokens: 12\n" in prompts.str_metadata("a\nb", 12)
     text = prompts.str_metadata("a\nb", 1_234_567, exact=False)
     assert "tokens: about 1234567 (estimated from a sample)" in text and "lines: 2" in text
+
+
+def test_litellms_request_setup_runs_inline_only_when_it_cannot_block():
+    import contextvars
+    import functools
+    import socket
+
+    from litellm import main as litellm_main
+
+    from rlm_ray.llm._litellm import SetupExecutor, setup_inline, setup_is_cpu_only
+
+    # Static-key providers build a request from CPU alone; cloud-IAM ones may fetch a token.
+    assert setup_is_cpu_only("openai/gpt-4o-mini") and setup_is_cpu_only("anthropic/claude-3-haiku-20240307")
+    assert not setup_is_cpu_only("vertex_ai/gemini-1.5-pro")
+    assert not setup_is_cpu_only("bedrock/anthropic.claude-3-haiku-20240307-v1:0")
+    assert not setup_is_cpu_only("no-such-provider-anywhere")
+
+    def setup(ctx):   # the shape litellm's acompletion hands to the loop's executor
+        return functools.partial(ctx.run, functools.partial(
+            litellm_main.completion, model="openai/gpt-4o-mini",
+            messages=[{"role": "user", "content": "hi"}], mock_response="mocked"))
+
+    executor = SetupExecutor()
+    try:
+        token = setup_inline.set(True)
+        try:
+            done = executor.submit(setup(contextvars.copy_context()))
+            assert done.done() and executor.inline_runs == 1   # finished before submit returned
+            assert done.result().choices[0].message.content == "mocked"
+            # Anything else (a DNS lookup, a file read) still gets a thread.
+            lookup = executor.submit(functools.partial(contextvars.copy_context().run, socket.getaddrinfo),
+                                     "127.0.0.1", 80)
+            assert lookup.result(timeout=30) and executor.inline_runs == 1
+            assert executor.submit(threading.get_ident).result(timeout=30) != threading.get_ident()
+        finally:
+            setup_inline.reset(token)
+        # A call that did not ask for it (a provider that may block) keeps litellm's thread.
+        threaded = executor.submit(setup(contextvars.copy_context()))
+        assert threaded.result(timeout=30).choices[0].message.content == "mocked"
+        assert executor.inline_runs == 1
+    finally:
+        executor.shutdown()

@@ -20,13 +20,14 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from rlm_ray.errors import UserError
 from rlm_ray.llm import cache as response_cache
 from rlm_ray.llm import prompt_cache as prompt_caching
-from rlm_ray.llm._litellm import litellm
+from rlm_ray.llm._litellm import SetupExecutor, litellm, setup_inline, setup_is_cpu_only
 from rlm_ray.llm.budget import Budget
 from rlm_ray.llm.config import DEFAULT_CONFIG, GatewayConfig
 from rlm_ray.llm.cost import billed_cost, price_for
 from rlm_ray.llm.limiter import DEFAULT_OUTPUT_TOKENS
 from rlm_ray.llm.limiter_client import limiter_for
 from rlm_ray.llm.retry import BACKOFF_MAX_S, Failure, MalformedResponse, classify, redact
+from rlm_ray.llm.turns import turn_gate
 from rlm_ray.llm.types import Completion, LLMError
 from rlm_ray.llm.usage import CallUsage
 from rlm_ray.tokens import chat_prompt_tokens, count_tokens
@@ -119,6 +120,8 @@ async def _call_provider(model: str, messages: list[dict], params: dict,
     limiter = limiter_for(model, config)
     max_out = _max_output(params)
     ticket = await limiter.acquire(prompt.tokens, max_out) if limiter else None
+    await turn_gate("send").pass_turn()   # a wave's tickets all arrive in one loop turn
+    inline = setup_inline.set(setup_is_cpu_only(model))
     try:
         response = await lib.acompletion(
             model=model, messages=messages, api_base=config.api_base,
@@ -137,6 +140,8 @@ async def _call_provider(model: str, messages: list[dict], params: dict,
         if limiter and ticket:   # cancelled mid-call: it may have reached the provider
             limiter.settle(ticket, ticket.estimated_tokens, None)
         raise
+    finally:
+        setup_inline.reset(inline)
     if limiter and ticket:
         # Providers charge max_tokens against TPM when it is given, the output otherwise.
         limiter.settle(ticket, usage.prompt_tokens + (max_out or usage.completion_tokens),
@@ -201,6 +206,7 @@ async def _paid_call(messages: list[dict], model: str, config: GatewayConfig,
                      budget: Budget | None, params: dict, started: float,
                      prompt_cache: str | None = None) -> Completion:
     """Budget reserve -> retried provider call -> budget settle (on the billed figure)."""
+    await turn_gate("start").pass_turn()   # a wave's calls all start in one loop turn
     prompt = PromptSize(messages)
     if config.service_tier and "service_tier" not in params:
         params = {**params, "service_tier": config.service_tier}
@@ -301,8 +307,14 @@ def gateway_loop() -> asyncio.AbstractEventLoop:
     with _loop_lock:
         if _loop is None or _loop.is_closed():
             _loop = asyncio.new_event_loop()
+            _loop.set_default_executor(SetupExecutor())   # litellm's setup: see _litellm.py
             threading.Thread(target=_loop.run_forever, name=_LOOP_THREAD, daemon=True).start()
         return _loop
+
+
+def setup_executor() -> SetupExecutor:
+    """The gateway loop's default executor (it counts the setups it ran inline)."""
+    return gateway_loop()._default_executor   # set by gateway_loop(), never replaced
 
 
 def run_sync(coro):
