@@ -235,22 +235,32 @@ def test_one_process_holds_more_calls_in_flight_than_litellms_pool_default(sim):
 def test_a_wave_sends_its_first_requests_while_the_rest_are_still_being_set_up(sim):
     # Each call's setup (token count, litellm's request building) costs a few ms of
     # CPU. Run for the whole wave before the first request left, it delayed every
-    # answer by the setup of all 400 (first answer ~ latency + 1.3 s, close to the
-    # last); passed a few per loop turn, the first answers come back one latency in.
+    # answer by the setup of all 400; passed a few per loop turn, the first requests
+    # leave while most of the wave is still waiting for its setup. Counted, not
+    # timed: how many setups had begun when the provider saw its first request.
     from rlm_ray.llm.gateway import setup_executor
 
     server = sim(latency_ms=1000)
     config = fast(server, rpm=10**9, tpm=10**12)
     complete(user("warm up"), ECHO, config=config)
-    inline_before = setup_executor().inline_runs
+    executor = setup_executor()
+    inline_before = executor.inline_runs
+    begun_at_first_request: list[int] = []
+    stats = server.simulator.stats
+    request_started = stats.request_started
+
+    def note_first_request() -> None:
+        if not begun_at_first_request:
+            begun_at_first_request.append(executor.inline_runs - inline_before)
+        request_started()
+
+    stats.request_started = note_first_request
     requests = [{"messages": user(f"item {i} " + "word " * 300)} for i in range(400)]
     results = complete_many(requests, model=ECHO, config=config, use_ray=False)
     assert all(isinstance(r, Completion) for r in results), results
-    # Latencies count from one start (one gather); beyond the provider's 1 s is our work.
-    extra = sorted(r.latency_s - 1.0 for r in results)
-    assert extra[0] < 0.25 * extra[-1], (extra[0], extra[-1])
     # litellm's setup of these OpenAI-wire calls ran on the loop, without a thread hop.
-    assert setup_executor().inline_runs - inline_before == 400
+    assert executor.inline_runs - inline_before == 400
+    assert begun_at_first_request[0] <= 400 // 4, begun_at_first_request
 
 
 def test_transport_params_per_call_go_to_the_config(sim):
