@@ -232,6 +232,47 @@ def test_a_scan_stops_at_the_block_deadline_and_the_handle_goes_on(corpus):
 
 
 @pytest.mark.timeout(120)
+def test_statement_deadlines_share_one_thread_and_the_earliest_fires_first(monkeypatch):
+    import duckdb
+
+    from rlm_ray.corpus.duck import bounded
+
+    con = duckdb.connect()
+    quick, slow, other = con.cursor(), con.cursor(), con.cursor()
+    with bounded(quick, 30):
+        quick.execute("SELECT 1").fetchall()
+    started_threads = []
+    start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start",
+                        lambda self: (started_threads.append(self.name), start(self))[1])
+    for i in range(200):
+        with bounded(quick, 30):
+            assert quick.execute(f"SELECT {i} AS i").fetchall() == [(i,)]
+    assert started_threads == []   # no thread (or timer) per statement
+    monkeypatch.undo()
+    # A later, shorter deadline is not held up behind an earlier, longer one.
+    outcome = {}
+
+    def long_one():
+        try:
+            with bounded(slow, 6):
+                slow.execute(SLOW_SCAN).fetchall()
+        except CorpusQueryError as exc:
+            outcome["long"] = (str(exc), time.monotonic())
+    runner = threading.Thread(target=long_one)
+    runner.start()
+    time.sleep(0.2)
+    with pytest.raises(CorpusQueryError, match="exceeded its time limit"):
+        with bounded(other, 1):
+            other.execute(SLOW_SCAN).fetchall()
+    short_ended = time.monotonic()
+    runner.join(timeout=60)
+    message, long_ended = outcome["long"]
+    assert "exceeded its time limit" in message
+    assert short_ended < long_ended, "the 1 s deadline waited for the 6 s one"
+
+
+@pytest.mark.timeout(120)
 def test_workspace_block_with_a_slow_host_call_ends_at_its_limit(corpus):
     """End to end through the sandbox: a 3 s block whose host call would scan for
     ~50 s ends at 3 s + grace, and the REPL serves the next block."""
