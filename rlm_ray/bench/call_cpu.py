@@ -4,9 +4,12 @@ SIMULATOR at zero latency (a child process, whose own CPU is not counted).
 
 Rows: litellm.acompletion alone (what reaching a provider through litellm
 costs at least); our gateway in this process without and with the RPM/TPM
-limiter; and complete_many through Ray's gateway actors, counting the CPU of
-every process that does the work (this driver, the gateway actors, the limiter
-actor). Prompts are the size of a fan-out's sub-call (~200 words)."""
+limiter, also with litellm's request setup sent to a thread as litellm does it
+(the gateway runs it inline where it cannot block); and complete_many through
+Ray's gateway actors, counting the CPU of every process that does the work
+(this driver, the gateway actors, the limiter actor). Prompts are the size of
+a fan-out's sub-call (~200 words). The in-process rows run in interleaved
+rounds, so a machine whose speed drifts during the run skews them alike."""
 from __future__ import annotations
 
 import argparse
@@ -36,10 +39,10 @@ class Row:
         return self.cpu_s / self.calls * 1e6
 
 
-def _in_process_rows(url: str, calls: int, concurrency: int) -> list[Row]:
+def _in_process_rows(url: str, calls: int, concurrency: int, rounds: int) -> list[Row]:
     from rlm_ray.llm._litellm import litellm
     from rlm_ray.llm.config import GatewayConfig
-    from rlm_ray.llm.gateway import acomplete_here, run_sync
+    from rlm_ray.llm.gateway import acomplete_here, run_sync, setup_executor
 
     plain = GatewayConfig(api_base=url, cache_mode="off", shared_limiter=False)
     limited = plain.with_(rpm=1e9, tpm=1e12)
@@ -48,9 +51,14 @@ def _in_process_rows(url: str, calls: int, concurrency: int) -> list[Row]:
         return litellm().acompletion(model=MODEL, messages=_messages(i), api_base=url,
                                      api_key="sim-no-key", num_retries=0, max_retries=0)
 
-    kinds = {"litellm.acompletion alone": bare,
-             "gateway, no limiter": lambda i: acomplete_here(_messages(i), MODEL, config=plain),
-             "gateway + RPM/TPM limiter": lambda i: acomplete_here(_messages(i), MODEL, config=limited)}
+    def gateway(config: GatewayConfig):
+        return lambda i: acomplete_here(_messages(i), MODEL, config=config)
+
+    # name -> (call, may the gateway run litellm's setup inline)
+    kinds = {"litellm.acompletion alone": (bare, True),
+             "gateway + RPM/TPM limiter, litellm's setup on a thread": (gateway(limited), False),
+             "gateway, no limiter": (gateway(plain), True),
+             "gateway + RPM/TPM limiter": (gateway(limited), True)}
 
     async def batch(call, first: int, n: int) -> int:
         gate = asyncio.Semaphore(concurrency)
@@ -62,15 +70,49 @@ def _in_process_rows(url: str, calls: int, concurrency: int) -> list[Row]:
         return sum(1 for d in done if not isinstance(d, BaseException))
 
     async def measure() -> list[Row]:
-        rows = []
-        for offset, (name, call) in enumerate(kinds.items()):
+        rows = {name: Row(name + ", 1 process", 0, 0, 0.0, 0.0) for name in kinds}
+        for offset, (call, inline) in enumerate(kinds.values()):
+            setup_executor().inline = inline
             await batch(call, 10_000_000 * (offset + 1), min(50, calls))   # warm: imports, clients
-            cpu, wall = time.process_time(), time.perf_counter()
-            ok = await batch(call, 1_000_000 * (offset + 1), calls)
-            rows.append(Row(name + ", 1 process", calls, ok, time.process_time() - cpu,
-                            time.perf_counter() - wall))
-        return rows
+        for r in range(rounds):
+            share = calls // rounds + (r < calls % rounds)
+            for offset, (name, (call, inline)) in enumerate(kinds.items()):
+                setup_executor().inline = inline
+                cpu, wall = time.process_time(), time.perf_counter()
+                rows[name].ok += await batch(call, 1_000_000 * (offset + 1) + rows[name].calls, share)
+                rows[name].cpu_s += time.process_time() - cpu
+                rows[name].wall_s += time.perf_counter() - wall
+                rows[name].calls += share
+        setup_executor().inline = True
+        return list(rows.values())
     return run_sync(measure())
+
+
+def wave_timing(calls: int, latency_ms: float) -> dict:
+    """One wave of `calls` through the gateway (+ limiter) in this process, all
+    started at once against the SIMULATOR at `latency_ms`: when the first, the
+    median and the last answer came back, beyond the provider's latency. The
+    first says how long the wave's own setup held back its first request."""
+    from rlm_ray.bench.compare import Limits, Simulator
+    from rlm_ray.llm.config import GatewayConfig
+    from rlm_ray.llm.gateway import acomplete_here, run_sync
+
+    async def wave(config: GatewayConfig, first: int, n: int) -> list[float]:
+        started = time.perf_counter()
+
+        async def one(i: int) -> float:
+            await acomplete_here(_messages(i), MODEL, config=config)
+            return time.perf_counter() - started
+        return sorted(await asyncio.gather(*(one(first + i) for i in range(n))))
+
+    with Simulator(Limits(latency_ms=latency_ms, rpm=1e9, tpm=1e12)) as sim:
+        config = GatewayConfig(api_base=sim.base_url, cache_mode="off", shared_limiter=False,
+                               rpm=1e9, tpm=1e12)
+        run_sync(wave(config, 20_000_000, min(50, calls)))   # warm: imports, clients
+        done = run_sync(wave(config, 30_000_000, calls))
+    latency_s = latency_ms / 1000
+    return {"first": done[0] - latency_s, "median": done[len(done) // 2] - latency_s,
+            "last": done[-1] - latency_s}
 
 
 def _cpu_of(pids: list[int]) -> float:
@@ -116,13 +158,13 @@ def _ray_row(url: str, calls: int, actors: int) -> Row:
                _cpu_of(pids) - cpu, time.perf_counter() - wall)
 
 
-def run(calls: int, concurrency: int, actors: int, use_ray: bool) -> list[Row]:
+def run(calls: int, concurrency: int, actors: int, use_ray: bool, rounds: int = 5) -> list[Row]:
     """Rows printed as they are measured (Ray's start-up can fail on a loaded host)."""
     from rlm_ray.bench.compare import Limits, Simulator
 
     print(f"{LABEL}\n\n| path | calls | ok | CPU us/call | wall s |\n|---|---|---|---|---|", flush=True)
     with Simulator(Limits(latency_ms=0, rpm=1e9, tpm=1e12)) as sim:
-        rows = _in_process_rows(sim.base_url, calls, concurrency)
+        rows = _in_process_rows(sim.base_url, calls, concurrency, min(rounds, calls))
         for row in rows:
             print(render(row), flush=True)
         if use_ray:
@@ -143,11 +185,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=64, help="in-process calls in flight")
     parser.add_argument("--actors", type=int, default=2, help="gateway actors for the Ray row")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="the in-process rows take turns in this many rounds")
     parser.add_argument("--no-ray", action="store_true", help="in-process rows only")
+    parser.add_argument("--wave", type=int, metavar="N",
+                        help="instead: time one wave of N calls at --latency-ms (first/median/last answer)")
+    parser.add_argument("--latency-ms", type=float, default=1000.0, help="the simulator's latency for --wave")
     args = parser.parse_args(argv)
-    if min(args.calls, args.concurrency, args.actors) < 1:
-        parser.error("--calls, --concurrency and --actors must be at least 1")
-    rows = run(args.calls, args.concurrency, args.actors, not args.no_ray)
+    if args.wave is not None:
+        if args.wave < 1 or args.latency_ms < 0:
+            parser.error("--wave must be at least 1 and --latency-ms at least 0")
+        seen = wave_timing(args.wave, args.latency_ms)
+        print(f"{args.wave} calls at once through the gateway, 1 process, against the provider "
+              f"SIMULATOR at {args.latency_ms:g} ms: answers beyond the latency: first "
+              f"{seen['first']:.2f} s, median {seen['median']:.2f} s, last {seen['last']:.2f} s")
+        return 0
+    if min(args.calls, args.concurrency, args.actors, args.rounds) < 1:
+        parser.error("--calls, --concurrency, --actors and --rounds must be at least 1")
+    rows = run(args.calls, args.concurrency, args.actors, not args.no_ray, args.rounds)
     return 0 if all(r.ok == r.calls for r in rows) else 1
 
 

@@ -124,10 +124,11 @@ class SetupExecutor(ThreadPoolExecutor):
 
     def __init__(self) -> None:
         super().__init__(thread_name_prefix="rlm-ray-llm-io")
+        self.inline = True      # False: every setup on a thread, as litellm does it
         self.inline_runs = 0
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
-        if not (setup_inline.get() and _is_request_setup(fn)):
+        if not (self.inline and setup_inline.get() and _is_request_setup(fn)):
             return super().submit(fn, *args, **kwargs)
         self.inline_runs += 1
         future: Future = Future()
