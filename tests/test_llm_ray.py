@@ -118,3 +118,18 @@ def test_cache_written_by_the_driver_is_hit_by_gateway_actors(ray_session, sim, 
     results = complete_many(prompts, model=ECHO, config=config, temperature=0)
     assert all(r.cache_hit and r.cost_usd == 0.0 for r in results)
     assert server.stats()["requests"] == 10
+
+
+@pytest.mark.timeout(300)
+def test_gateway_actors_keep_their_start_up_heap_out_of_the_collectors_sight(ray_session):
+    import ray
+
+    from rlm_ray.llm.fanout import gateway_actors
+
+    def heap(_actor) -> tuple[int, int]:
+        import gc
+        return gc.get_freeze_count(), gc.get_threshold()[0]
+
+    for actor in gateway_actors(2):
+        frozen, young = ray.get(actor.__ray_call__.remote(heap), timeout=240)
+        assert frozen > 100_000 and young >= 10_000, (frozen, young)

@@ -4,6 +4,7 @@ retry classification of litellm's exception family."""
 from __future__ import annotations
 
 import bisect
+import json
 import pickle
 import threading
 
@@ -366,3 +367,32 @@ def test_litellms_request_setup_runs_inline_only_when_it_cannot_block():
         assert executor.inline_runs == 1
     finally:
         executor.shutdown()
+
+
+def test_a_full_collection_after_start_up_skips_the_start_up_heap():
+    # In a fresh process (freezing is for processes rlm-ray owns, not pytest's):
+    # a full collection walks litellm's ~400k start-up objects before the freeze,
+    # and only what was made since after it.
+    import subprocess
+    import sys
+
+    probe = """
+import gc, json, time
+from rlm_ray.llm._litellm import litellm
+from rlm_ray.heap import freeze_startup_heap
+litellm()
+def full_pass():
+    started = time.process_time()
+    gc.collect()
+    return time.process_time() - started
+before = min(full_pass() for _ in range(3))
+freeze_startup_heap()
+after = min(full_pass() for _ in range(3))
+print(json.dumps([before, after, gc.get_freeze_count(), len(gc.get_objects()), gc.get_threshold()[0]]))
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    before, after, frozen, tracked, young = json.loads(out.stdout.splitlines()[-1])
+    assert frozen > 10 * tracked
+    assert after < 0.2 * before, (before, after)
+    assert young >= 10_000

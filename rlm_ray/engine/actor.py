@@ -32,6 +32,7 @@ import ray
 from rlm_ray.engine.run import answer_question
 from rlm_ray.engine.spec import Result, RunSpec
 from rlm_ray.engine.subcalls import ChildJob, ChildOutcome
+from rlm_ray.heap import freeze_startup_heap
 
 NAMESPACE = "rlm_ray"
 ROOT_NAME_PREFIX = "rlm-root-"
@@ -118,6 +119,7 @@ class RLMActor:
             sandbox.run("pass")
         if gateway is not None:
             _warm_gateway(gateway, models)
+        freeze_startup_heap()
         return time.monotonic() - started
 
     def pid(self) -> int:
@@ -144,7 +146,7 @@ def _warm_gateway(gateway: Any, models: tuple) -> None:
     from rlm_ray.llm.fanout import gateway_actors
     from rlm_ray.llm.limiter_client import _limits, limiter_actor
 
-    pings = [a.ping.remote(True) for a in gateway_actors(gateway.gateway_actors)]
+    pings = [a.ping.remote() for a in gateway_actors(gateway.gateway_actors)]
     if gateway.rpm or gateway.tpm:
         pings += [limiter_actor(gateway.limiter_key(m), _limits(gateway, m)).stats.remote()
                   for m in dict.fromkeys(models) if m]

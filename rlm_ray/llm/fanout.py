@@ -46,14 +46,21 @@ async def acomplete_many(requests: list[dict], model: str, *, config: GatewayCon
 class GatewayActor:
     """Ray actor body: an async gateway process that many callers share."""
 
+    def __init__(self) -> None:
+        # Pay litellm's import at creation, not inside a batch's first sub-calls,
+        # then take what start-up left out of the collector's sight (rlm_ray/heap.py).
+        from rlm_ray.heap import freeze_startup_heap
+        from rlm_ray.llm._litellm import litellm
+
+        litellm()
+        freeze_startup_heap()
+
     async def run(self, requests: list[dict], model: str, config: GatewayConfig,
                   budget: Budget | None, params: dict) -> list[Outcome]:
         return await acomplete_many(requests, model, config=config, budget=budget, **params)
 
-    def ping(self, warm: bool = False) -> bool:
-        if warm:   # pay litellm's import now, not inside a batch's first sub-calls
-            from rlm_ray.llm._litellm import litellm
-            litellm()
+    def ping(self) -> bool:
+        """Answers once the actor is up (and so warm: see __init__)."""
         return True
 
 
