@@ -88,14 +88,27 @@ def _in_process_rows(url: str, calls: int, concurrency: int, rounds: int) -> lis
     return run_sync(measure())
 
 
-def wave_timing(calls: int, latency_ms: float) -> dict:
+def wave_timing(calls: int, latency_ms: float, freeze: bool = False) -> dict:
     """One wave of `calls` through the gateway (+ limiter) in this process, all
     started at once against the SIMULATOR at `latency_ms`: when the first, the
-    median and the last answer came back, beyond the provider's latency. The
-    first says how long the wave's own setup held back its first request."""
+    median and the last answer came back, beyond the provider's latency (the
+    first says how long the wave's own setup held back its first request), and
+    this process's CPU and the garbage collector's share of it. `freeze`: settle
+    the heap after warm-up as rlm-ray's actors do (rlm_ray/heap.py)."""
+    import gc
+
     from rlm_ray.bench.compare import Limits, Simulator
+    from rlm_ray.heap import freeze_startup_heap
     from rlm_ray.llm.config import GatewayConfig
     from rlm_ray.llm.gateway import acomplete_here, run_sync
+
+    collecting = {"since": 0.0, "total": 0.0}
+
+    def on_collection(phase: str, _info: dict) -> None:
+        if phase == "start":
+            collecting["since"] = time.process_time()
+        else:
+            collecting["total"] += time.process_time() - collecting["since"]
 
     async def wave(config: GatewayConfig, first: int, n: int) -> list[float]:
         started = time.perf_counter()
@@ -109,10 +122,18 @@ def wave_timing(calls: int, latency_ms: float) -> dict:
         config = GatewayConfig(api_base=sim.base_url, cache_mode="off", shared_limiter=False,
                                rpm=1e9, tpm=1e12)
         run_sync(wave(config, 20_000_000, min(50, calls)))   # warm: imports, clients
-        done = run_sync(wave(config, 30_000_000, calls))
+        if freeze:
+            freeze_startup_heap()
+        gc.callbacks.append(on_collection)
+        cpu = time.process_time()
+        try:
+            done = run_sync(wave(config, 30_000_000, calls))
+        finally:
+            gc.callbacks.remove(on_collection)
+        cpu = time.process_time() - cpu
     latency_s = latency_ms / 1000
     return {"first": done[0] - latency_s, "median": done[len(done) // 2] - latency_s,
-            "last": done[-1] - latency_s}
+            "last": done[-1] - latency_s, "cpu_s": cpu, "gc_s": collecting["total"]}
 
 
 def _cpu_of(pids: list[int]) -> float:
@@ -191,14 +212,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wave", type=int, metavar="N",
                         help="instead: time one wave of N calls at --latency-ms (first/median/last answer)")
     parser.add_argument("--latency-ms", type=float, default=1000.0, help="the simulator's latency for --wave")
+    parser.add_argument("--freeze", action="store_true",
+                        help="with --wave: freeze the start-up heap first, as rlm-ray's actors do")
     args = parser.parse_args(argv)
     if args.wave is not None:
         if args.wave < 1 or args.latency_ms < 0:
             parser.error("--wave must be at least 1 and --latency-ms at least 0")
-        seen = wave_timing(args.wave, args.latency_ms)
+        seen = wave_timing(args.wave, args.latency_ms, args.freeze)
         print(f"{args.wave} calls at once through the gateway, 1 process, against the provider "
               f"SIMULATOR at {args.latency_ms:g} ms: answers beyond the latency: first "
-              f"{seen['first']:.2f} s, median {seen['median']:.2f} s, last {seen['last']:.2f} s")
+              f"{seen['first']:.2f} s, median {seen['median']:.2f} s, last {seen['last']:.2f} s; "
+              f"process CPU {seen['cpu_s']:.2f} s, of which garbage collection {seen['gc_s']:.2f} s"
+              + (" (start-up heap frozen)" if args.freeze else ""))
         return 0
     if min(args.calls, args.concurrency, args.actors, args.rounds) < 1:
         parser.error("--calls, --concurrency, --actors and --rounds must be at least 1")
