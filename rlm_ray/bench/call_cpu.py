@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
               f"process CPU {seen['cpu_s']:.2f} s, of which garbage collection {seen['gc_s']:.2f} s"
               + (" (start-up heap frozen)" if args.freeze else ""))
         return 0
+    if args.freeze:
+        parser.error("--freeze goes with --wave")
     if min(args.calls, args.concurrency, args.actors, args.rounds) < 1:
         parser.error("--calls, --concurrency, --actors and --rounds must be at least 1")
     rows = run(args.calls, args.concurrency, args.actors, not args.no_ray, args.rounds)
