@@ -127,7 +127,7 @@ def _records(n: int, seed: int = 7) -> tuple[str, Counter]:
 
 @pytest.mark.timeout(300)
 def test_map_reduce_fans_out_concurrently(ray_session, sim):
-    latency_s = 0.3
+    latency_s = 1.0   # long enough that a loaded machine still has the wave out at once
     server = sim(latency_ms=int(latency_s * 1000))
     text, counts = _records(24_000)
     result = RLM(POLICY, api_base=server.base_url).answer(

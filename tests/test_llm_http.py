@@ -224,8 +224,9 @@ def test_complete_many_keeps_order_and_isolates_failures(sim):
 
 def test_one_process_holds_more_calls_in_flight_than_litellms_pool_default(sim):
     # litellm's aiohttp pool would hold 500 connections per host and queue the rest
-    # unseen; the gateway's limiter, not the pool, decides what is in flight.
-    server = sim(latency_ms=3000)
+    # unseen; the gateway's limiter, not the pool, decides what is in flight. The
+    # latency is long enough that a loaded machine still sends all 640 within it.
+    server = sim(latency_ms=10_000)
     requests = [{"messages": user(f"item {i}")} for i in range(640)]
     results = complete_many(requests, model=ECHO, config=fast(server), use_ray=False)
     assert [r.text for r in results] == [f"item {i}" for i in range(640)]

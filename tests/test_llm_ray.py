@@ -55,7 +55,8 @@ def test_limiter_keeps_many_workers_under_the_providers_window(ray_session, sim)
 
 @pytest.mark.timeout(120)
 def test_complete_many_through_gateway_actors(ray_session, sim):
-    server = sim(latency_ms=500, context_window=60)
+    # 3 s: long enough that a loaded machine sends the whole batch within one latency.
+    server = sim(latency_ms=3000, context_window=60)
     requests = [{"messages": user(f"item {i}")} for i in range(300)]
     requests[11] = {"messages": user("too long " * 100)}
     results = complete_many(requests, model=ECHO, config=GatewayConfig(api_base=server.base_url))
