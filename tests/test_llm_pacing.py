@@ -58,6 +58,33 @@ def test_no_sliding_window_ever_holds_more_than_the_limit(pacing):
     assert times == sorted(times)
 
 
+def test_even_pacing_keeps_requests_bigger_than_its_bucket_within_the_window():
+    # The even pacer's bucket holds 3% of the limit. A request bigger than that used
+    # to go as soon as the bucket was full, on top of a window's worth of paid
+    # traffic: 1,200 tokens in a window of a 1,000-token limit. It now also waits
+    # for the last window's sends to leave it room.
+    clock = FakeClock()
+    limiter = RateLimiter(Limits(rpm=None, tpm=1000, window_s=10.0), clock=clock)
+    sent: list[tuple[float, int]] = []
+    for tokens in [150, 450] * 10:
+        while True:
+            booking = limiter.reserve(tokens - 10, 10)
+            if booking.booked:
+                sent.append((booking.at, tokens))
+                limiter.settle(booking.estimated_tokens, tokens, 10, booking.ref, booking.at + LATENCY_S)
+                break
+            clock.now = max(clock.now, booking.at)
+    times = [t for t, _ in sent]
+    assert times == sorted(times)
+    # Every window, even one starting a hair after a send (the provider's clock is not ours).
+    busiest = max(sum(n for u, n in sent if t - 10.0 + 1e-6 < u <= t) for t in times)
+    assert busiest <= 1000, busiest
+    # ...and not much slower than that allows: 6,000 tokens at 900 a window (the
+    # schedule keeps a tenth for jitter) need 6.7 windows; with requests this big
+    # against the limit (15-45% of it), the schedule takes about 9.5.
+    assert times[-1] - times[0] < 11 * 10.0
+
+
 def test_burst_spends_the_whole_window_then_one_per_expiry():
     clock = FakeClock()
     limiter = RateLimiter(Limits(rpm=20, tpm=None, window_s=4.0, pacing="burst"), clock=clock)

@@ -19,6 +19,7 @@ Ray actor that all workers share (see limiter_client.py)."""
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
@@ -53,6 +54,10 @@ class Bucket:
     capacity: float = field(init=False)
     rate: float = field(init=False)     # units per second at factor 1
     slack_s: float = field(init=False)  # how much send-time jitter the schedule absorbs
+    # (send time, units) of the last window or two: only requests bigger than the
+    # bucket look at them (start_at).
+    _recent: deque = field(default_factory=deque, repr=False)
+    _recent_units: float = 0.0
     # A quarter of the slack: callers sent late (but within this) bunch into later
     # windows; the rest of the slack is for jitter we cannot see (provider side,
     # the time between our check and the bytes leaving).
@@ -70,13 +75,35 @@ class Bucket:
 
     def start_at(self, now: float, units: float, factor: float) -> float:
         """Earliest time `units` fit: the bucket must hold min(units, capacity).
-        A request bigger than the whole bucket goes once the bucket is full."""
+        A request bigger than the bucket also waits until the sends of the last
+        window leave room for it under what the schedule allows in a window
+        (rate * window + capacity): sent as soon as the bucket is full, it would
+        land on top of a window's worth of paid traffic and overshoot by its size."""
         rate = self.rate * factor
-        need = min(units, self.capacity)
-        return max(now, self.tat - (self.capacity - need) / rate)
+        at = max(now, self.tat - (self.capacity - min(units, self.capacity)) / rate)
+        if units <= self.capacity:
+            return at
+        allowed = rate * self.window_s + self.capacity
+        counted_s = self.window_s + self.late_share * self.slack_s   # a booking may be sent late
+        self._forget_before(now - counted_s)
+        live = self._recent_units
+        for sent_at, sent in self._recent:   # in booking order: out of order only waits longer
+            if live + units <= allowed:
+                break
+            live -= sent
+            at = max(at, sent_at + counted_s)
+        return at
 
     def take(self, at: float, units: float, factor: float, ref: int = 0) -> None:
         self.tat = max(self.tat, at) + units / (self.rate * factor)
+        self._recent.append((at, units))
+        self._recent_units += units
+        self._forget_before(at - 2 * self.window_s)
+
+    def _forget_before(self, when: float) -> None:
+        # Bookings are roughly in time order; one booked out of order is forgotten late.
+        while self._recent and self._recent[0][0] <= when:
+            self._recent_units -= self._recent.popleft()[1]
 
     def done(self, ref: int, done_at: float) -> None:
         pass   # a bucket forgets its bookings once taken
@@ -88,6 +115,8 @@ class Bucket:
     def drain_until(self, when: float) -> None:
         # Resume from an empty bucket: the provider's window is full right now.
         self.tat = max(self.tat, when + self.capacity / self.rate)
+        self._recent.append((when - self.window_s, self.limit))
+        self._recent_units += self.limit
 
 
 # How each pacing mode (config.PACING_MODES) schedules one resource (requests or tokens).
