@@ -142,6 +142,31 @@ def test_prompt_estimate_matches_provider_usage(sim):
     assert complete(messages, ECHO, config=fast(server)).prompt_tokens == chat_prompt_tokens(messages)
 
 
+@pytest.mark.timeout(180)
+def test_long_prompts_sized_from_a_sample_meet_no_429_from_an_exact_token_limit(sim):
+    # The limiter books long prompts from a sampled estimate (tokens.estimate_tokens),
+    # not a full count; the simulator charges every prompt exactly. The estimate
+    # leans high, so a batch the token limit spreads over several windows meets no 429.
+    import inspect
+    import json
+    import random
+
+    rng = random.Random(3)
+    source = inspect.getsource(inspect)
+    texts = [source[i * 6000:(i + 1) * 6000] for i in range(3)]
+    texts += [json.dumps([{"id": i, "v": rng.random()} for i in range(160)])]
+    texts += ["".join(f"record {i}: user_{rng.randrange(97)} said 'ünïcode'\n" for i in range(170))
+              for _ in range(2)]
+    server = sim(tpm=6000, window_s=3.0)
+    config = fast(server, tpm=6000, window_s=3.0)
+    requests = [{"messages": user(text), "max_tokens": 64} for text in texts]
+    results = complete_many(requests, model=ECHO, config=config, use_ray=False)
+    assert all(isinstance(r, Completion) for r in results), results
+    stats = server.stats()
+    assert sum(r.prompt_tokens for r in results) > 1.5 * 6000   # the limit really paced them
+    assert stats["by_status"].get("429", stats["by_status"].get(429, 0)) == 0, stats["by_status"]
+
+
 def test_cache_hit_reaches_no_provider_even_from_another_process(sim, tmp_path):
     server = sim()
     config = fast(server, cache_uri=str(tmp_path / "cache"))

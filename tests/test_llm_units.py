@@ -319,6 +319,44 @@ def test_a_huge_text_is_sized_from_a_sample_and_a_small_one_exactly(monkeypatch)
     assert tokens.tokens_about(huge) == (estimate, False)   # the same sample every time
 
 
+def test_the_limiters_estimate_of_a_long_text_leans_high_from_a_sample(monkeypatch):
+    import inspect
+    import json
+    import random
+
+    from rlm_ray import tokens
+
+    rng = random.Random(7)
+    texts = {
+        "code": inspect.getsource(inspect)[:24_000],
+        "records": "".join(f"record {i}: user_{i % 97} said 'ünïcode {rng.randrange(1000)}'\n"
+                           for i in range(600)),
+        "json": json.dumps([{"id": i, "v": rng.random(), "name": f"user{i}"} for i in range(300)]),
+        "cjk": "这是一个用于测试分词器的中文句子，包含一些标点符号。" * 200,
+    }
+    encoded: list[int] = []
+    real = tokens._encode_len
+    monkeypatch.setattr(tokens, "_encode_len", lambda text: encoded.append(len(text)) or real(text))
+    for name, text in texts.items():
+        assert len(text) > tokens.ESTIMATE_EXACT_CHARS
+        exact = len(tokens.encoder().encode_ordinary(text))
+        encoded.clear()
+        estimate = tokens.estimate_tokens(text)
+        # Leans high (a limiter that books too little meets 429s), but not by much.
+        assert exact <= estimate <= 1.3 * exact, name
+        assert estimate <= len(text.encode()), name
+        # The point of it: an eighth of the text or less is tokenised (from 4 KB on).
+        assert 0 < sum(encoded) <= len(text) / 8, name
+
+    short = "Count the records labelled 'x'.\n" * 20
+    assert tokens.estimate_tokens(short) == len(tokens.encoder().encode_ordinary(short))
+    counted = texts["code"]
+    assert tokens.count_tokens(counted) == tokens.estimate_tokens(counted)   # counted before: exact
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": texts["json"]}]
+    assert tokens.chat_prompt_tokens(messages) <= tokens.chat_prompt_estimate(messages) \
+        <= 1.3 * tokens.chat_prompt_tokens(messages)
+
+
 def test_a_huge_str_context_is_described_with_an_estimate():
     from rlm_ray.engine import prompts
 

@@ -30,7 +30,7 @@ from rlm_ray.llm.retry import BACKOFF_MAX_S, Failure, MalformedResponse, classif
 from rlm_ray.llm.turns import turn_gate
 from rlm_ray.llm.types import Completion, LLMError
 from rlm_ray.llm.usage import CallUsage
-from rlm_ray.tokens import chat_prompt_tokens, count_tokens
+from rlm_ray.tokens import chat_prompt_estimate, chat_prompt_tokens, count_tokens
 
 # Providers that talk OpenAI's wire format and often need no key (self-hosted, simulators).
 _KEYLESS_OK = ("openai/", "hosted_vllm/", "custom_openai/", "text-completion-openai/")
@@ -83,17 +83,27 @@ def _max_output(params: dict) -> int | None:
 
 
 class PromptSize:
-    """The prompt's token estimate, counted on first use: a call with no limiter,
-    no budget and a provider that reports usage never tokenises its prompt."""
+    """The prompt's size in tokens, worked out on first use: a call with no limiter,
+    no budget and a provider that reports usage never tokenises its prompt.
+    `tokens` is the count (a budget's worst case needs it); `estimate` is what the
+    rate limiter books, sampled for long texts (tokens.estimate_tokens)."""
 
     def __init__(self, messages: list[dict]) -> None:
-        self._messages, self._tokens = messages, None
+        self._messages, self._tokens, self._estimate = messages, None, None
 
     @property
     def tokens(self) -> int:
         if self._tokens is None:
             self._tokens = chat_prompt_tokens(self._messages)
         return self._tokens
+
+    @property
+    def estimate(self) -> int:
+        if self._tokens is not None:
+            return self._tokens
+        if self._estimate is None:
+            self._estimate = chat_prompt_estimate(self._messages)
+        return self._estimate
 
 
 def _parse(response: Any, prompt: PromptSize, requested_tier: str | None) -> tuple[str, CallUsage]:
@@ -119,7 +129,7 @@ async def _call_provider(model: str, messages: list[dict], params: dict,
     lib = litellm()   # the first import blocks for seconds: never while holding a slot
     limiter = limiter_for(model, config)
     max_out = _max_output(params)
-    ticket = await limiter.acquire(prompt.tokens, max_out) if limiter else None
+    ticket = await limiter.acquire(prompt.estimate, max_out) if limiter else None
     await turn_gate("send").pass_turn()   # a wave's tickets all arrive in one loop turn
     inline = setup_inline.set(setup_is_cpu_only(model))
     try:
