@@ -8,7 +8,7 @@ limiter, also with litellm's request setup sent to a thread as litellm does it
 (the gateway runs it inline where it cannot block); and complete_many through
 Ray's gateway actors, counting the CPU of every process that does the work
 (this driver, the gateway actors, the limiter actor). Prompts are the size of
-a fan-out's sub-call (~200 words). The in-process rows run in interleaved
+a small fan-out sub-call (200 words; --prompt-words). The in-process rows run in interleaved
 rounds, so a machine whose speed drifts during the run skews them alike."""
 from __future__ import annotations
 
@@ -22,8 +22,12 @@ MODEL = "openai/sim/echo"
 LABEL = "CPU per model call against the provider SIMULATOR (not a real provider), 0 ms latency"
 
 
+PROMPT_WORDS = 200   # a fan-out sub-call's prompt is 200-2,000 words; --prompt-words sets it
+
+
 def _messages(i: int) -> list[dict]:
-    return [{"role": "user", "content": f"Count the records labelled 'x' in chunk {i}.\n" + "word " * 200}]
+    return [{"role": "user", "content": f"Count the records labelled 'x' in chunk {i}.\n"
+             + "word " * PROMPT_WORDS}]
 
 
 @dataclass
@@ -202,6 +206,7 @@ def render(row: Row) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global PROMPT_WORDS
     parser = argparse.ArgumentParser(prog="python -m rlm_ray.bench.call_cpu", description=__doc__)
     parser.add_argument("--calls", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=64, help="in-process calls in flight")
@@ -209,12 +214,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5,
                         help="the in-process rows take turns in this many rounds")
     parser.add_argument("--no-ray", action="store_true", help="in-process rows only")
+    parser.add_argument("--prompt-words", type=int, default=PROMPT_WORDS,
+                        help="words per prompt (long prompts: what sizing them for the limiter costs)")
     parser.add_argument("--wave", type=int, metavar="N",
                         help="instead: time one wave of N calls at --latency-ms (first/median/last answer)")
     parser.add_argument("--latency-ms", type=float, default=1000.0, help="the simulator's latency for --wave")
     parser.add_argument("--freeze", action="store_true",
                         help="with --wave: freeze the start-up heap first, as rlm-ray's actors do")
     args = parser.parse_args(argv)
+    if args.prompt_words < 1:
+        parser.error("--prompt-words must be at least 1")
+    PROMPT_WORDS = args.prompt_words
     if args.wave is not None:
         if args.wave < 1 or args.latency_ms < 0:
             parser.error("--wave must be at least 1 and --latency-ms at least 0")
