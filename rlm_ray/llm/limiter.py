@@ -54,7 +54,7 @@ class Bucket:
     capacity: float = field(init=False)
     rate: float = field(init=False)     # units per second at factor 1
     slack_s: float = field(init=False)  # how much send-time jitter the schedule absorbs
-    # (send time, units) of the last window or two: only requests bigger than the
+    # (send time, units) of the last two windows: only requests bigger than the
     # bucket look at them (start_at).
     _recent: deque = field(default_factory=deque, repr=False)
     _recent_units: float = 0.0
@@ -96,7 +96,13 @@ class Bucket:
 
     def take(self, at: float, units: float, factor: float, ref: int = 0) -> None:
         self.tat = max(self.tat, at) + units / (self.rate * factor)
-        self._recent.append((at, units))
+        # Sends within a hundredth of a window share one entry dated by the latest
+        # (it then counts a little longer: the safe side), so the log stays ~200 long.
+        if self._recent and at - self._recent[-1][0] < self.window_s / 100:
+            last_at, last_units = self._recent.pop()
+            self._recent.append((max(at, last_at), last_units + units))
+        else:
+            self._recent.append((at, units))
         self._recent_units += units
         self._forget_before(at - 2 * self.window_s)
 
