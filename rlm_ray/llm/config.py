@@ -1,6 +1,7 @@
 """GatewayConfig: everything that shapes how the gateway calls one provider."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -86,13 +87,16 @@ class GatewayConfig:
     def limiter_key(self, model: str) -> str:
         """Limits belong to a (model, endpoint) pair: the same model name behind two
         different api_bases is two different quotas."""
-        if not self.api_base:
-            return model
-        # The key names a Ray actor: never let URL credentials (user:pass@host) into it.
-        parts = urlsplit(self.api_base)
-        host = parts.hostname or ""
-        netloc = f"{host}:{parts.port}" if parts.port else host
-        return f"{model}@{urlunsplit((parts.scheme, netloc, parts.path, '', ''))}"
+        return _limiter_key(model, self.api_base) if self.api_base else model
+
+
+@functools.lru_cache(maxsize=1024)   # asked once per model call: parse each endpoint once
+def _limiter_key(model: str, api_base: str) -> str:
+    # The key names a Ray actor: never let URL credentials (user:pass@host) into it.
+    parts = urlsplit(api_base)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return f"{model}@{urlunsplit((parts.scheme, netloc, parts.path, '', ''))}"
 
 
 DEFAULT_CONFIG = GatewayConfig()
