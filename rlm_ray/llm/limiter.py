@@ -168,6 +168,8 @@ class RateLimiter:
                 # counts in the provider's window.
                 bucket.tat = max(now + bucket.capacity / bucket.rate,
                                  old.tat if isinstance(old, Bucket) else 0.0)
+                if isinstance(old, Bucket):
+                    bucket._recent, bucket._recent_units = old._recent, old._recent_units
             elif old is not None:
                 # Traffic under the old limits is still in the provider's window. A
                 # limiter made afresh assumes an empty window: a previous run's
