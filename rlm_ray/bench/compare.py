@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlm_ray.bench import compare_workloads as workloads
+from rlm_ray.bench.cpu import BatchCpu
 from rlm_ray.bench.floor import latency_floor
 from rlm_ray.bench.scoring import score
 
@@ -48,6 +49,7 @@ class Phase:
     notes: str = ""
     completed: bool = True     # every question ended normally (no error status, no crash)
     floor_s: float | None = None   # the latency floor: no engine can finish sooner (latency_floor)
+    cpu_s: dict[str, float] | None = None   # CPU-s over the question by kind of process (bench/cpu.py)
 
     @property
     def requests_per_min(self) -> float:
@@ -135,9 +137,12 @@ def rlm_ray_fanout(sim: Simulator, limits: Limits, work: workloads.Workload) -> 
     engine.answer(warm.text, warm.tasks[0].question)
     sim.reset()
     task = work.tasks[0]
+    cpu = BatchCpu()
+    cpu.start()
     started = time.monotonic()
     result = engine.answer(work.text, task.question, query_id="fanout")
     wall = time.monotonic() - started
+    cpu.sample()
     failed = sum(1 for c in result.calls if c["status"] != "ok")
     roots, waves, floor = latency_floor(result.calls, limits.latency_ms / 1000)
     notes = (f"status={result.status}" + (f": {result.error[:120]}" if result.error else "")
@@ -146,6 +151,8 @@ def rlm_ray_fanout(sim: Simulator, limits: Limits, work: workloads.Workload) -> 
                       _mean_score(work.tasks, {task.task_id: result.answer}), notes,
                       completed=result.status == "ok")
     phase.floor_s = floor
+    # Processes alive before and after (the sandbox is gone by then: not in the split).
+    phase.cpu_s = {kind: round(s, 2) for kind, s in sorted(cpu.by_kind().items()) if s >= 0.01}
     return phase
 
 

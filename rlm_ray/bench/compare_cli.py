@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -77,6 +78,11 @@ def _ratios(phases) -> list[str]:
                     line += (f" -- NOT like for like: {other.system} scored {other.correct:.2f} "
                              f"with {other.failed_calls} failed calls")
                 out.append(line)
+    for p in phases:
+        if p.cpu_s:
+            split = "; ".join(f"{kind} {s:.1f}" for kind, s in p.cpu_s.items())
+            out.append(f"{p.task}: {p.system} CPU-s over the question, on {os.cpu_count()} cores "
+                       f"(the sandbox not included): {split}")
     return out
 
 

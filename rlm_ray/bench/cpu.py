@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 SANDBOXES = "sandboxes (bwrap + worker)"
+SIMULATOR = "provider SIMULATOR (not rlm-ray)"
 # What each process of a batch is, from its name and command line (the first
 # match wins; a sandbox's descendants are the sandbox's).
 _KIND_MARKERS = (
@@ -30,6 +31,7 @@ _KIND_MARKERS = (
     ("gateway, limiter and budget actors", ("ray::GatewayActor", "ray::LimiterActor",
                                             "ray::BudgetBank")),
     (SANDBOXES, ("bwrap", "sandbox.worker")),
+    (SIMULATOR, ("rlm_ray.sim",)),   # a child-process simulator shares the cores, not the work
 )
 RAY_SYSTEM = "Ray itself (raylet, GCS, idle workers, agents)"
 DRIVER = "driver"
