@@ -151,7 +151,7 @@ def rlm_ray_fanout(sim: Simulator, limits: Limits, work: workloads.Workload) -> 
                       _mean_score(work.tasks, {task.task_id: result.answer}), notes,
                       completed=result.status == "ok")
     phase.floor_s = floor
-    # Processes alive before and after (the sandbox is gone by then: not in the split).
+    # Processes alive at the end (the question's sandbox is gone by then: not in the split).
     phase.cpu_s = {kind: round(s, 2) for kind, s in sorted(cpu.by_kind().items()) if s >= 0.01}
     return phase
 

@@ -56,8 +56,8 @@ class Bucket:
     slack_s: float = field(init=False)  # how much send-time jitter the schedule absorbs
     # (send time, units) of the last two windows: only requests bigger than the
     # bucket look at them (start_at).
-    _recent: deque = field(default_factory=deque, repr=False)
-    _recent_units: float = 0.0
+    _recent: deque = field(default_factory=deque, init=False, repr=False)
+    _recent_units: float = field(default=0.0, init=False, repr=False)
     # A quarter of the slack: callers sent late (but within this) bunch into later
     # windows; the rest of the slack is for jitter we cannot see (provider side,
     # the time between our check and the bytes leaving).
