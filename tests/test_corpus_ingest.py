@@ -279,3 +279,20 @@ def test_excluded_folders_are_not_walked(tmp_path):
     # Per-file matching: the FIFO is seen (and refused), lib0.py is re-included.
     assert manifest["documents"] == 2
     assert manifest["skipped"] == {"excluded": 4, "special": 1}
+
+
+def test_the_package_exports_stay_functions_whatever_was_imported_first():
+    """`from rlm_ray.corpus import ingest` must give the function even after a
+    submodule was imported directly: a submodule named like an export would
+    replace the package's attribute with itself (it once did, for `ingest`)."""
+    import importlib
+    import pkgutil
+    import types
+
+    import rlm_ray.corpus as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{info.name}")
+    for name in package.__all__:
+        assert not isinstance(getattr(package, name), types.ModuleType), name
+    assert callable(importlib.import_module("rlm_ray.corpus").ingest)

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from rlm_ray.corpus.handle import Corpus
-from rlm_ray.corpus.ingest import ingest
+from rlm_ray.corpus.ingestion import ingest
 from rlm_ray.errors import UserError
 
 STDLIB_EXCLUDE = ["site-packages/", "__pycache__/", "*.pyc"]

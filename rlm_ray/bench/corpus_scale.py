@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 
 from rlm_ray.bench.memory import tree_pss
-from rlm_ray.corpus.ingest import ingest
+from rlm_ray.corpus.ingestion import ingest
 
 STDLIB_EXCLUDE = ["site-packages/", "__pycache__/", "*.pyc"]
 SAMPLE_S = 0.2

@@ -9,7 +9,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {"Corpus": "rlm_ray.corpus.handle", "CorpusQueryError": "rlm_ray.corpus.sql_gate",
-            "ingest": "rlm_ray.corpus.ingest"}
+            "ingest": "rlm_ray.corpus.ingestion"}
 
 __all__ = sorted(_EXPORTS)
 

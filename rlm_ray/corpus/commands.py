@@ -42,7 +42,7 @@ def summary_line(manifest: dict, out: str) -> str:
 
 
 def _ingest(args) -> int:
-    from rlm_ray.corpus.ingest import ingest
+    from rlm_ray.corpus.ingestion import ingest
 
     manifest = ingest(args.sources, args.out, chunk_tokens=args.chunk_tokens,
                       max_file_bytes=args.max_file_bytes, exclude=args.exclude, name=args.name,
