@@ -83,6 +83,29 @@ def test_every_finishing_form_still_finishes(sim_server, case):
     assert all(s["error"] is None for s in result.steps)
 
 
+# ---- FINAL(name) of a REPL variable: the text as written, as the official parser ----------
+def test_final_of_a_variable_name_answers_the_name_and_final_var_its_value(sim_server):
+    # Alone in a reply, after the code that set it ran: the name, as written.
+    alone = _scripted("final-name-alone",
+                      "```repl\ncounts = len(context.split())\nprint(counts)\n```",
+                      "I have the count.\n\nFINAL(counts)")
+    result = _answer(sim_server, alone)
+    assert (result.status, result.answer, result.iterations) == ("ok", "counts", 2), result.error
+    # Next to the code that sets it: refused, and the note says to use FINAL_VAR.
+    result = _answer(sim_server, "openai/test/final-name-beside")
+    assert (result.status, result.answer, result.iterations) == ("ok", str(N_WORDS), 2)
+
+
+@register_policy("test/final-name-beside")
+def _final_name_beside(messages):
+    if sum(m["role"] == "assistant" for m in messages) == 0:
+        return "```repl\ncounts = len(context.split())\n```\nFINAL(counts)"
+    feedback = last_user_text(messages)
+    hint = "FINAL(counts) answers the text as written; FINAL_VAR(counts) answers the variable"
+    return "FINAL_VAR(counts)" if hint in feedback and "not accepted" in feedback \
+        else f"FINAL(no hint in: {feedback[:300]})"
+
+
 # ---- `answer` belongs to the model once it binds it ----------------------------------------
 def test_answer_bound_by_the_model_finishes_with_final_var(sim_server):
     """The gemini-2.5-flash-lite recording's shape: a sub-call's reply bound to

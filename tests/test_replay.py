@@ -48,12 +48,7 @@ def recordings() -> list[tuple[Path, int, dict]]:
 RECORDINGS = recordings()
 
 # Recorded runs whose answer this engine cannot reproduce, and why (reported, not hidden).
-KNOWN_DIFFERENCES = {
-    ("gpt4o_jupyter_trace", 0): (
-        "the reply ends `FINAL(random_number)`: the scaffold that recorded it returned the "
-        "text 'random_number'; rlm-ray's FINAL(name) returns the REPL variable's value (a "
-        "fresh random.randint(1, 100)), which no replay can reproduce"),
-}
+KNOWN_DIFFERENCES: dict[tuple[str, int], str] = {}   # (file stem, index) -> why
 
 
 def expected_answer(recorded: str) -> str:

@@ -281,15 +281,19 @@ class RootLoop:
         if failed and not forced:
             return None, (f"{shown} was not accepted: your code raised an error, so its "
                           "result may be missing or stale; fix it, then finish")
-        if final.kind == "value" and not self._is_variable(final):
+        if final.kind == "value":
+            # The text as written, as the official parser reads it: FINAL(name) of a
+            # REPL variable answers the name (FINAL_VAR(name) answers its value).
             literal = parsing.literal_text(final.arg)
             # Next to code, a literal was written before its output was seen: it
             # stands only if that output shows it (else it is a guess).
             if blocks and not forced and (not literal.strip() or literal.strip() not in printed):
+                hint = (f" {shown} answers the text as written; FINAL_VAR({final.arg.strip()}) "
+                        "answers the variable's value" if self._is_variable(final) else "")
                 return None, (f"{shown} was not accepted: it was written in the same reply as "
                               "code, before you saw that code's output, and the output does not "
                               "show it. Read the output, then reply with FINAL(...) alone, or "
-                              "FINAL_VAR(name) of a variable your code set")
+                              f"FINAL_VAR(name) of a variable your code set.{hint}")
             return literal, ""
         source = parsing.variable_source(final.arg)
         self.on_turn(call_id)
@@ -326,7 +330,7 @@ class RootLoop:
         return output_schema.rejection_note(errors, left)
 
     def _is_variable(self, final: parsing.Final) -> bool:
-        """FINAL(name) of a variable the REPL holds finishes with its value."""
+        """FINAL(name) names a variable the REPL holds (a hint when it is refused)."""
         return parsing.is_name(final.arg) and self.workspace.has_variable(final.arg.strip())
 
     # ---- partial answers ----------------------------------------------------------
