@@ -91,7 +91,8 @@ def test_final_of_a_variable_name_answers_the_name_and_final_var_its_value(sim_s
                       "I have the count.\n\nFINAL(counts)")
     result = _answer(sim_server, alone)
     assert (result.status, result.answer, result.iterations) == ("ok", "counts", 2), result.error
-    # Next to the code that sets it: refused, and the note says to use FINAL_VAR.
+    # Next to the code that sets it, even when the output prints the name: refused,
+    # and the note says FINAL_VAR answers the value.
     result = _answer(sim_server, "openai/test/final-name-beside")
     assert (result.status, result.answer, result.iterations) == ("ok", str(N_WORDS), 2)
 
@@ -99,10 +100,11 @@ def test_final_of_a_variable_name_answers_the_name_and_final_var_its_value(sim_s
 @register_policy("test/final-name-beside")
 def _final_name_beside(messages):
     if sum(m["role"] == "assistant" for m in messages) == 0:
-        return "```repl\ncounts = len(context.split())\n```\nFINAL(counts)"
+        return ("```repl\ncounts = len(context.split())\nprint('counts =', counts)\n```\n"
+                "FINAL(counts)")
     feedback = last_user_text(messages)
-    hint = "FINAL(counts) answers the text as written; FINAL_VAR(counts) answers the variable"
-    return "FINAL_VAR(counts)" if hint in feedback and "not accepted" in feedback \
+    hint = "counts is a REPL variable, and FINAL(...) answers the text as written"
+    return "FINAL_VAR(counts)" if hint in feedback and "FINAL_VAR(counts)" in feedback \
         else f"FINAL(no hint in: {feedback[:300]})"
 
 

@@ -285,15 +285,21 @@ class RootLoop:
             # The text as written, as the official parser reads it: FINAL(name) of a
             # REPL variable answers the name (FINAL_VAR(name) answers its value).
             literal = parsing.literal_text(final.arg)
+            if blocks and not forced and self._is_variable(final):
+                # Beside code it cannot have seen run, the name of a variable is
+                # meant as its value, even when the output happens to print the name.
+                name = final.arg.strip()
+                return None, (f"{shown} was not accepted: {name} is a REPL variable, and "
+                              f"FINAL(...) answers the text as written ('{name}'). Reply "
+                              f"FINAL_VAR({name}) for its value, or FINAL(...) alone with the "
+                              "answer text")
             # Next to code, a literal was written before its output was seen: it
             # stands only if that output shows it (else it is a guess).
             if blocks and not forced and (not literal.strip() or literal.strip() not in printed):
-                hint = (f" {shown} answers the text as written; FINAL_VAR({final.arg.strip()}) "
-                        "answers the variable's value" if self._is_variable(final) else "")
                 return None, (f"{shown} was not accepted: it was written in the same reply as "
                               "code, before you saw that code's output, and the output does not "
                               "show it. Read the output, then reply with FINAL(...) alone, or "
-                              f"FINAL_VAR(name) of a variable your code set.{hint}")
+                              "FINAL_VAR(name) of a variable your code set")
             return literal, ""
         source = parsing.variable_source(final.arg)
         self.on_turn(call_id)
@@ -330,7 +336,7 @@ class RootLoop:
         return output_schema.rejection_note(errors, left)
 
     def _is_variable(self, final: parsing.Final) -> bool:
-        """FINAL(name) names a variable the REPL holds (a hint when it is refused)."""
+        """FINAL(name) names a variable the REPL holds."""
         return parsing.is_name(final.arg) and self.workspace.has_variable(final.arg.strip())
 
     # ---- partial answers ----------------------------------------------------------
