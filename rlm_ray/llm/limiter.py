@@ -111,6 +111,14 @@ class Bucket:
         while self._recent and self._recent[0][0] <= when:
             self._recent_units -= self._recent.popleft()[1]
 
+    def follow(self, old: object, now: float) -> None:
+        """Take over from the pacer of the old limits. Start from an empty bucket,
+        and never before the old schedule: whatever went before still counts in
+        the provider's window, and so does the old bucket's log of sends."""
+        self.tat = max(now + self.capacity / self.rate, old.tat if isinstance(old, Bucket) else 0.0)
+        if isinstance(old, Bucket):
+            self._recent, self._recent_units = old._recent, old._recent_units
+
     def done(self, ref: int, done_at: float) -> None:
         pass   # a bucket forgets its bookings once taken
 
@@ -164,12 +172,7 @@ class RateLimiter:
             old = self.buckets.get(name)
             bucket = buckets[name] = pacer(limit, limits.window_s, burst_share)
             if isinstance(bucket, Bucket):
-                # New limits start from an empty bucket: whatever went before still
-                # counts in the provider's window.
-                bucket.tat = max(now + bucket.capacity / bucket.rate,
-                                 old.tat if isinstance(old, Bucket) else 0.0)
-                if isinstance(old, Bucket):
-                    bucket._recent, bucket._recent_units = old._recent, old._recent_units
+                bucket.follow(old, now)
             elif old is not None:
                 # Traffic under the old limits is still in the provider's window. A
                 # limiter made afresh assumes an empty window: a previous run's
