@@ -18,10 +18,11 @@ import warnings
 import weakref
 from typing import Any
 
-from sandbox import cgroup, cgroup_setup, isolation, protocol, scratch, seccomp_policy
+from sandbox import cgroup, cgroup_setup, fork_server, isolation, protocol, scratch, seccomp_policy
 from sandbox.budget import Budget
 from sandbox.dispatch import (HostCallRefused, HostDispatcher, deadline_scope, plain_json,
                               to_jsonable)
+from sandbox.fork_server import ForkedWorkerProcess
 from sandbox.process import WorkerProcess
 from sandbox.results import RunResult, SandboxError
 
@@ -223,7 +224,9 @@ class Sandbox:
         max_abi = os.environ.get(LANDLOCK_ABI_ENV, "")
         return {"op": "init", "host": self._dispatcher.spec_payload(),
                 "limits": self._limits, "read_paths": self._plan.read_paths,
-                "write_paths": self._plan.write_paths, "drop_sys_path": self._plan.lib_paths,
+                "write_paths": self._plan.write_paths,
+                # a forked worker inherits the template's path to our package
+                "drop_sys_path": [*self._plan.lib_paths, os.path.dirname(isolation.package_dir())],
                 "import_paths": self._plan.import_paths,
                 "pdeathsig": not self._plan.bwrap, "max_frame_bytes": self.max_frame_bytes,
                 "max_frame_items": self.max_frame_items,
@@ -238,7 +241,8 @@ class Sandbox:
         except SandboxError:
             self._group.destroy()
             raise
-        self._worker = WorkerProcess(self._plan, self._init_message, self.start_timeout_s,
+        kind = ForkedWorkerProcess if self._plan.bwrap and fork_server.wanted() else WorkerProcess
+        self._worker = kind(self._plan, self._init_message, self.start_timeout_s,
                                      self.max_frame_bytes, self.max_frame_items,
                                      self.output_limit, self._group)
         report = self._worker.ready.get("isolation") or {}

@@ -37,6 +37,7 @@ class LaunchPlan:
     read_paths: list[str] = field(default_factory=list)
     write_paths: list[str] = field(default_factory=list)
     bwrap: bool = False
+    wrapper: list[str] = field(default_factory=list)  # bwrap and its options, no command
 
 
 def python_executable() -> str:
@@ -91,7 +92,7 @@ def wants_bwrap(use_bwrap: bool | None) -> bool:
     return os.environ.get(BWRAP_ENV_SWITCH, "1") != "0"
 
 
-def _interpreter_args() -> list[str]:
+def interpreter_args() -> list[str]:
     # -I: ignore PYTHON* env and user site; -S: no site-packages; -B: no .pyc writes.
     return [python_executable(), "-I", "-S", "-B"]
 
@@ -104,7 +105,7 @@ def _system_read_paths() -> list[str]:
 
 def direct_plan(scratch: str, import_paths: list[str]) -> LaunchPlan:
     """No bwrap: the worker sees the host's filesystem, narrowed by Landlock."""
-    return LaunchPlan(argv=_interpreter_args(), env=scrubbed_env(scratch), cwd=scratch,
+    return LaunchPlan(argv=interpreter_args(), env=scrubbed_env(scratch), cwd=scratch,
                       lib_paths=[os.path.dirname(package_dir())], import_paths=import_paths,
                       read_paths=_system_read_paths() + import_paths, write_paths=[scratch])
 
@@ -143,7 +144,7 @@ def bwrap_plan(scratch: str | None, import_paths: list[str], scratch_mb: int = 0
     env = scrubbed_env(INSIDE_SCRATCH)
     for name, value in env.items():
         args += ["--setenv", name, value]
-    return LaunchPlan(argv=args + _interpreter_args(), env=env, cwd=scratch or "/",
+    return LaunchPlan(argv=args + interpreter_args(), env=env, cwd=scratch or "/",
                       lib_paths=[INSIDE_LIB], import_paths=import_paths,
                       read_paths=_system_read_paths() + import_paths,
-                      write_paths=[INSIDE_SCRATCH, "/tmp"], bwrap=True)
+                      write_paths=[INSIDE_SCRATCH, "/tmp"], bwrap=True, wrapper=args)

@@ -55,20 +55,23 @@ class _Spawner:
         return pool.submit(subprocess.Popen, *args, **kwargs).result()
 
 
-_spawner = _Spawner()
+spawner = _Spawner()
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def tree_cpu_s(pid: int) -> float:
+def tree_cpu_s(pid: int, own_only: bool = False) -> float:
     """CPU seconds so far of `pid` and its descendants (all threads,
-    nanosecond schedstat) and of the children they reaped (clock ticks)."""
+    nanosecond schedstat) and of the children they reaped (clock ticks);
+    `own_only`: of `pid` alone."""
     total = 0.0
-    for member in cgroup.process_tree(pid):
+    for member in [pid] if own_only else cgroup.process_tree(pid):
         try:
             for task in os.listdir(f"/proc/{member}/task"):
                 with open(f"/proc/{member}/task/{task}/schedstat") as f:
                     total += int(f.read().split()[0]) / 1e9
+            if own_only:
+                continue
             with open(f"/proc/{member}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
             total += (int(fields[13]) + int(fields[14])) / CLOCK_TICKS   # cutime, cstime
@@ -102,18 +105,22 @@ def ended_workers_cpu_s() -> tuple[float, int]:
     return ENDED.seconds, ENDED.workers
 
 
-def _bootstrap(lib_paths: list[str], *fds: int) -> str:
-    # The trailing comment marks the command line (bwrap's and the worker's)
-    # with the host's pid and an optional session tag, so a supervisor such
-    # as the test suite can find exactly the workers it started.
+def host_marker() -> str:
+    """Marks command lines (bwrap's, the worker's, the template's) with the
+    host's pid and an optional session tag, so a supervisor such as the test
+    suite can find exactly the processes it started."""
     marker = f"sandbox-host={os.getpid()}"
     if scratch.session_tag():
         marker += f" sandbox-session={scratch.session_tag()}"
+    return marker
+
+
+def _bootstrap(lib_paths: list[str], *fds: int) -> str:
     return (f"import sys; sys.path[:0] = {lib_paths!r}; "
-            f"from sandbox.worker import main; main{fds!r}  # {marker}")
+            f"from sandbox.worker import main; main{fds!r}  # {host_marker()}")
 
 
-def _kill(proc: subprocess.Popen, group: cgroup.Cgroup | None = None) -> None:
+def kill_sandbox(proc: subprocess.Popen, group: cgroup.Cgroup | None = None) -> None:
     """SIGKILL the worker (or bwrap: its pid namespace dies with it), reap it,
     and kill whatever else is left in its cgroup."""
     if proc.poll() is None:
@@ -130,12 +137,17 @@ def _kill(proc: subprocess.Popen, group: cgroup.Cgroup | None = None) -> None:
 
 
 class WorkerProcess:
+    """A worker started as its own interpreter: `plan.argv` (bwrap, or the bare
+    interpreter) with the bootstrap. sandbox.fork_server's subclass forks it
+    from a template instead; everything after the start is shared."""
+
     def __init__(self, plan: LaunchPlan, init: Callable[[int], dict[str, Any]],
                  start_timeout_s: float, max_frame_bytes: int = protocol.MAX_FRAME_BYTES,
                  max_items: int | None = None, output_limit: int = 20_000,
                  group: cgroup.Cgroup | None = None):
         self.plan = plan
         self.group = group
+        deadline = time.monotonic() + start_timeout_s
         cmd_read, cmd_write = os.pipe()
         reply_read, reply_write = os.pipe()
         # Start-up failures (import errors, a bad bwrap bind) are written here;
@@ -146,34 +158,44 @@ class WorkerProcess:
         self._output_fd = output_fd = output_mirror(output_limit)
         self._output_size = os.fstat(output_fd).st_size
         bytecode.ensure(package_dir())   # once per process: no compiling in every worker
-        argv = [*plan.argv, "-c", _bootstrap(plan.lib_paths, cmd_read, reply_write, output_fd)]
         try:
-            self.proc = _spawner.popen(
-                argv, pass_fds=(cmd_read, reply_write, output_fd), stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=self._stderr, env=plan.env, cwd=plan.cwd,
-                start_new_session=True)
+            self._launch((cmd_read, reply_write, output_fd), deadline)
         except OSError as exc:
             for fd in (cmd_read, cmd_write, reply_read, reply_write, output_fd):
                 os.close(fd)
+            self._stderr.close()
             if group is not None:
                 group.destroy()
             raise SandboxError(f"cannot start the sandbox worker: {exc}") from None
         os.close(cmd_read)  # the child's ends: keeping them would hide its exit from us
         os.close(reply_write)
-        # A Sandbox dropped without close() must not leave a process behind.
-        self._finalizer = weakref.finalize(self, _kill, self.proc, group)
         self.channel = protocol.HostChannel(reply_read, cmd_write, max_frame_bytes, max_items)
-        self.ready = self._handshake(init, start_timeout_s)
+        self.ready = self._handshake(init, deadline)
 
-    def _handshake(self, init: Callable[[int], dict[str, Any]], timeout_s: float) -> dict[str, Any]:
+    def _launch(self, fds: tuple[int, int, int], deadline: float) -> None:
+        argv = [*self.plan.argv, "-c", _bootstrap(self.plan.lib_paths, *fds)]
+        self.proc = spawner.popen(
+            argv, pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=self._stderr, env=self.plan.env, cwd=self.plan.cwd, start_new_session=True)
+        # A Sandbox dropped without close() must not leave a process behind.
+        self._finalizer = weakref.finalize(self, kill_sandbox, self.proc, self.group)
+
+    def processes(self) -> list[int]:
+        """The sandbox's processes (bwrap's included), host pids."""
+        return cgroup.process_tree(self.proc.pid)
+
+    def cpu_s(self) -> float:
+        """CPU so far of the sandbox's processes and the children they reaped."""
+        return tree_cpu_s(self.proc.pid)
+
+    def _handshake(self, init: Callable[[int], dict[str, Any]], deadline: float) -> dict[str, Any]:
         """hello (the worker's pid) -> init (built for that pid) -> ready."""
-        deadline = time.monotonic() + timeout_s
         try:
             hello = self.channel.receive(deadline)
             if hello.get("op") != "hello" or not isinstance(hello.get("pid"), int):
                 raise protocol.ProtocolError("expected hello")
             if self.group is not None:  # no model code has run yet: move the whole tree in
-                self.group.add(cgroup.process_tree(self.proc.pid))
+                self.group.add(self.processes())
             self.channel.send(protocol.encode(init(hello["pid"])), deadline)
             ready = self.channel.receive(deadline)
         except (protocol.ChannelClosed, protocol.ChannelTimeout, protocol.ProtocolError) as exc:
@@ -190,9 +212,9 @@ class WorkerProcess:
         return self.proc.poll() is None
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            ENDED.add(tree_cpu_s(self.proc.pid))
-        _kill(self.proc, self.group)
+        if self.alive:
+            ENDED.add(self.cpu_s())
+        kill_sandbox(self.proc, self.group)
         self.channel.close()
         self._finalizer.detach()
 
@@ -211,8 +233,12 @@ class WorkerProcess:
             code = self.proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
             return "stopped responding"
+        return self._describe(code)
+
+    def _describe(self, code: int, wrapped: bool | None = None) -> str:
         # bwrap reports a child killed by signal N as exit status 128+N.
-        signum = -code if code < 0 else (code - 128 if self.plan.bwrap and code > 128 else 0)
+        wrapped = self.plan.bwrap if wrapped is None else wrapped
+        signum = -code if code < 0 else (code - 128 if wrapped and code > 128 else 0)
         if signum:
             try:
                 return f"was killed by {signal.Signals(signum).name}"

@@ -206,6 +206,9 @@ def pytest_sessionfinish(session, exitstatus):
     pools = sys.modules.get("rlm_ray.corpus.query_pool")
     if pools is not None:   # workers of Corpus handles this process never closed
         pools.close_all()   # (atexit would end them; the check below is for orphans)
+    forks = sys.modules.get("sandbox.fork_server")
+    if forks is not None:   # this process's sandbox template (it dies with us anyway)
+        forks.close_all()
     deadline = time.monotonic() + 20
     while True:
         scratch.sweep_stale(force=True)

@@ -30,7 +30,7 @@ _KIND_MARKERS = (
     ("query workers", ("rlm_ray.corpus.query_worker",)),
     ("gateway, limiter and budget actors", ("ray::GatewayActor", "ray::LimiterActor",
                                             "ray::BudgetBank")),
-    (SANDBOXES, ("bwrap", "sandbox.worker")),
+    (SANDBOXES, ("bwrap", "sandbox.worker", "sandbox.zygote")),
     (SIMULATOR, ("rlm_ray.sim",)),   # a child-process simulator shares the cores, not the work
 )
 RAY_SYSTEM = "Ray itself (raylet, GCS, idle workers, agents)"
@@ -41,7 +41,7 @@ def kind_of(proc, parent_kind: str | None, driver_pid: int) -> str:
     if proc.pid == driver_pid:
         return DRIVER
     try:
-        text = " ".join([proc.name(), *proc.cmdline()[:4]])
+        text = " ".join([proc.name(), *proc.cmdline()[:6]])   # python -I -S -B -c <code>
     except Exception:  # noqa: BLE001 - psutil.Error, or a process gone mid-read
         text = ""
     for kind, markers in _KIND_MARKERS:

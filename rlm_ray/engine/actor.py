@@ -136,10 +136,12 @@ class RLMActor:
 
     def sandbox_cpu_s(self) -> float:
         """CPU seconds of the sandbox workers this host has ended (their own
-        tree cannot report it: they are killed, never reaped by a parent)."""
+        tree cannot report it: they are killed, never reaped by a parent) and
+        of its sandbox template's forks."""
+        from sandbox.fork_server import templates_cpu_s
         from sandbox.process import ended_workers_cpu_s
 
-        return ended_workers_cpu_s()[0]
+        return ended_workers_cpu_s()[0] + templates_cpu_s()
 
 
 def _warm_gateway(gateway: Any, models: tuple) -> None:

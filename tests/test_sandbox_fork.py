@@ -1,0 +1,106 @@
+"""The fork server: under bubblewrap a worker is forked from a per-host template
+into the sandbox its own bwrap built. What that must not change (every sandbox
+test runs this way too), and what only a fork could get wrong: shared state
+between sandboxes, descriptors of the template, a dead template."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from sandbox import Sandbox, fork_server, isolation
+from sandbox.process import WorkerProcess
+
+pytestmark = pytest.mark.skipif(not isolation.bwrap_status()[0] or not fork_server.wanted(),
+                                reason="the fork server needs bubblewrap")
+SANDBOX_DEFAULTS = {"timeout_s": 20}
+
+
+@pytest.fixture
+def sandboxes():
+    made: list[Sandbox] = []
+
+    def make(**opts):
+        sb = Sandbox(use_bwrap=True, **{**SANDBOX_DEFAULTS, **opts})
+        made.append(sb)
+        return sb
+
+    yield make
+    for sb in made:
+        sb.close()
+
+
+def _out(sb: Sandbox, code: str) -> str:
+    result = sb.run(code)
+    assert result.error is None, result.error
+    return result.stdout.strip()
+
+
+def test_workers_are_forked_into_separate_sandboxes(sandboxes):
+    first, second = sandboxes(), sandboxes()
+    assert isinstance(first._worker, fork_server.ForkedWorkerProcess)
+    assert first._worker.pid != second._worker.pid
+    # Each worker is in its own pid namespace (bwrap's pid 1, then the worker),
+    # with its own private scratch.
+    assert _out(first, "import os; print(os.getpid())") == "2"
+    assert _out(second, "import os; print(os.getpid())") == "2"
+    _out(first, "open('/scratch/mine', 'w').write('first')")
+    assert _out(second, "import os; print(os.path.exists('/scratch/mine'))") == "False"
+    assert _out(first, "import socket; print(socket.gethostname())") == "sandbox"
+    # As under bwrap alone: three processes, all in the sandbox's cgroup.
+    assert len(first._worker.processes()) == 3
+
+
+def test_a_forked_worker_holds_only_its_own_descriptors(sandboxes):
+    code = ("import os, stat\n"
+            "kinds = []\n"
+            "for fd in range(256):\n"
+            "    try:\n"
+            "        mode = os.fstat(fd).st_mode\n"
+            "    except OSError:\n"
+            "        continue\n"
+            "    kinds.append('socket' if stat.S_ISSOCK(mode) else 'other')\n"
+            "print(len(kinds), kinds.count('socket'))")
+    count, sockets = _out(sandboxes(), code).split()
+    assert sockets == "0"                 # never the template's channel to the host
+    assert int(count) <= 8                # stdio, two pipes, the output mirror, /dev/null
+
+
+def test_sandboxes_forked_from_one_template_do_not_share_random_state(sandboxes):
+    code = "import random, os; print(random.random(), os.urandom(8).hex())"
+    first, second = _out(sandboxes(), code), _out(sandboxes(), code)
+    assert first.split()[0] != second.split()[0]
+    assert first.split()[1] != second.split()[1]
+
+
+def test_a_killed_worker_is_reported_with_its_signal(sandboxes):
+    sb = sandboxes()
+    sb.run("x = 1")
+    result = sb.run("import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    assert result.error and "killed by SIGKILL" in result.error
+    assert _out(sb, "print('back')").endswith("back")   # restarted (forked again)
+
+
+def test_a_dead_template_is_replaced_and_live_sandboxes_keep_serving(sandboxes):
+    before = sandboxes()
+    _out(before, "kept = 41")
+    template = fork_server.template()
+    os.kill(template.proc.pid, signal.SIGKILL)
+    template.proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while template.alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+    after = sandboxes()
+    assert fork_server.template() is not template
+    assert _out(after, "print(1 + 1)") == "2"
+    assert _out(before, "print(kept + 1)") == "42"     # its worker never depended on the template
+
+
+def test_switching_the_fork_server_off_starts_workers_as_before(sandboxes, monkeypatch):
+    monkeypatch.setenv(fork_server.FORK_ENV_SWITCH, "0")
+    sb = sandboxes()
+    assert type(sb._worker) is WorkerProcess
+    assert _out(sb, "import os; print(os.getpid())") == "2"
+    assert sb.isolation["bwrap"] and sb.isolation["seccomp"] and sb.isolation["landlock"]
