@@ -1,8 +1,10 @@
-"""`python -m sandbox.bench`: what a sandbox costs to start and to use, with
-and without bubblewrap. Prints figures; asserts nothing.
+"""`python -m sandbox.bench`: what a sandbox costs to start and to use, in each
+mode: bubblewrap with the worker forked from the template (the default),
+bubblewrap starting a new interpreter (`SANDBOX_FORK=0`), and no bubblewrap.
+Prints figures; asserts nothing.
 
 For each mode: start-up wall time and CPU (user+system of EVERY process
-involved: this host, bubblewrap's two processes and the worker, read from
+involved: this host, its template's forks, bubblewrap's two processes and the worker, read from
 /proc before the sandbox is closed, so load on the machine does not inflate
 it much), the host's CPU to close it, the processes one sandbox keeps alive,
 and the wall and CPU of a trivial run and of one host-call round trip.
@@ -19,9 +21,8 @@ import statistics
 import time
 from dataclasses import dataclass
 
-from sandbox.cgroup import process_tree
+from sandbox import fork_server
 from sandbox.host import Sandbox
-from sandbox.process import tree_cpu_s
 
 TARGETS_MS = {"start": 250.0, "run": 1.0, "host call": 1.0}
 
@@ -51,22 +52,41 @@ def _p(values: list[float], q: float) -> float:
 
 
 def _host_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)   # all our threads
-    return usage.ru_utime + usage.ru_stime
+    """This process (all threads) and its sandbox template's own work (the forks)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime + fork_server.templates_cpu_s()
 
 
 def sandbox_cpu_s(sb: Sandbox) -> float:
     """CPU spent so far by the sandbox's processes and the children they reaped."""
     worker = sb._worker
-    return 0.0 if worker is None else tree_cpu_s(worker.proc.pid)
+    return 0.0 if worker is None else worker.cpu_s()
 
 
 def sandbox_processes(sb: Sandbox) -> int:
-    return len(process_tree(sb._worker.proc.pid)) if sb._worker is not None else 0
+    return len(sb._worker.processes()) if sb._worker is not None else 0
 
 
-def measure(use_bwrap: bool, starts: int, runs: int, calls: int) -> Figures:
-    Sandbox(use_bwrap=use_bwrap).close()  # warm the page cache and the bwrap probe
+MODES = {"forked": (True, "1"), "bwrap": (True, "0"), "no bwrap": (False, "0")}
+
+
+def measure(mode: str, starts: int, runs: int, calls: int) -> Figures:
+    use_bwrap, fork = MODES[mode]
+    before = os.environ.get(fork_server.FORK_ENV_SWITCH)
+    os.environ[fork_server.FORK_ENV_SWITCH] = fork
+    try:
+        return _measure(mode, use_bwrap, starts, runs, calls)
+    finally:
+        if before is None:
+            os.environ.pop(fork_server.FORK_ENV_SWITCH)
+        else:
+            os.environ[fork_server.FORK_ENV_SWITCH] = before
+
+
+def _measure(mode: str, use_bwrap: bool, starts: int, runs: int, calls: int) -> Figures:
+    # Warm the page cache, the bwrap probe and (forked) the template, whose own
+    # start is paid once per host process.
+    Sandbox(use_bwrap=use_bwrap).close()
     start_ms, start_cpu_ms, host_cpu_ms, close_cpu_ms, processes = [], [], [], [], 0
     for _ in range(starts):
         host_before, began = _host_cpu_s(), time.perf_counter()
@@ -99,7 +119,7 @@ def measure(use_bwrap: bool, starts: int, runs: int, calls: int) -> Figures:
             call_ms.append((_ms(time.perf_counter() - began) - statistics.median(run_ms)) / calls)
         spent = _ms(_host_cpu_s() + sandbox_cpu_s(sb) - cpu_before)
         call_cpu_ms = (spent - rounds * run_cpu_ms) / (rounds * calls)
-    return Figures("bwrap" if use_bwrap else "no bwrap", isolation, processes, start_ms,
+    return Figures(mode, isolation, processes, start_ms,
                    start_cpu_ms, statistics.mean(host_cpu_ms), statistics.mean(close_cpu_ms),
                    run_ms, run_cpu_ms,
                    call_ms, call_cpu_ms)
@@ -137,8 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=1000, help="trivial runs to time")
     parser.add_argument("--calls", type=int, default=1000, help="host calls per timed run")
     args = parser.parse_args(argv)
-    figures = [measure(use_bwrap, args.starts, args.runs, args.calls)
-               for use_bwrap in (True, False)]
+    figures = [measure(mode, args.starts, args.runs, args.calls) for mode in MODES]
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"sandbox bench: {args.starts} start-ups, {args.runs} trivial runs, "
           f"{args.calls} host calls x 5 per mode; load average {load} on "
