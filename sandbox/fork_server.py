@@ -41,8 +41,28 @@ def wanted() -> bool:
     return os.environ.get(FORK_ENV_SWITCH, "1") != "0" and hasattr(os, "pidfd_open")
 
 
+_refused: str | None = None    # why this process cannot fork workers into namespaces
+
+
+def usable() -> bool:
+    return wanted() and _refused is None
+
+
+def refused() -> str | None:
+    return _refused
+
+
+def _refuse(reason: str) -> None:
+    global _refused
+    _refused = reason
+
+
 class TemplateGone(OSError):
     """The template process died or closed its socket."""
+
+
+class TemplateRefused(OSError):
+    """The template could not fork a worker into the sandbox (setns refused)."""
 
 
 class Template:
@@ -117,7 +137,7 @@ class Template:
         if "error" in reply or len(got) != 1:
             for fd in got:
                 os.close(fd)
-            raise OSError(f"the sandbox template could not fork a worker: {reply.get('error')}")
+            raise TemplateRefused(f"the sandbox template could not fork a worker: {reply.get('error')}")
         return rid, reply["pid"], got[0]
 
     def exit_status(self, rid: int, timeout_s: float) -> int | None:
@@ -282,6 +302,9 @@ class ForkedWorkerProcess(WorkerProcess):
                 self._rid, self.pid, self._pidfd = self._template.fork(
                     ns_pidfd, joinable_flags(child), isolation.INSIDE_SCRATCH,
                     [*fds, self._stderr.fileno()], deadline)
+            except TemplateRefused as exc:
+                _refuse(str(exc))
+                raise
             finally:
                 os.close(ns_pidfd)
         except OSError:

@@ -234,17 +234,15 @@ class Sandbox:
                 "seccomp_bpf": program.hex() if program else None}
 
     def _start_worker(self) -> None:
-        self._group = cgroup.create(self._budget.cgroup_bytes, self.max_tasks)
-        try:  # memory_mb bounds all the sandbox's RAM (sandbox.budget)
-            self._limits["memory_mb"] = self._budget.address_space_mb(
-                self._group.active["memory_cgroup"])
+        forked = self._plan.bwrap and fork_server.usable()
+        try:
+            self._worker = self._new_worker(ForkedWorkerProcess if forked else WorkerProcess)
         except SandboxError:
-            self._group.destroy()
-            raise
-        kind = ForkedWorkerProcess if self._plan.bwrap and fork_server.wanted() else WorkerProcess
-        self._worker = kind(self._plan, self._init_message, self.start_timeout_s,
-                                     self.max_frame_bytes, self.max_frame_items,
-                                     self.output_limit, self._group)
+            if not forked or fork_server.usable():
+                raise
+            # This host may not fork into namespaces (e.g. no CAP_SYS_ADMIN for
+            # setns): every sandbox of this process starts as its own interpreter.
+            self._worker = self._new_worker(WorkerProcess)
         report = self._worker.ready.get("isolation") or {}
         self._isolation = {"bwrap": self._plan.bwrap,
                            **{layer: bool(report.get(layer)) for layer in WORKER_LAYERS},
@@ -255,6 +253,17 @@ class Sandbox:
                 self._exchange({"op": "set", "name": name, "value": value}, expect="value")
         except _WorkerLost as lost:
             raise SandboxError(f"restoring set() values failed: {lost.message}") from None
+
+    def _new_worker(self, kind: type[WorkerProcess]) -> WorkerProcess:
+        self._group = cgroup.create(self._budget.cgroup_bytes, self.max_tasks)
+        try:  # memory_mb bounds all the sandbox's RAM (sandbox.budget)
+            self._limits["memory_mb"] = self._budget.address_space_mb(
+                self._group.active["memory_cgroup"])
+        except SandboxError:
+            self._group.destroy()
+            raise
+        return kind(self._plan, self._init_message, self.start_timeout_s, self.max_frame_bytes,
+                    self.max_frame_items, self.output_limit, self._group)
 
     def _check_isolation(self) -> None:
         missing = [layer for layer, active in self._isolation.items() if not active]

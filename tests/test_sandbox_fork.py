@@ -5,8 +5,12 @@ between sandboxes, descriptors of the template, a dead template."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -104,3 +108,26 @@ def test_switching_the_fork_server_off_starts_workers_as_before(sandboxes, monke
     assert type(sb._worker) is WorkerProcess
     assert _out(sb, "import os; print(os.getpid())") == "2"
     assert sb.isolation["bwrap"] and sb.isolation["seccomp"] and sb.isolation["landlock"]
+
+
+HOST_WITHOUT_SYS_ADMIN = """
+import sys
+from sandbox import Sandbox, fork_server
+with Sandbox(use_bwrap=True, timeout_s=20) as sb:
+    print(type(sb._worker).__name__, sb.isolation["bwrap"], sb.run("print(6 * 7)").stdout.strip())
+with Sandbox(use_bwrap=True, timeout_s=20) as sb:
+    print(type(sb._worker).__name__, bool(fork_server.refused()))
+"""
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None or os.geteuid() != 0,
+                    reason="needs root and setpriv to start a host without CAP_SYS_ADMIN")
+def test_a_host_that_may_not_join_namespaces_starts_workers_as_before():
+    """Without CAP_SYS_ADMIN the template may not setns into bwrap's pid
+    namespace: the host falls back to a new interpreter per sandbox, for good."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(["setpriv", "--bounding-set", "-sys_admin", sys.executable, "-c",
+                           HOST_WITHOUT_SYS_ADMIN], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[:2] == ["WorkerProcess True 42", "WorkerProcess True"]
