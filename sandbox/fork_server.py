@@ -90,6 +90,7 @@ class Template:
         self._cond = threading.Condition()
         self._replies: dict[int, tuple[dict, list[int]]] = {}
         self._exits: dict[int, int] = {}
+        self._unwanted: set[int] = set()     # exits nobody will ask for (killed on purpose)
         self._closed = False
         self._send_lock = threading.Lock()
         threading.Thread(target=self._read, name="sandbox-template-reader", daemon=True).start()
@@ -103,7 +104,10 @@ class Template:
                 message = json.loads(data)
                 with self._cond:
                     if "exit" in message:
-                        self._exits[message["exit"]] = message["status"]
+                        if message["exit"] in self._unwanted:
+                            self._unwanted.discard(message["exit"])
+                        else:
+                            self._exits[message["exit"]] = message["status"]
                     else:
                         self._replies[message["id"]] = (message, fds)
                     self._cond.notify_all()
@@ -149,6 +153,12 @@ class Template:
                     return None
                 self._cond.wait(remaining)
             return self._exits.pop(rid, None)
+
+    def forget(self, rid: int) -> None:
+        """A long-lived host must not keep one exit status per sandbox it closed."""
+        with self._cond:
+            if self._exits.pop(rid, None) is None:
+                self._unwanted.add(rid)
 
     def own_cpu_s(self) -> float:
         """The template's own CPU (forks), not its reaped children's."""
@@ -335,6 +345,8 @@ class ForkedWorkerProcess(WorkerProcess):
             ENDED.add(self.cpu_s())
         self._finalizer.detach()
         _kill_forked(self.proc, self.group, [self._pidfd, self._block_write])
+        if self._pidfd >= 0 and self._status is None:
+            self._template.forget(self._rid)
         self._pidfd = self._block_write = -1
         self.channel.close()
 

@@ -131,3 +131,14 @@ def test_a_host_that_may_not_join_namespaces_starts_workers_as_before():
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split("\n")[:2] == ["WorkerProcess True 42", "WorkerProcess True"]
+
+
+def test_closed_sandboxes_leave_no_exit_status_behind(sandboxes):
+    for _ in range(5):
+        sandboxes().close()
+    sandboxes().run("x = 1")
+    template = fork_server.template()
+    deadline = time.monotonic() + 10
+    while (template._exits or template._unwanted) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not template._exits and not template._unwanted
