@@ -28,7 +28,7 @@ import time
 import weakref
 
 from sandbox import cgroup, isolation
-from sandbox.process import ENDED, WorkerProcess, host_marker, kill_sandbox, spawner, tree_cpu_s
+from sandbox.process import WorkerProcess, host_marker, kill_sandbox, spawner, tree_cpu_s
 
 FORK_ENV_SWITCH = "SANDBOX_FORK"
 # setns flags of the namespaces a worker joins in the child (pid: by the fork itself)
@@ -69,22 +69,21 @@ class Template:
     """One running template: a socketpair to it and a reader thread that files
     its replies (pid + pidfd per fork) and the exit statuses of its children."""
 
-    def __init__(self, spawn) -> None:
+    def __init__(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         lib = os.path.dirname(isolation.package_dir())
         code = (f"import sys; sys.path[:0] = [{lib!r}]; from sandbox.zygote import serve; "
                 f"serve({theirs.fileno()})  # sandbox-zygote {host_marker()}")
-        self.stderr = open(os.devnull, "wb")
+        # The workers' environment (bwrap would also set PWD); a forked worker's
+        # start-up errors go to its own stderr, passed with each fork.
+        env = {**isolation.scrubbed_env(isolation.INSIDE_SCRATCH), "PWD": isolation.INSIDE_SCRATCH}
         try:
-            self.proc: subprocess.Popen = spawn(
+            self.proc: subprocess.Popen = spawner.popen(
                 [*isolation.interpreter_args(), "-c", code], pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr,
-                env={**isolation.scrubbed_env(isolation.INSIDE_SCRATCH), "PWD": isolation.INSIDE_SCRATCH},
-                cwd="/",
-                start_new_session=True)
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env=env, cwd="/", start_new_session=True)
         finally:
             theirs.close()
-            self.stderr.close()
         self.sock = ours
         self._ids = itertools.count(1)
         self._cond = threading.Condition()
@@ -192,7 +191,7 @@ def template() -> Template:
             if _template is not None and _template_pid == os.getpid():
                 _spent_by_closed += _template.own_cpu_s()
                 _template.close()
-            _template, _template_pid = Template(spawner.popen), os.getpid()
+            _template, _template_pid = Template(), os.getpid()
         return _template
 
 
@@ -341,14 +340,10 @@ class ForkedWorkerProcess(WorkerProcess):
         return not poller.poll(0)      # a pidfd turns readable when its process exits
 
     def kill(self) -> None:
-        if self.alive:
-            ENDED.add(self.cpu_s())
-        self._finalizer.detach()
-        _kill_forked(self.proc, self.group, [self._pidfd, self._block_write])
         if self._pidfd >= 0 and self._status is None:
             self._template.forget(self._rid)
+        super().kill()      # the finalizer closes the pidfd and the block pipe
         self._pidfd = self._block_write = -1
-        self.channel.close()
 
     def exit_description(self) -> str:
         if self._status is None:

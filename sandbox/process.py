@@ -214,9 +214,8 @@ class WorkerProcess:
     def kill(self) -> None:
         if self.alive:
             ENDED.add(self.cpu_s())
-        kill_sandbox(self.proc, self.group)
+        self._finalizer()   # kills and reaps, once (the same call a dropped Sandbox gets)
         self.channel.close()
-        self._finalizer.detach()
 
     def stderr_tail(self) -> str:
         try:
