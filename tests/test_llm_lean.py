@@ -60,3 +60,51 @@ def test_latency_floor_counts_root_turns_and_sub_call_waves():
     calls = [{"kind": k} for k in ["root", "root", "sub", "root", *["sub"] * 5, "root", "rlm"]]
     assert latency_floor(calls, 2.0) == (4, 2, 12.0)
     assert latency_floor([], 2.0) == (0, 0, 0.0)
+
+
+WARM_UP_PROBE = r"""
+import asyncio, json, sys, time
+from rlm_ray.llm._litellm import litellm
+from rlm_ray.llm.gateway import run_sync, warm_up
+
+url, warm = sys.argv[1], sys.argv[2] == "warm"
+lib = litellm()
+
+async def call():
+    return await lib.acompletion(model="openai/sim/echo", api_base=url, api_key="sim-no-key",
+                                 messages=[{"role": "user", "content": "hello"}])
+
+if warm:
+    warm_up()
+cpu = []
+for _ in range(4):
+    started = time.process_time()
+    text = run_sync(call()).choices[0].message.content
+    cpu.append(time.process_time() - started)
+print(json.dumps({"cpu": cpu, "text": text}))
+"""
+
+
+def _first_call_cpu(url: str, mode: str) -> tuple[float, float]:
+    """(first call's CPU, the cheapest later call's) in a fresh interpreter."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", WARM_UP_PROBE, url, mode], capture_output=True,
+                          text=True, timeout=300, check=True)
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "hello" in out["text"]
+    return out["cpu"][0], min(out["cpu"][1:])
+
+
+def test_warm_up_takes_litellm_first_call_cost_off_the_first_real_call(sim):
+    """litellm imports part of its request path on first use: ~30x a call's CPU.
+    After warm_up (a mock call, never sent) the first real call costs about
+    what later ones do. Ratios of CPU time, each against its own process."""
+    server = sim()
+    cold_first, cold_later = _first_call_cpu(server.base_url, "cold")
+    warm_first, warm_later = _first_call_cpu(server.base_url, "warm")
+    cold_ratio, warm_ratio = cold_first / cold_later, warm_first / warm_later
+    assert cold_ratio > 3 * warm_ratio, (cold_ratio, warm_ratio)
+    assert server.stats()["requests"] == 8    # 4 calls a process: the warm-up sent nothing

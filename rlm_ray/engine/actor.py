@@ -100,15 +100,15 @@ class RLMActor:
     def warm(self, context: Any = None, gateway: Any = None, models: tuple = ()) -> float:
         """Pay this host's one-time start-up before its first question, so the
         first wave of a batch costs what the second does: imports (litellm,
-        tiktoken), one query worker of the corpus, one sandbox start (its modules
+        tiktoken, litellm's first call), one query worker of the corpus, one sandbox start (its modules
         and bwrap in the page cache), this node's gateway actors and the
         models' limiter actors. Seconds spent, for figures."""
         started = time.monotonic()
-        from rlm_ray.llm._litellm import litellm
+        from rlm_ray.llm.gateway import warm_up
         from rlm_ray.tokens import count_tokens
         from sandbox import Sandbox
 
-        litellm()
+        warm_up()
         count_tokens("warm")
         if context is not None and not isinstance(context, str):
             from rlm_ray.corpus.query_pool import QuerySession

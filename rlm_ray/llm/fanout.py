@@ -47,12 +47,12 @@ class GatewayActor:
     """Ray actor body: an async gateway process that many callers share."""
 
     def __init__(self) -> None:
-        # Pay litellm's import at creation, not inside a batch's first sub-calls,
-        # then take what start-up left out of the collector's sight (rlm_ray/heap.py).
+        # Pay litellm's import and first call at creation, not inside a batch's first
+        # sub-calls, then take what start-up left out of the collector's sight (rlm_ray/heap.py).
         from rlm_ray.heap import freeze_startup_heap
-        from rlm_ray.llm._litellm import litellm
+        from rlm_ray.llm.gateway import warm_up
 
-        litellm()
+        warm_up()
         freeze_startup_heap()
 
     async def run(self, requests: list[dict], model: str, config: GatewayConfig,

@@ -355,6 +355,22 @@ async def acomplete(messages: list[dict], model: str, *, config: GatewayConfig |
                                                 prompt_cache=prompt_cache, **params))
 
 
+def warm_up() -> None:
+    """Pay litellm's first-call cost now: its request path imports modules on
+    first use (~0.3 s of CPU per process), which would otherwise land on a
+    batch's first model calls. One mock call does it; litellm answers it itself
+    and nothing is sent. A warm-up that fails only leaves that cost where it was."""
+    lib = litellm()
+
+    async def mock_call() -> None:
+        await lib.acompletion(model="openai/rlm-ray-warm-up", api_key="none", mock_response="ok",
+                              messages=[{"role": "user", "content": "warm up"}])
+    try:
+        run_sync(mock_call())
+    except Exception:  # noqa: BLE001 - see the docstring
+        pass
+
+
 def complete(messages: list[dict], model: str, *, config: GatewayConfig | None = None,
              budget: Budget | None = None, prompt_cache: str | None = None,
              **params) -> Completion:
