@@ -15,6 +15,7 @@ own interpreter under bwrap instead, as before).
 """
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import os
@@ -62,7 +63,13 @@ class TemplateGone(OSError):
 
 
 class TemplateRefused(OSError):
-    """The template could not fork a worker into the sandbox (setns refused)."""
+    """This host may not join a sandbox's namespaces (setns refused): the same
+    for every sandbox, so the host stops asking."""
+
+
+# setns's answers that will not change from one sandbox to the next. Anything
+# else (EAGAIN or ENOMEM from fork, say) fails this sandbox only.
+_REFUSALS = frozenset({errno.EPERM, errno.EACCES, errno.EINVAL, errno.ENOSYS})
 
 
 class Template:
@@ -140,7 +147,9 @@ class Template:
         if "error" in reply or len(got) != 1:
             for fd in got:
                 os.close(fd)
-            raise TemplateRefused(f"the sandbox template could not fork a worker: {reply.get('error')}")
+            code = reply.get("errno") or errno.EIO
+            failure = TemplateRefused if code in _REFUSALS else OSError
+            raise failure(code, f"the sandbox template could not fork a worker: {reply.get('error')}")
         return rid, reply["pid"], got[0]
 
     def exit_status(self, rid: int, timeout_s: float) -> int | None:

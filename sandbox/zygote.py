@@ -106,7 +106,7 @@ def serve(sock_fd: int) -> None:
                     raise OSError(f"expected {FDS_PER_REQUEST} fds, got {len(fds)}")
                 pid = _fork(request, fds)
             except OSError as exc:
-                _send(sock, {"id": request["id"], "error": str(exc)})
+                _send(sock, {"id": request["id"], "error": str(exc), "errno": exc.errno})
                 continue
             finally:
                 for received in fds:

@@ -133,6 +133,27 @@ def test_a_host_that_may_not_join_namespaces_starts_workers_as_before():
     assert done.stdout.split("\n")[:2] == ["WorkerProcess True 42", "WorkerProcess True"]
 
 
+def test_a_fork_that_fails_once_fails_that_sandbox_only(sandboxes):
+    """Only setns's refusals (EPERM and kin) hold for every sandbox; any other
+    failure of the template (here a request it rejects, as it would EAGAIN
+    from fork) fails one start and leaves the fork server in use."""
+    sandboxes().run("x = 1")        # a live template
+    template = fork_server.template()
+    read, write = os.pipe()
+    try:
+        with pytest.raises(OSError) as failed:
+            template.fork(read, 0, "/", [write], time.monotonic() + 20)   # too few fds
+    finally:
+        os.close(read)
+        os.close(write)
+    assert not isinstance(failed.value, fork_server.TemplateRefused)
+    assert "could not fork a worker" in str(failed.value)
+    assert fork_server.usable() and fork_server.refused() is None
+    sb = sandboxes()
+    assert isinstance(sb._worker, fork_server.ForkedWorkerProcess)
+    assert _out(sb, "print(6 * 7)") == "42"
+
+
 def test_closed_sandboxes_leave_no_exit_status_behind(sandboxes):
     for _ in range(5):
         sandboxes().close()
