@@ -80,7 +80,7 @@ class Template:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         lib = os.path.dirname(isolation.package_dir())
         code = (f"import sys; sys.path[:0] = [{lib!r}]; from sandbox.zygote import serve; "
-                f"serve({theirs.fileno()})  # sandbox-zygote {host_marker()}")
+                f"serve({theirs.fileno()}, {isolation.INSIDE_LIB!r})  # sandbox-zygote {host_marker()}")
         # The workers' environment (bwrap would also set PWD); a forked worker's
         # start-up errors go to its own stderr, passed with each fork.
         env = {**isolation.scrubbed_env(isolation.INSIDE_SCRATCH), "PWD": isolation.INSIDE_SCRATCH}
@@ -225,11 +225,8 @@ def close_all() -> None:
 
 def blocked_bwrap_argv(plan: isolation.LaunchPlan, block_fd: int, info_fd: int,
                        marker: str) -> list[str]:
-    # The worker's modules keep the template's paths (their source, their
-    # bytecode): bound read-only there, where tracebacks and the importer look.
     # `true` runs only if the block pipe closes (the host died): the sandbox then ends.
-    package = isolation.package_dir()
-    return [*plan.wrapper, "--ro-bind", package, package, "--block-fd", str(block_fd),
+    return [*plan.wrapper, "--block-fd", str(block_fd),
             "--info-fd", str(info_fd), "--", shutil.which("true") or "/bin/true", marker]
 
 

@@ -225,8 +225,7 @@ class Sandbox:
         return {"op": "init", "host": self._dispatcher.spec_payload(),
                 "limits": self._limits, "read_paths": self._plan.read_paths,
                 "write_paths": self._plan.write_paths,
-                # a forked worker inherits the template's path to our package
-                "drop_sys_path": [*self._plan.lib_paths, os.path.dirname(isolation.package_dir())],
+                "drop_sys_path": self._plan.lib_paths,
                 "import_paths": self._plan.import_paths,
                 "pdeathsig": not self._plan.bwrap, "max_frame_bytes": self.max_frame_bytes,
                 "max_frame_items": self.max_frame_items,

@@ -24,8 +24,13 @@ import os
 import select
 import signal
 import socket
+import sys
+from types import CodeType
 
 from sandbox import confine, worker
+
+# Where the template imported our package from: a host path, never shown to a worker.
+HOST_LIB = os.path.dirname(os.path.dirname(os.path.abspath(worker.__file__)))
 
 CLONE_NEWPID = 0x20000000   # the other namespaces' flags come from the host (fork_server)
 # Stdlib modules model code imports in most questions, imported once here so a
@@ -43,10 +48,52 @@ def _setns(fd: int, flags: int) -> None:
         raise OSError(err, f"setns: {os.strerror(err)}")
 
 
-def _become_worker(ns_fd: int, flags: int, cwd: str, fds: list[int]) -> None:
+def _recoded(code: CodeType, host: str, inside: str) -> CodeType:
+    consts = tuple(_recoded(c, host, inside) if isinstance(c, CodeType) else c
+                   for c in code.co_consts)
+    return code.replace(co_filename=code.co_filename.replace(host, inside, 1), co_consts=consts)
+
+
+def _relocate(host: str, inside: str) -> None:
+    """Our modules came from the host's copy of the package; a worker sees it at
+    `inside` (bwrap binds it there). Point the loaded modules, their code, their
+    path constants and the import path there, so no host path shows through
+    (tracebacks, `__file__`) and a later import of ours resolves inside."""
+    def moved(path: str | None) -> str | None:
+        ours = path and (path == host or path.startswith(host + os.sep))
+        return inside + path[len(host):] if ours else path
+
+    if host == inside:
+        return
+    sys.path[:] = [inside if p == host else p for p in sys.path]
+    for module in list(sys.modules.values()):
+        spec = getattr(module, "__spec__", None)
+        if not (spec and spec.origin and spec.origin.startswith(host + os.sep)):
+            continue
+        module.__file__ = spec.origin = moved(spec.origin)
+        module.__cached__ = spec.cached = moved(spec.cached)
+        if getattr(module.__loader__, "path", None):
+            module.__loader__.path = moved(module.__loader__.path)
+        if spec.submodule_search_locations is not None:
+            module.__path__[:] = spec.submodule_search_locations[:] = [
+                moved(p) for p in spec.submodule_search_locations]
+        for name, value in list(vars(module).items()):
+            if isinstance(value, str):   # e.g. a directory worked out from __file__ at import
+                if not name.startswith("__"):   # (dunders: done above, once)
+                    setattr(module, name, moved(value))
+                continue
+            for member in [value, *vars(value).values()] if isinstance(value, type) else [value]:
+                member = getattr(member, "__func__", getattr(member, "fget", member))
+                code = getattr(member, "__code__", None)
+                if isinstance(code, CodeType) and code.co_filename.startswith(host):
+                    member.__code__ = _recoded(code, host, inside)
+
+
+def _become_worker(ns_fd: int, flags: int, cwd: str, fds: list[int], inside_lib: str) -> None:
     """In the forked child: join the sandbox, keep only the worker's fds, serve."""
     cmd_fd, reply_fd, output_fd, stderr_fd = fds
     _setns(ns_fd, flags)          # from here on, bwrap's root is our root
+    _relocate(HOST_LIB, inside_lib)
     os.chdir(cwd)
     os.setsid()                   # as bwrap --new-session: no controlling terminal
     null = os.open("/dev/null", os.O_RDWR)
@@ -59,14 +106,14 @@ def _become_worker(ns_fd: int, flags: int, cwd: str, fds: list[int]) -> None:
     worker.main(cmd_fd, reply_fd, output_fd)
 
 
-def _fork(request: dict, fds: list[int]) -> int:
+def _fork(request: dict, fds: list[int], inside_lib: str) -> int:
     ns_fd, *worker_fds = fds
     _setns(ns_fd, CLONE_NEWPID)   # only our children's pid namespace changes
     pid = os.fork()
     if pid == 0:
         code = 0
         try:
-            _become_worker(ns_fd, request["flags"], request["cwd"], worker_fds)
+            _become_worker(ns_fd, request["flags"], request["cwd"], worker_fds, inside_lib)
         except BaseException as exc:  # noqa: BLE001 - the child must never return into the loop
             os.write(2, f"sandbox worker could not start: {exc}\n".encode(errors="replace"))
             code = 70
@@ -78,7 +125,7 @@ def _send(sock: socket.socket, message: dict, fds: list[int] = ()) -> None:
     socket.send_fds(sock, [json.dumps(message).encode()], list(fds))
 
 
-def serve(sock_fd: int) -> None:
+def serve(sock_fd: int, inside_lib: str) -> None:
     """Fork requests in, pids (with a pidfd) and exit statuses out, until the
     host closes its end or dies."""
     confine.die_with_parent(signal.SIGKILL)
@@ -104,7 +151,7 @@ def serve(sock_fd: int) -> None:
             try:
                 if len(fds) != FDS_PER_REQUEST:
                     raise OSError(f"expected {FDS_PER_REQUEST} fds, got {len(fds)}")
-                pid = _fork(request, fds)
+                pid = _fork(request, fds, inside_lib)
             except OSError as exc:
                 _send(sock, {"id": request["id"], "error": str(exc), "errno": exc.errno})
                 continue

@@ -133,6 +133,37 @@ def test_a_host_that_may_not_join_namespaces_starts_workers_as_before():
     assert done.stdout.split("\n")[:2] == ["WorkerProcess True 42", "WorkerProcess True"]
 
 
+NO_HOST_PATH_PROBE = r"""
+import os, sys, types
+host, found = HOST, []
+for name, module in list(sys.modules.items()):
+    for attr in ("__file__", "__cached__"):
+        if host in (getattr(module, attr, None) or ""):
+            found.append(f"{name}.{attr}")
+    for value in list(vars(module).values()):
+        code = getattr(value, "__code__", None)
+        if isinstance(code, types.CodeType) and host in code.co_filename:
+            found.append(f"{name}.{code.co_name}")
+print(found, host in " ".join(sys.path), os.path.exists(PACKAGE), sys.modules["sandbox.worker"].__file__)
+"""
+
+
+def test_a_forked_worker_shows_no_host_path_of_ours(sandboxes):
+    """The template imported our package from its host path; a forked worker
+    sees it where an exec'd worker does, and nothing in it names the host path."""
+    host, package = os.path.dirname(isolation.package_dir()), isolation.package_dir()
+    sb = sandboxes()
+    assert isinstance(sb._worker, fork_server.ForkedWorkerProcess)
+    code = NO_HOST_PATH_PROBE.replace("HOST", repr(host)).replace("PACKAGE", repr(package))
+    found, in_path, exists, worker_file = _out(sb, code).rsplit(" ", 3)
+    assert (found, in_path) == ("[]", "False")
+    assert worker_file == f"{isolation.INSIDE_LIB}/sandbox/worker.py"
+    bound = [p for p in ("/usr", sys.prefix, sys.base_prefix) if package.startswith(p + os.sep)]
+    assert exists == str(bool(bound))   # unless the host path lies under a tree bound anyway
+    result = sb.run("import json\njson.loads('{')")
+    assert "JSONDecodeError" in result.error and host + os.sep + "sandbox" not in result.error
+
+
 def test_a_fork_that_fails_once_fails_that_sandbox_only(sandboxes):
     """Only setns's refusals (EPERM and kin) hold for every sandbox; any other
     failure of the template (here a request it rejects, as it would EAGAIN
