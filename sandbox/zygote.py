@@ -48,27 +48,31 @@ def _setns(fd: int, flags: int) -> None:
         raise OSError(err, f"setns: {os.strerror(err)}")
 
 
+def _moved(path: str, host: str, inside: str) -> str:
+    ours = path == host or path.startswith(host + os.sep)
+    return inside + path[len(host):] if ours else path
+
+
 def _recoded(code: CodeType, host: str, inside: str) -> CodeType:
     consts = tuple(_recoded(c, host, inside) if isinstance(c, CodeType) else c
                    for c in code.co_consts)
-    return code.replace(co_filename=code.co_filename.replace(host, inside, 1), co_consts=consts)
+    return code.replace(co_filename=_moved(code.co_filename, host, inside), co_consts=consts)
 
 
 def _relocate(host: str, inside: str) -> None:
     """Our modules came from the host's copy of the package; a worker sees it at
     `inside` (bwrap binds it there). Point the loaded modules, their code, their
     path constants and the import path there, so no host path shows through
-    (tracebacks, `__file__`) and a later import of ours resolves inside."""
+    (tracebacks, `__file__`) and a later import of ours, in a worker, resolves
+    inside. Done once in the template: every fork inherits it, unwritten."""
     def moved(path: str | None) -> str | None:
-        ours = path and (path == host or path.startswith(host + os.sep))
-        return inside + path[len(host):] if ours else path
+        return _moved(path, host, inside) if path else path
 
-    if host == inside:
-        return
-    sys.path[:] = [inside if p == host else p for p in sys.path]
+    recoded: set[int] = set()    # a function reached twice (imported elsewhere) moves once
+    sys.path[:] = [moved(p) for p in sys.path]
     for module in list(sys.modules.values()):
         spec = getattr(module, "__spec__", None)
-        if not (spec and spec.origin and spec.origin.startswith(host + os.sep)):
+        if not (spec and spec.origin and moved(spec.origin) != spec.origin):
             continue
         module.__file__ = spec.origin = moved(spec.origin)
         module.__cached__ = spec.cached = moved(spec.cached)
@@ -78,22 +82,22 @@ def _relocate(host: str, inside: str) -> None:
             module.__path__[:] = spec.submodule_search_locations[:] = [
                 moved(p) for p in spec.submodule_search_locations]
         for name, value in list(vars(module).items()):
-            if isinstance(value, str):   # e.g. a directory worked out from __file__ at import
-                if not name.startswith("__"):   # (dunders: done above, once)
-                    setattr(module, name, moved(value))
-                continue
-            for member in [value, *vars(value).values()] if isinstance(value, type) else [value]:
-                member = getattr(member, "__func__", getattr(member, "fget", member))
-                code = getattr(member, "__code__", None)
-                if isinstance(code, CodeType) and code.co_filename.startswith(host):
-                    member.__code__ = _recoded(code, host, inside)
+            if isinstance(value, str) and not name.startswith("__"):   # dunders: done above
+                setattr(module, name, moved(value))   # e.g. a directory worked out from __file__
+            members = [value, *vars(value).values()] if isinstance(value, type) else [value]
+            for member in members:
+                function = getattr(member, "__func__", getattr(member, "fget", member))
+                code = getattr(function, "__code__", None)
+                if (isinstance(code, CodeType) and id(function) not in recoded
+                        and moved(code.co_filename) != code.co_filename):
+                    function.__code__ = _recoded(code, host, inside)
+                    recoded.add(id(function))
 
 
-def _become_worker(ns_fd: int, flags: int, cwd: str, fds: list[int], inside_lib: str) -> None:
+def _become_worker(ns_fd: int, flags: int, cwd: str, fds: list[int]) -> None:
     """In the forked child: join the sandbox, keep only the worker's fds, serve."""
     cmd_fd, reply_fd, output_fd, stderr_fd = fds
     _setns(ns_fd, flags)          # from here on, bwrap's root is our root
-    _relocate(HOST_LIB, inside_lib)
     os.chdir(cwd)
     os.setsid()                   # as bwrap --new-session: no controlling terminal
     null = os.open("/dev/null", os.O_RDWR)
@@ -106,14 +110,14 @@ def _become_worker(ns_fd: int, flags: int, cwd: str, fds: list[int], inside_lib:
     worker.main(cmd_fd, reply_fd, output_fd)
 
 
-def _fork(request: dict, fds: list[int], inside_lib: str) -> int:
+def _fork(request: dict, fds: list[int]) -> int:
     ns_fd, *worker_fds = fds
     _setns(ns_fd, CLONE_NEWPID)   # only our children's pid namespace changes
     pid = os.fork()
     if pid == 0:
         code = 0
         try:
-            _become_worker(ns_fd, request["flags"], request["cwd"], worker_fds, inside_lib)
+            _become_worker(ns_fd, request["flags"], request["cwd"], worker_fds)
         except BaseException as exc:  # noqa: BLE001 - the child must never return into the loop
             os.write(2, f"sandbox worker could not start: {exc}\n".encode(errors="replace"))
             code = 70
@@ -131,6 +135,7 @@ def serve(sock_fd: int, inside_lib: str) -> None:
     confine.die_with_parent(signal.SIGKILL)
     for name in COMMON_IMPORTS:
         __import__(name)
+    _relocate(HOST_LIB, inside_lib)   # last: the template imports nothing after this
     sock = socket.socket(fileno=sock_fd)
     poller = select.poll()
     poller.register(sock_fd, select.POLLIN)
@@ -151,7 +156,7 @@ def serve(sock_fd: int, inside_lib: str) -> None:
             try:
                 if len(fds) != FDS_PER_REQUEST:
                     raise OSError(f"expected {FDS_PER_REQUEST} fds, got {len(fds)}")
-                pid = _fork(request, fds, inside_lib)
+                pid = _fork(request, fds)
             except OSError as exc:
                 _send(sock, {"id": request["id"], "error": str(exc), "errno": exc.errno})
                 continue
