@@ -1,9 +1,13 @@
 """The per-call bookkeeping litellm does for callbacks is skipped while none is
 registered, and runs as ever once one is (over real loopback HTTP to the
-provider SIMULATOR). And the latency floor `bench compare` prints beside a run."""
+provider SIMULATOR). litellm's first call, paid by a warm-up that sends nothing.
+And the latency floor `bench compare` prints beside a run."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 
 from rlm_ray.bench.floor import latency_floor
 from rlm_ray.llm import GatewayConfig, acomplete
@@ -87,10 +91,6 @@ print(json.dumps({"cpu": cpu, "text": text}))
 
 def _first_call_cpu(url: str, mode: str) -> tuple[float, float]:
     """(first call's CPU, the cheapest later call's) in a fresh interpreter."""
-    import json
-    import subprocess
-    import sys
-
     done = subprocess.run([sys.executable, "-c", WARM_UP_PROBE, url, mode], capture_output=True,
                           text=True, timeout=300, check=True)
     out = json.loads(done.stdout.strip().splitlines()[-1])
@@ -99,7 +99,7 @@ def _first_call_cpu(url: str, mode: str) -> tuple[float, float]:
 
 
 def test_warm_up_takes_litellm_first_call_cost_off_the_first_real_call(sim):
-    """litellm imports part of its request path on first use: ~30x a call's CPU.
+    """litellm imports part of its request path on first use: tens of times a call's CPU.
     After warm_up (a mock call, never sent) the first real call costs about
     what later ones do. Ratios of CPU time, each against its own process."""
     server = sim()

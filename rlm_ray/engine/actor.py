@@ -100,9 +100,9 @@ class RLMActor:
     def warm(self, context: Any = None, gateway: Any = None, models: tuple = ()) -> float:
         """Pay this host's one-time start-up before its first question, so the
         first wave of a batch costs what the second does: imports (litellm,
-        tiktoken, litellm's first call), one query worker of the corpus, one sandbox start (its modules
-        and bwrap in the page cache), this node's gateway actors and the
-        models' limiter actors. Seconds spent, for figures."""
+        tiktoken), litellm's first call, one query worker of the corpus, one
+        sandbox start (its modules and bwrap in the page cache), this node's
+        gateway actors and the models' limiter actors. Seconds spent, for figures."""
         started = time.monotonic()
         from rlm_ray.llm.gateway import warm_up
         from rlm_ray.tokens import count_tokens

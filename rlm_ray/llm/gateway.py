@@ -357,7 +357,7 @@ async def acomplete(messages: list[dict], model: str, *, config: GatewayConfig |
 
 def warm_up() -> None:
     """Pay litellm's first-call cost now: its request path imports modules on
-    first use (~0.3 s of CPU per process), which would otherwise land on a
+    first use (0.3-0.7 s of CPU per process), which would otherwise land on a
     batch's first model calls. One mock call does it; litellm answers it itself
     and nothing is sent. A warm-up that fails only leaves that cost where it was."""
     lib = litellm()
